@@ -1,0 +1,286 @@
+//! The HTTP interface: routes, request parsing into typed values, and admission control.
+//!
+//! Bodies are parsed by hand rather than with axum's `Json` extractor so that every malformed
+//! request gets the same 400 with `{"error": ...}` naming the field and what to send instead.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::error::RequestError;
+use crate::invoices::{self, validate_account_id, validate_period};
+use crate::log::OpContext;
+use crate::queue::{self, MAX_ACCOUNTS_PER_RECONCILE};
+use crate::trace::TraceContext;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// The router for a process's role: `/health` always, the invoice API when the role serves it.
+pub fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new().route("/health", get(health));
+    if app.config.role.serves_api() {
+        let api = Router::new()
+            .route("/invoices", post(create_invoice).get(list_invoices))
+            .route("/reconcile", post(reconcile))
+            .route_layer(middleware::from_fn_with_state(Arc::clone(&app), admit));
+        router = router.merge(api);
+    }
+    router
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .with_state(app)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Admission control: past `max_in_flight` concurrent requests, answer 503 with `Retry-After`
+/// at once instead of queueing work the service cannot finish in time.
+async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let Some(limit) = &app.admission else {
+        return next.run(request).await;
+    };
+    match Arc::clone(limit).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            app.log.event(
+                "warn",
+                "admission.rejected",
+                json!({"path": request.uri().path(), "max_in_flight": app.config.max_in_flight}),
+            );
+            RequestError::Overloaded(format!(
+                "more than {} requests in flight; retry later",
+                app.config.max_in_flight.unwrap_or(0)
+            ))
+            .into_response()
+        }
+    }
+}
+
+/// The operation context of an incoming request, from its headers.
+fn request_context(operation: &'static str, headers: &HeaderMap) -> (OpContext, TraceContext) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::continue_from(header("traceparent"));
+    let ctx = OpContext {
+        operation,
+        caller: "api",
+        correlation_id: trace.trace_id.clone(),
+        span_id: trace.span_id.clone(),
+        idempotency_key: header("idempotency-key").map(str::to_string),
+        retry_attempt: header("x-retry-attempt").and_then(|v| v.trim().parse().ok()),
+        ..OpContext::default()
+    };
+    (ctx, trace)
+}
+
+/// Attaches the correlation id so a client can find the service's log lines for its request.
+fn with_correlation(mut response: Response, trace: &TraceContext) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&trace.trace_id) {
+        response.headers_mut().insert("x-correlation-id", value);
+    }
+    response
+}
+
+/// Logs a failed request and renders it.
+fn fail(app: &App, ctx: &OpContext, trace: &TraceContext, error: RequestError) -> Response {
+    app.log.decision(
+        ctx,
+        "request.failed",
+        json!({"status": error.status().as_u16(), "error_kind": error.kind(), "error": error.to_string()}),
+    );
+    with_correlation(error.into_response(), trace)
+}
+
+fn parse_json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, RequestError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(RequestError::BadRequest(
+            "the body must be a JSON object".to_string(),
+        )),
+        Err(e) => Err(RequestError::BadRequest(format!(
+            "malformed JSON body: {e}"
+        ))),
+    }
+}
+
+fn string_field<'a>(
+    body: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<&'a str, RequestError> {
+    match body.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(RequestError::BadRequest(format!(
+            "field {name:?} must be a string, got {other}"
+        ))),
+        None => Err(RequestError::BadRequest(format!("missing field {name:?}"))),
+    }
+}
+
+fn parse_create(
+    body: &[u8],
+    idempotency_key: Option<&str>,
+) -> Result<(String, String), RequestError> {
+    let body = parse_json_object(body)?;
+    let account_id = string_field(&body, "account_id")?;
+    let period = string_field(&body, "period")?;
+    validate_account_id(account_id)?;
+    validate_period(period)?;
+    if let Some(key) = idempotency_key
+        && (key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+    {
+        return Err(RequestError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+        )));
+    }
+    Ok((account_id.to_string(), period.to_string()))
+}
+
+/// `POST /invoices {"account_id", "period"}` → 201 created, 200 existing, 400 bad input.
+async fn create_invoice(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("create_invoice", &headers);
+    let (account_id, period) = match parse_create(&body, ctx.idempotency_key.as_deref()) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    ctx.period = Some(period.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    let key = ctx.idempotency_key.clone();
+    match invoices::create(&app, &mut ctx, &trace, &account_id, &period, key.as_deref()).await {
+        Ok(outcome) => {
+            let status = StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::OK);
+            app.log.decision(
+                &ctx,
+                "request.done",
+                json!({"status": status.as_u16(), "invoice_id": outcome.invoice().id}),
+            );
+            with_correlation((status, Json(outcome.invoice())).into_response(), &trace)
+        }
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `GET /invoices?account_id=&period=` → every matching invoice, duplicates included.
+async fn list_invoices(
+    State(app): State<Arc<App>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return RequestError::BadRequest(format!("malformed query string: {e}"))
+                .into_response();
+        }
+    };
+    let parsed = (|| {
+        let field = |name: &str| {
+            query.get(name).map(String::as_str).ok_or_else(|| {
+                RequestError::BadRequest(format!("missing query parameter {name:?}"))
+            })
+        };
+        let (account_id, period) = (field("account_id")?, field("period")?);
+        validate_account_id(account_id)?;
+        validate_period(period)?;
+        Ok::<_, RequestError>((account_id, period))
+    })();
+    let result = match parsed {
+        Ok((account_id, period)) => invoices::list(&app, account_id, period).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(invoices) => Json(invoices).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /reconcile {"period", "account_ids": [...]}` → 202 with the enqueued job ids.
+async fn reconcile(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("reconcile", &headers);
+    let parsed = parse_json_object(&body).and_then(|body| {
+        let period = string_field(&body, "period")?.to_string();
+        validate_period(&period)?;
+        let ids = match body.get("account_ids") {
+            Some(Value::Array(ids)) => ids,
+            Some(other) => {
+                return Err(RequestError::BadRequest(format!(
+                    "field \"account_ids\" must be an array of strings, got {other}"
+                )));
+            }
+            None => {
+                return Err(RequestError::BadRequest(
+                    "missing field \"account_ids\"".to_string(),
+                ));
+            }
+        };
+        if ids.is_empty() || ids.len() > MAX_ACCOUNTS_PER_RECONCILE {
+            return Err(RequestError::BadRequest(format!(
+                "account_ids must hold 1 to {MAX_ACCOUNTS_PER_RECONCILE} accounts, got {}",
+                ids.len()
+            )));
+        }
+        let mut accounts = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let Value::String(id) = id else {
+                return Err(RequestError::BadRequest(format!(
+                    "account_ids[{i}] must be a string, got {id}"
+                )));
+            };
+            validate_account_id(id)
+                .map_err(|e| RequestError::BadRequest(format!("account_ids[{i}]: {e}")))?;
+            accounts.push(id.clone());
+        }
+        Ok((period, accounts))
+    });
+    let (period, accounts) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.period = Some(period.clone());
+    match queue::enqueue(&app, &mut ctx, &trace, &period, &accounts).await {
+        Ok(job_ids) => with_correlation(
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"enqueued": job_ids.len(), "job_ids": job_ids})),
+            )
+                .into_response(),
+            &trace,
+        ),
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `GET /health` → 200 when the database answers, 503 otherwise.
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let config = &app.config;
+    match app.db.ping().await {
+        Ok(took) => Json(json!({
+            "status": "ok",
+            "variant": config.variant.as_str(),
+            "version": config.version,
+            "role": config.role.as_str(),
+            "db_ping_ms": took.as_secs_f64() * 1e3,
+        }))
+        .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("database unavailable: {e}"),
+        ),
+    }
+}

@@ -1,0 +1,137 @@
+//! One JSON line per decision, on stderr, with the seed's diagnostic fields.
+//!
+//! The seed asks for a timeline rather than more logs: every line carries the correlation id
+//! (trace id), idempotency key, account, operation, retry attempt, deployment version, queue
+//! enqueue time and age, dependency latency and database wait, so one `grep` on a trace id gives
+//! the story of one operation. stdout is kept for the `listening on` line alone.
+
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+use crate::config::{Role, Variant};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the service knows about the operation a decision belongs to.
+#[derive(Clone, Debug, Default)]
+pub struct OpContext {
+    /// `create_invoice`, `reconcile`, `relay_email`...
+    pub operation: &'static str,
+    /// `api` or `worker`: who entered the invoice code path.
+    pub caller: &'static str,
+    /// Trace id of the operation (the correlation id).
+    pub correlation_id: String,
+    /// Our span id for this request or job.
+    pub span_id: String,
+    /// `Idempotency-Key` of the request, if any.
+    pub idempotency_key: Option<String>,
+    /// Account the decision is about.
+    pub account_id: Option<String>,
+    /// Billing period the decision is about.
+    pub period: Option<String>,
+    /// Client retry attempt from `X-Retry-Attempt` (1 = first try), or the job attempt.
+    pub retry_attempt: Option<i64>,
+    /// When a queued job was enqueued (ms since epoch).
+    pub queue_enqueued_at_ms: Option<i64>,
+    /// Milliseconds spent in usage calls so far.
+    pub dependency_latency_ms: Option<f64>,
+    /// Milliseconds spent waiting for database connections so far.
+    pub db_wait_ms: f64,
+}
+
+/// Writes decision lines. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Logger {
+    variant: Variant,
+    version: String,
+    role: Role,
+}
+
+impl Logger {
+    /// A logger that stamps every line with the process's variant, version and role.
+    pub fn new(variant: Variant, version: &str, role: Role) -> Logger {
+        Logger {
+            variant,
+            version: version.to_string(),
+            role,
+        }
+    }
+
+    /// Logs a decision about an operation, with `extra` fields merged in.
+    pub fn decision(&self, ctx: &OpContext, event: &str, extra: Value) {
+        let now = now_ms();
+        let mut line = self.base("info", event, now);
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                line.insert(k.to_string(), v);
+            }
+        };
+        put("operation", json!(ctx.operation));
+        put("caller", json!(ctx.caller));
+        put("correlation_id", json!(ctx.correlation_id));
+        put("span_id", json!(ctx.span_id));
+        put("idempotency_key", json!(ctx.idempotency_key));
+        put("account_id", json!(ctx.account_id));
+        put("period", json!(ctx.period));
+        put("retry_attempt", json!(ctx.retry_attempt));
+        put("queue_enqueued_at_ms", json!(ctx.queue_enqueued_at_ms));
+        put(
+            "queue_age_ms",
+            json!(ctx.queue_enqueued_at_ms.map(|t| now - t)),
+        );
+        put(
+            "dependency_latency_ms",
+            json!(ctx.dependency_latency_ms.map(round1)),
+        );
+        put("db_wait_ms", json!(round1(ctx.db_wait_ms)));
+        merge(&mut line, extra);
+        emit(line);
+    }
+
+    /// Logs something that belongs to no operation (start-up, shutdown, background loops).
+    pub fn event(&self, level: &str, event: &str, extra: Value) {
+        let mut line = self.base(level, event, now_ms());
+        merge(&mut line, extra);
+        emit(line);
+    }
+
+    fn base(&self, level: &str, event: &str, now: i64) -> Map<String, Value> {
+        let mut line = Map::new();
+        line.insert("ts_ms".into(), json!(now));
+        line.insert("level".into(), json!(level));
+        line.insert("event".into(), json!(event));
+        line.insert("variant".into(), json!(self.variant.as_str()));
+        line.insert("version".into(), json!(self.version));
+        line.insert("role".into(), json!(self.role.as_str()));
+        line
+    }
+}
+
+/// Rounds to 0.1 ms: finer digits are noise in a log line.
+fn round1(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
+fn merge(line: &mut Map<String, Value>, extra: Value) {
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            line.insert(k, v);
+        }
+    }
+}
+
+fn emit(line: Map<String, Value>) {
+    let mut buf = Value::Object(line).to_string();
+    buf.push('\n');
+    // One write per line so concurrent lines never interleave; a closed stderr is not our
+    // problem to report.
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+}
