@@ -1,0 +1,610 @@
+//! The load engine: turns a scenario's callers into real, overlapping, retried HTTP operations
+//! on the run's seeded schedule, and records every operation and attempt.
+//!
+//! Open model: an operation starts at its intended time whether or not earlier ones finished;
+//! latency is measured from that intended start (no coordinated omission) and the gap between
+//! intended and actual start is recorded as schedule lag. Everything random about an operation —
+//! key, trace id, idempotency keys, body choices, retry jitter, replica choice — comes from an
+//! RNG seeded by the run seed and the operation id, so it does not depend on timing.
+//!
+//! The engine knows nothing of the fault layer; both only emit history events.
+
+#![deny(missing_docs)]
+
+mod hist;
+mod keys;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use reprod_history::{AttemptRecord, Event, OpRecord, Outcome, Recorder, RunClock};
+use reprod_scenario::{Backoff, Balance, Caller, IdempotencyMode, Jitter, Scenario, Template, Var};
+use reprod_services::Target;
+use tokio::sync::{Semaphore, watch};
+
+pub use hist::Histogram;
+pub use keys::KeySampler;
+pub use schedule::{PlannedOp, Schedule};
+
+/// Bytes of each response body kept in the history.
+const KEPT_RESPONSE_BYTES: usize = 512;
+/// Largest response body read (the rest of the connection is dropped).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// SplitMix64 of `seed` and `salt`: independent streams from one run seed.
+pub fn mix(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Counters the progress display reads while the run goes.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Operations that ended.
+    pub done: AtomicU64,
+    /// ... ok.
+    pub ok: AtomicU64,
+    /// ... failed.
+    pub failed: AtomicU64,
+    /// ... ambiguous.
+    pub ambiguous: AtomicU64,
+    /// Attempts sent.
+    pub attempts: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+    /// Operations dispatched.
+    pub dispatched: AtomicU64,
+    /// Latencies since the display last took them.
+    pub window: Mutex<Histogram>,
+}
+
+/// What the engine measured.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Operations dispatched.
+    pub ops: u64,
+    /// Ended ok.
+    pub ok: u64,
+    /// Ended failed.
+    pub failed: u64,
+    /// Ended ambiguous.
+    pub ambiguous: u64,
+    /// Attempts sent.
+    pub attempts: u64,
+    /// Attempts after the first.
+    pub retries: u64,
+    /// Operation latency from intended start, µs.
+    pub latency: Histogram,
+    /// Intended → actual first send, µs.
+    pub lag: Histogram,
+    /// Intended start of the first operation, µs.
+    pub first_intended_us: i64,
+    /// Intended start of the last operation, µs.
+    pub last_intended_us: i64,
+    /// When load generation ended (all operations done), µs.
+    pub load_end_us: i64,
+    /// Whether the run was stopped before the schedule was done.
+    pub interrupted: bool,
+}
+
+/// Inputs of one run of the engine.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The (condition-adjusted) scenario.
+    pub scenario: &'a Scenario,
+    /// Replicas per service, scenario order.
+    pub targets: &'a [Vec<Target>],
+    /// The run's clock.
+    pub clock: RunClock,
+    /// Where operations and attempts go.
+    pub recorder: Recorder,
+    /// Progress counters.
+    pub live: Arc<Live>,
+    /// Turns true to stop: no new operations, in-flight ones end as ambiguous.
+    pub stop: watch::Receiver<bool>,
+}
+
+struct CallerRt {
+    spec: Caller,
+    targets: Vec<Target>,
+    balance: Balance,
+    round_robin: AtomicUsize,
+    ops_started: AtomicU64,
+    retries_used: AtomicU64,
+}
+
+struct Shared {
+    seed: u64,
+    callers: Vec<CallerRt>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    clock: RunClock,
+    recorder: Recorder,
+    live: Arc<Live>,
+    totals: Mutex<Stats>,
+    key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Runs every caller's schedule to its end (or until `stop`), then waits for in-flight
+/// operations.
+pub async fn run(input: Input<'_>) -> Stats {
+    let Input {
+        scenario,
+        targets,
+        clock,
+        recorder,
+        live,
+        mut stop,
+    } = input;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let shared = Arc::new(Shared {
+        seed: scenario.seed,
+        callers: scenario
+            .callers
+            .iter()
+            .map(|c| CallerRt {
+                spec: c.clone(),
+                targets: targets[c.service].clone(),
+                balance: scenario.services[c.service].balance,
+                round_robin: AtomicUsize::new(0),
+                ops_started: AtomicU64::new(0),
+                retries_used: AtomicU64::new(0),
+            })
+            .collect(),
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector),
+        clock,
+        recorder,
+        live,
+        totals: Mutex::new(Stats::default()),
+        key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
+    });
+    let limit = Arc::new(Semaphore::new(scenario.max_in_flight));
+    let mut interrupted = false;
+    let mut first_intended = None;
+    let mut last_intended = 0;
+    for op in Schedule::new(scenario) {
+        if *stop.borrow() {
+            interrupted = true;
+            break;
+        }
+        first_intended.get_or_insert(op.at_us);
+        last_intended = op.at_us;
+        let at = clock.instant_at(op.at_us);
+        if at > tokio::time::Instant::now().into_std() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = stop.changed() => { interrupted = true; break; }
+            }
+        }
+        let permit = tokio::select! {
+            permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = stop.changed() => { interrupted = true; break; }
+        };
+        shared.live.dispatched.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(&shared);
+        let op_stop = stop.clone();
+        tokio::spawn(async move {
+            run_op(&shared, op, op_stop).await;
+            drop(permit);
+        });
+    }
+    // Every in-flight operation holds a permit; having them all back means all have ended.
+    let _all = limit
+        .acquire_many(scenario.max_in_flight as u32)
+        .await
+        .expect("semaphore is never closed");
+    let mut stats = shared
+        .totals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    stats.first_intended_us = first_intended.unwrap_or(0);
+    stats.last_intended_us = last_intended;
+    stats.load_end_us = clock.now_us();
+    stats.interrupted = interrupted || *stop.borrow();
+    stats
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    Status(u16, Option<Duration>),
+    Timeout,
+    Connect(String),
+    Transport(String),
+    Stopped,
+}
+
+async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>) {
+    let caller = &shared.callers[op.caller];
+    let spec = &caller.spec;
+    let key = format!("{}{}", spec.keys.prefix, op.key_index);
+    let _key_guard = match &shared.key_locks {
+        Some(locks) => {
+            let lock = Arc::clone(
+                locks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_default(),
+            );
+            Some(lock.lock_owned().await)
+        }
+        None => None,
+    };
+    let op_seed = mix(shared.seed, op.op_id.wrapping_add(1 << 32));
+    let mut rng = fastrand::Rng::with_seed(op_seed);
+    let trace_id = hex(&mut rng, 16);
+    let op_uuid = uuid(&mut rng);
+    let op_idempotency = (spec.idempotency.mode == IdempotencyMode::PerOp).then(|| uuid(&mut rng));
+    caller.ops_started.fetch_add(1, Ordering::Relaxed);
+
+    let mut started_us = None;
+    let mut outcome = Outcome::Failed;
+    let mut ambiguous_seen = false;
+    let mut last_status = None;
+    let mut attempts = 0;
+    for n in 1..=spec.retry.attempts {
+        attempts = n;
+        let target = pick(caller, &key, &mut rng);
+        let traceparent = format!("00-{trace_id}-{}-01", hex(&mut rng, 8));
+        let idempotency_key = match spec.idempotency.mode {
+            IdempotencyMode::None => None,
+            IdempotencyMode::PerOp => op_idempotency.clone(),
+            IdempotencyMode::PerAttempt => Some(uuid(&mut rng)),
+        };
+        let vars = Vars {
+            key: &key,
+            op: op.op_id,
+            attempt: n,
+            uuid: &op_uuid,
+            seq: op.seq,
+            idempotency_key: idempotency_key.as_deref(),
+            // Same choices on every attempt of an operation: a retry resends the same request.
+            choice_seed: mix(op_seed, 7),
+        };
+        let request = build_request(spec, target, &vars, &traceparent);
+        let sent_us = shared.clock.now_us();
+        started_us.get_or_insert(sent_us);
+        shared.live.attempts.fetch_add(1, Ordering::Relaxed);
+        if n > 1 {
+            shared.live.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let (end, response) = match request {
+            Ok(request) => send(&shared.client, request, spec.timeout, &mut stop).await,
+            Err(e) => (AttemptEnd::Transport(e), None),
+        };
+        let done_us = shared.clock.now_us();
+        let (status, error) = match &end {
+            AttemptEnd::Status(s, _) => (Some(i64::from(*s)), None),
+            AttemptEnd::Timeout => (
+                None,
+                Some(format!("timeout after {} ms", spec.timeout.as_millis())),
+            ),
+            AttemptEnd::Connect(e) => (None, Some(format!("connect: {e}"))),
+            AttemptEnd::Transport(e) => (None, Some(e.clone())),
+            AttemptEnd::Stopped => (None, Some("interrupted".to_string())),
+        };
+        last_status = status;
+        shared
+            .recorder
+            .record(Event::Attempt(AttemptRecord {
+                op_id: op.op_id as i64,
+                n: i64::from(n),
+                traceparent,
+                instance: target.instance.clone(),
+                version: target.version.clone(),
+                idempotency_key,
+                sent_us,
+                done_us,
+                status,
+                error,
+                response,
+            }))
+            .await;
+        let on = &spec.retry.on;
+        let (retryable, retry_after) = match end {
+            AttemptEnd::Status(s, _) if (200..300).contains(&s) => {
+                outcome = Outcome::Ok;
+                break;
+            }
+            AttemptEnd::Status(s, retry_after) => {
+                // 503 conventionally means "not processed"; other 5xx may have half-happened.
+                if s >= 500 && s != 503 {
+                    ambiguous_seen = true;
+                }
+                (on.status(s), retry_after)
+            }
+            AttemptEnd::Timeout => {
+                ambiguous_seen = true;
+                (on.timeout, None)
+            }
+            AttemptEnd::Connect(_) => (on.connect, None),
+            AttemptEnd::Transport(_) => {
+                ambiguous_seen = true;
+                (on.connect, None)
+            }
+            AttemptEnd::Stopped => {
+                ambiguous_seen = true;
+                (false, None)
+            }
+        };
+        if !retryable || n == spec.retry.attempts || *stop.borrow() || !budget_allows(caller) {
+            break;
+        }
+        let wait = backoff(spec, n, retry_after, &mut rng);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if outcome != Outcome::Ok && ambiguous_seen {
+        outcome = Outcome::Ambiguous;
+    }
+    let done_us = shared.clock.now_us();
+    let started_us = started_us.unwrap_or(done_us);
+    shared
+        .recorder
+        .record(Event::Op(OpRecord {
+            op_id: op.op_id as i64,
+            caller: spec.name.clone(),
+            key,
+            seq: op.seq as i64,
+            group_id: op.group as i64,
+            intended_start_us: op.at_us,
+            queue_delay_us: op.queue_delay_us,
+            started_us,
+            done_us,
+            outcome,
+            attempts: i64::from(attempts),
+            status: last_status,
+            trace_id,
+        }))
+        .await;
+    let latency_us = (done_us - op.at_us).max(0) as u64;
+    let lag_us = (started_us - op.at_us).max(0) as u64;
+    let live = &shared.live;
+    live.done.fetch_add(1, Ordering::Relaxed);
+    match outcome {
+        Outcome::Ok => live.ok.fetch_add(1, Ordering::Relaxed),
+        Outcome::Failed => live.failed.fetch_add(1, Ordering::Relaxed),
+        Outcome::Ambiguous => live.ambiguous.fetch_add(1, Ordering::Relaxed),
+    };
+    live.window
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(latency_us);
+    let mut t = shared.totals.lock().unwrap_or_else(|p| p.into_inner());
+    t.ops += 1;
+    match outcome {
+        Outcome::Ok => t.ok += 1,
+        Outcome::Failed => t.failed += 1,
+        Outcome::Ambiguous => t.ambiguous += 1,
+    }
+    t.attempts += u64::from(attempts);
+    t.retries += u64::from(attempts.saturating_sub(1));
+    t.latency.record(latency_us);
+    t.lag.record(lag_us);
+}
+
+/// Retries may not exceed `budget` per operation started (gRPC-style retry throttling), with a
+/// floor of one so a small run can still retry.
+fn budget_allows(caller: &CallerRt) -> bool {
+    let Some(budget) = caller.spec.retry.budget else {
+        caller.retries_used.fetch_add(1, Ordering::Relaxed);
+        return true;
+    };
+    let ops = caller.ops_started.load(Ordering::Relaxed) as f64;
+    let allowed = (budget * ops).max(1.0) as u64;
+    caller
+        .retries_used
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            (used < allowed).then_some(used + 1)
+        })
+        .is_ok()
+}
+
+fn backoff(
+    spec: &Caller,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    rng: &mut fastrand::Rng,
+) -> Duration {
+    let r = &spec.retry;
+    let raw = match r.backoff {
+        Backoff::Constant => r.base,
+        Backoff::Exponential => r.base.saturating_mul(1u32 << (attempt - 1).min(20)),
+    }
+    .min(r.max);
+    let jittered = match r.jitter {
+        Jitter::None => raw,
+        Jitter::Full => raw.mul_f64(rng.f64()),
+        Jitter::Equal => raw / 2 + (raw / 2).mul_f64(rng.f64()),
+    };
+    match retry_after {
+        Some(ra) if r.respect_retry_after => jittered.max(ra.min(r.max)),
+        _ => jittered,
+    }
+}
+
+fn pick<'a>(caller: &'a CallerRt, key: &str, rng: &mut fastrand::Rng) -> &'a Target {
+    let n = caller.targets.len();
+    let i = match caller.balance {
+        Balance::RoundRobin => caller.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        Balance::Random => rng.usize(..n),
+        Balance::Key => (fnv1a(key.as_bytes()) % n as u64) as usize,
+    };
+    &caller.targets[i]
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Values of the request placeholders for one attempt.
+#[derive(Debug)]
+pub struct Vars<'a> {
+    /// `{key}`.
+    pub key: &'a str,
+    /// `{op}`.
+    pub op: u64,
+    /// `{attempt}`.
+    pub attempt: u32,
+    /// `{uuid}`.
+    pub uuid: &'a str,
+    /// `{seq}`.
+    pub seq: u64,
+    /// `{idempotency_key}`.
+    pub idempotency_key: Option<&'a str>,
+    /// Seed of `{choice:...}` draws.
+    pub choice_seed: u64,
+}
+
+/// Renders a request template for one attempt.
+pub fn render(t: &Template, vars: &Vars<'_>, choices: &mut fastrand::Rng) -> String {
+    t.render(|var, out| {
+        match var {
+            Var::Key => out.push_str(vars.key),
+            Var::Op => out.push_str(&vars.op.to_string()),
+            Var::Attempt => out.push_str(&vars.attempt.to_string()),
+            Var::Uuid => out.push_str(vars.uuid),
+            Var::Seq => out.push_str(&vars.seq.to_string()),
+            Var::IdempotencyKey => out.push_str(vars.idempotency_key.unwrap_or("")),
+            Var::Choice(options) => out.push_str(&options[choices.usize(..options.len())]),
+            _ => return false,
+        }
+        true
+    })
+    // Scenario validation only lets request placeholders into request templates.
+    .unwrap_or_default()
+}
+
+fn build_request(
+    spec: &Caller,
+    target: &Target,
+    vars: &Vars<'_>,
+    traceparent: &str,
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut choices = fastrand::Rng::with_seed(vars.choice_seed);
+    let path = render(&spec.request.path, vars, &mut choices);
+    let uri: Uri = format!("{}{path}", target.url)
+        .parse()
+        .map_err(|e| format!("bad request URL {}{path}: {e}", target.url))?;
+    let mut builder = Request::builder()
+        .method(spec.request.method.as_str())
+        .uri(uri)
+        .header("traceparent", traceparent)
+        .header("x-retry-attempt", vars.attempt.to_string());
+    let mut has_content_type = false;
+    for (name, value) in &spec.request.headers {
+        has_content_type |= name == "content-type";
+        builder = builder.header(name.as_str(), render(value, vars, &mut choices));
+    }
+    if let Some(key) = vars.idempotency_key {
+        builder = builder.header(spec.idempotency.header.as_str(), key);
+    }
+    let body = match &spec.request.body {
+        Some(t) => {
+            if !has_content_type {
+                builder = builder.header("content-type", "application/json");
+            }
+            Bytes::from(render(t, vars, &mut choices))
+        }
+        None => Bytes::new(),
+    };
+    builder
+        .body(Full::new(body))
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> (AttemptEnd, Option<String>) {
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                AttemptEnd::Connect(error_chain(&e))
+            } else {
+                AttemptEnd::Transport(error_chain(&e))
+            }
+        })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| AttemptEnd::Transport(format!("reading the response: {e}")))?
+            .to_bytes();
+        let kept =
+            String::from_utf8_lossy(&body[..body.len().min(KEPT_RESPONSE_BYTES)]).into_owned();
+        Ok::<_, AttemptEnd>((AttemptEnd::Status(status, retry_after), Some(kept)))
+    };
+    tokio::select! {
+        result = tokio::time::timeout(timeout, exchange) => match result {
+            Ok(Ok(done)) => done,
+            Ok(Err(end)) => (end, None),
+            Err(_) => (AttemptEnd::Timeout, None),
+        },
+        _ = stop.changed() => (AttemptEnd::Stopped, None),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn hex(rng: &mut fastrand::Rng, bytes: usize) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let _ = write!(s, "{:02x}", rng.u8(..));
+    }
+    if s.bytes().all(|b| b == b'0') {
+        s.replace_range(s.len() - 1.., "1");
+    }
+    s
+}
+
+/// A version-4 UUID from `rng`.
+pub fn uuid(rng: &mut fastrand::Rng) -> String {
+    let hi = (rng.u64(..) & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000;
+    let lo = (rng.u64(..) & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xFFFF,
+        hi & 0xFFFF,
+        lo >> 48,
+        lo & 0xFFFF_FFFF_FFFF
+    )
+}

@@ -1,0 +1,233 @@
+//! The seeded open-model schedule: every operation's intended start, caller, key and overlap
+//! group, in time order, computed before (and independently of) anything the service does.
+//!
+//! Each caller draws from its own RNG seeded from the run seed and its index, so adding a
+//! caller never shifts another caller's schedule, and the same seed always yields the same
+//! schedule. Generation is lazy: memory is bounded by the overlap in flight, not by the run.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use reprod_scenario::{Arrival, Scenario};
+
+use crate::keys::KeySampler;
+use crate::mix;
+
+/// One planned operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedOp {
+    /// Run-wide id, 1-based, in schedule order.
+    pub op_id: u64,
+    /// Caller index.
+    pub caller: usize,
+    /// Sequence number within the caller, 1-based.
+    pub seq: u64,
+    /// Operations from one arrival share a group (run-wide id).
+    pub group: u64,
+    /// Key index within the caller's key space.
+    pub key_index: u64,
+    /// Intended start: microseconds since the run started, queue delay included.
+    pub at_us: i64,
+    /// The caller's queue delay.
+    pub queue_delay_us: i64,
+}
+
+struct CallerGen {
+    rng: fastrand::Rng,
+    arrival: Arrival,
+    sampler: KeySampler,
+    k: u32,
+    window_us: u64,
+    delay_us: i64,
+    end_us: i64,
+    /// Next arrival time, or None when the arrival process is exhausted.
+    next_arrival: Option<i64>,
+    arrivals: u64,
+    /// (time, insertion order, key index, arrival number)
+    pending: BinaryHeap<Reverse<(i64, u64, u64, u64)>>,
+    pending_seq: u64,
+}
+
+impl CallerGen {
+    fn new(scenario: &Scenario, index: usize) -> CallerGen {
+        let caller = &scenario.callers[index];
+        let end_us = scenario.duration.as_micros() as i64;
+        let mut generator = CallerGen {
+            rng: fastrand::Rng::with_seed(mix(scenario.seed, index as u64 + 1)),
+            arrival: caller.arrival.clone(),
+            sampler: KeySampler::new(&caller.keys),
+            k: caller.overlap.k.max(1),
+            window_us: caller.overlap.window.as_micros() as u64,
+            delay_us: caller.delay.as_micros() as i64,
+            end_us,
+            next_arrival: None,
+            arrivals: 0,
+            pending: BinaryHeap::new(),
+            pending_seq: 0,
+        };
+        generator.next_arrival = generator.arrival_time(0, None);
+        generator
+    }
+
+    /// Time of arrival number `n` (0-based), given the previous one.
+    fn arrival_time(&mut self, n: u64, previous: Option<i64>) -> Option<i64> {
+        let t = match &self.arrival {
+            Arrival::Constant {
+                rate_per_s, start, ..
+            } => start.as_micros() as i64 + (n as f64 * 1e6 / rate_per_s) as i64,
+            Arrival::Poisson {
+                rate_per_s, start, ..
+            } => {
+                let gap = -(1.0 - self.rng.f64()).ln() / rate_per_s * 1e6;
+                previous.unwrap_or(start.as_micros() as i64) + gap as i64
+            }
+            Arrival::Burst { count, at } => {
+                if n >= *count {
+                    return None;
+                }
+                at.as_micros() as i64
+            }
+            Arrival::Batch { at, spread } => {
+                let count = self.sampler.count();
+                if n >= count {
+                    return None;
+                }
+                at.as_micros() as i64
+                    + (spread.as_micros() * u128::from(n) / u128::from(count)) as i64
+            }
+        };
+        let stop = match &self.arrival {
+            Arrival::Constant { stop: Some(s), .. } | Arrival::Poisson { stop: Some(s), .. } => {
+                (s.as_micros() as i64).min(self.end_us)
+            }
+            _ => self.end_us,
+        };
+        (t < stop).then_some(t)
+    }
+
+    fn generate_arrival(&mut self, t: i64) {
+        let key = match self.arrival {
+            Arrival::Batch { .. } => self.arrivals,
+            _ => self.sampler.sample(&mut self.rng),
+        };
+        let arrival = self.arrivals;
+        for j in 0..self.k {
+            let offset = if j == 0 || self.window_us == 0 {
+                0
+            } else {
+                self.rng.u64(0..=self.window_us) as i64
+            };
+            let at = t + offset;
+            if at < self.end_us {
+                self.pending_seq += 1;
+                self.pending
+                    .push(Reverse((at, self.pending_seq, key, arrival)));
+            }
+        }
+        self.arrivals += 1;
+        self.next_arrival = self.arrival_time(self.arrivals, Some(t));
+    }
+
+    /// Next op of this caller in time order: (time, key index, arrival number).
+    fn next(&mut self) -> Option<(i64, u64, u64)> {
+        while let Some(t) = self.next_arrival {
+            match self.pending.peek() {
+                Some(Reverse((p, _, _, _))) if *p < t => break,
+                _ => self.generate_arrival(t),
+            }
+        }
+        let Reverse((at, _, key, arrival)) = self.pending.pop()?;
+        Some((at + self.delay_us, key, arrival))
+    }
+}
+
+/// The whole run's schedule, merged across callers in time order, bounded by `max_ops`.
+pub struct Schedule {
+    callers: Vec<CallerGen>,
+    heads: BinaryHeap<Reverse<(i64, usize, u64, u64)>>,
+    seqs: Vec<u64>,
+    groups: std::collections::HashMap<(usize, u64), u64>,
+    next_group: u64,
+    emitted: u64,
+    max_ops: u64,
+}
+
+impl std::fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedule")
+            .field("emitted", &self.emitted)
+            .finish()
+    }
+}
+
+impl Schedule {
+    /// The schedule of `scenario`.
+    pub fn new(scenario: &Scenario) -> Schedule {
+        let mut callers: Vec<CallerGen> = (0..scenario.callers.len())
+            .map(|i| CallerGen::new(scenario, i))
+            .collect();
+        let mut heads = BinaryHeap::new();
+        for (i, c) in callers.iter_mut().enumerate() {
+            if let Some((at, key, arrival)) = c.next() {
+                heads.push(Reverse((at, i, key, arrival)));
+            }
+        }
+        Schedule {
+            seqs: vec![0; callers.len()],
+            callers,
+            heads,
+            groups: std::collections::HashMap::new(),
+            next_group: 0,
+            emitted: 0,
+            max_ops: scenario.max_ops,
+        }
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = PlannedOp;
+
+    fn next(&mut self) -> Option<PlannedOp> {
+        if self.emitted >= self.max_ops {
+            return None;
+        }
+        let Reverse((at, caller, key_index, arrival)) = self.heads.pop()?;
+        if let Some((next_at, key, next_arrival)) = self.callers[caller].next() {
+            self.heads
+                .push(Reverse((next_at, caller, key, next_arrival)));
+        }
+        self.emitted += 1;
+        self.seqs[caller] += 1;
+        // Run-wide group ids in order of first appearance; entries are dropped once all k
+        // operations of a group were emitted, so the map stays as small as the overlap.
+        let k = self.callers[caller].k;
+        let entry = self.groups.entry((caller, arrival));
+        let group = match entry {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let (g, left) = (*o.get() >> 8, (*o.get() & 0xFF) - 1);
+                if left == 0 {
+                    o.remove();
+                } else {
+                    o.insert(g << 8 | left);
+                }
+                g
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.next_group += 1;
+                if k > 1 {
+                    v.insert(self.next_group << 8 | u64::from(k - 1));
+                }
+                self.next_group
+            }
+        };
+        Some(PlannedOp {
+            op_id: self.emitted,
+            caller,
+            seq: self.seqs[caller],
+            group,
+            key_index,
+            at_us: at,
+            queue_delay_us: self.callers[caller].delay_us,
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! The fault layer: what reprod stands in for or in front of while the service runs.
+//!
+//! Each dependency and each sink gets its own HTTP listener on a loopback port. A dependency
+//! either answers from a stub or forwards to a real upstream, after a delay drawn from its
+//! latency shape; a sink records every delivery and answers with a set status. Every call is
+//! recorded — dependency, `traceparent`, extracted key, drawn delay, fault, status — so it joins
+//! back to the attempt that caused it. Draws come from the run's seed, per endpoint and per call
+//! index. This crate and the load engine do not know each other; both only emit history events.
+
+#![deny(missing_docs)]
+
+mod extract;
+pub mod latency;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use reprod_history::{DependencyCallRecord, Event, Recorder, RunClock, SinkDeliveryRecord};
+use reprod_scenario::{DependencyMode, KeyExtract, Scenario, Template, Var};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use extract::extract_key;
+use latency::Sampler;
+
+/// Largest request body a dependency or sink reads.
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// Bytes of a sink delivery body kept in the history.
+const KEPT_BODY_BYTES: usize = 1024;
+/// Timeout of a proxied upstream exchange.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the fault layer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} {name:?}: {source}")]
+    Bind {
+        /// `dependency` or `sink`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The running dependencies and sinks.
+#[derive(Debug)]
+pub struct FaultLayer {
+    dependency_urls: BTreeMap<String, String>,
+    sink_urls: BTreeMap<String, String>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl FaultLayer {
+    /// Binds every dependency and sink of `scenario` and starts serving.
+    pub async fn start(
+        scenario: &Scenario,
+        clock: RunClock,
+        recorder: Recorder,
+    ) -> Result<FaultLayer, FaultError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut dependency_urls = BTreeMap::new();
+        let mut sink_urls = BTreeMap::new();
+        let client = proxy_client();
+        for (index, dep) in scenario.dependencies.iter().enumerate() {
+            let endpoint = Arc::new(Endpoint {
+                name: dep.name.clone(),
+                role: Role::Dependency(dep.mode.clone()),
+                sampler: dep.latency.as_ref().map(Sampler::new),
+                key: dep.key.clone(),
+                idempotency_header: String::new(),
+                status: 200,
+                seed: mix(scenario.seed, 1_000 + index as u64),
+                calls: AtomicU64::new(0),
+                clock,
+                recorder: recorder.clone(),
+                client: client.clone(),
+            });
+            let addr = serve(
+                &mut tasks,
+                Arc::clone(&endpoint),
+                stopped.clone(),
+                "dependency",
+            )
+            .await?;
+            dependency_urls.insert(dep.name.clone(), format!("http://{addr}"));
+        }
+        for (index, sink) in scenario.sinks.iter().enumerate() {
+            let endpoint = Arc::new(Endpoint {
+                name: sink.name.clone(),
+                role: Role::Sink,
+                sampler: sink.latency.as_ref().map(Sampler::new),
+                key: sink.key.clone(),
+                idempotency_header: sink.idempotency_header.clone(),
+                status: sink.status,
+                seed: mix(scenario.seed, 2_000 + index as u64),
+                calls: AtomicU64::new(0),
+                clock,
+                recorder: recorder.clone(),
+                client: client.clone(),
+            });
+            let addr = serve(&mut tasks, endpoint, stopped.clone(), "sink").await?;
+            sink_urls.insert(sink.name.clone(), format!("http://{addr}"));
+        }
+        Ok(FaultLayer {
+            dependency_urls,
+            sink_urls,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Where dependency `name` is served.
+    pub fn dependency_url(&self, name: &str) -> Option<&str> {
+        self.dependency_urls.get(name).map(String::as_str)
+    }
+
+    /// Where sink `name` is served.
+    pub fn sink_url(&self, name: &str) -> Option<&str> {
+        self.sink_urls.get(name).map(String::as_str)
+    }
+
+    /// Stops accepting and abandons calls still in progress (they are recorded as cut short).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn proxy_client() -> Client {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+#[derive(Debug)]
+enum Role {
+    Dependency(DependencyMode),
+    Sink,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    name: String,
+    role: Role,
+    sampler: Option<Sampler>,
+    key: Option<KeyExtract>,
+    idempotency_header: String,
+    status: u16,
+    seed: u64,
+    calls: AtomicU64,
+    clock: RunClock,
+    recorder: Recorder,
+    client: Client,
+}
+
+/// SplitMix64 step: decorrelates seeds derived from one run seed.
+pub fn mix(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+async fn serve(
+    tasks: &mut JoinSet<()>,
+    endpoint: Arc<Endpoint>,
+    mut stopped: watch::Receiver<bool>,
+    what: &'static str,
+) -> Result<SocketAddr, FaultError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| FaultError::Bind {
+            what,
+            name: endpoint.name.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| FaultError::Bind {
+        what,
+        name: endpoint.name.clone(),
+        source,
+    })?;
+    tasks.spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let endpoint = Arc::clone(&endpoint);
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let endpoint = Arc::clone(&endpoint);
+                            async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        connections.abort_all();
+    });
+    Ok(addr)
+}
+
+/// Records a dependency call when dropped, so a call the service gave up on mid-delay is still
+/// in the history (with no status).
+struct CallGuard<'a> {
+    recorder: &'a Recorder,
+    clock: RunClock,
+    record: Option<DependencyCallRecord>,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.done_us = self.clock.now_us();
+            record.fault = Some(record.fault.unwrap_or_else(|| "caller_gone".to_string()));
+            self.recorder.try_record(Event::DependencyCall(record));
+        }
+    }
+}
+
+impl Endpoint {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let received_us = self.clock.now_us();
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng = fastrand::Rng::with_seed(mix(self.seed, n));
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let traceparent = header("traceparent");
+        let path = parts.uri.path_and_query().map_or_else(
+            || parts.uri.path().to_string(),
+            |pq| pq.as_str().to_string(),
+        );
+        let key = self
+            .key
+            .as_ref()
+            .and_then(|k| extract_key(k, parts.uri.path(), &parts.headers, &body));
+        let delay = self
+            .sampler
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.sample(rng.f64()));
+
+        match &self.role {
+            Role::Sink => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let kept = &body[..body.len().min(KEPT_BODY_BYTES)];
+                self.recorder
+                    .record(Event::SinkDelivery(SinkDeliveryRecord {
+                        sink: self.name.clone(),
+                        traceparent,
+                        key,
+                        idempotency_key: header(&self.idempotency_header),
+                        received_us,
+                        status: i64::from(self.status),
+                        body: String::from_utf8_lossy(kept).into_owned(),
+                    }))
+                    .await;
+                respond(self.status, &[], Bytes::from_static(b"{}"))
+            }
+            Role::Dependency(mode) => {
+                let mut guard = CallGuard {
+                    recorder: &self.recorder,
+                    clock: self.clock,
+                    record: Some(DependencyCallRecord {
+                        dependency: self.name.clone(),
+                        traceparent,
+                        key: key.clone(),
+                        method: parts.method.to_string(),
+                        path: path.clone(),
+                        received_us,
+                        delay_us: delay.as_micros() as i64,
+                        fault: None,
+                        status: None,
+                        done_us: received_us,
+                    }),
+                };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let response = match mode {
+                    DependencyMode::Stub {
+                        status,
+                        headers,
+                        body: template,
+                    } => {
+                        let rendered = render_stub(template, key.as_deref(), &mut rng);
+                        respond(*status, headers, Bytes::from(rendered))
+                    }
+                    DependencyMode::Proxy { upstream } => {
+                        self.forward(upstream, &parts, &path, body).await
+                    }
+                };
+                if let Some(mut record) = guard.record.take() {
+                    record.status = Some(i64::from(response.status().as_u16()));
+                    record.done_us = self.clock.now_us();
+                    self.recorder.record(Event::DependencyCall(record)).await;
+                }
+                response
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        upstream: &str,
+        parts: &hyper::http::request::Parts,
+        path: &str,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let mut request = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("{upstream}{path}"));
+        for (name, value) in &parts.headers {
+            if !is_hop_by_hop(name.as_str()) {
+                request = request.header(name, value);
+            }
+        }
+        let Ok(request) = request.body(Full::new(body)) else {
+            return respond(
+                502,
+                &[],
+                Bytes::from_static(b"{\"error\":\"bad upstream request\"}"),
+            );
+        };
+        let exchange = async {
+            let response = self.client.request(request).await.ok()?;
+            let (parts, body) = response.into_parts();
+            let bytes = Limited::new(body, MAX_BODY_BYTES)
+                .collect()
+                .await
+                .ok()?
+                .to_bytes();
+            Some((parts, bytes))
+        };
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+            Ok(Some((parts, bytes))) => {
+                let mut response = Response::new(Full::new(bytes));
+                *response.status_mut() = parts.status;
+                for (name, value) in &parts.headers {
+                    if !is_hop_by_hop(name.as_str()) {
+                        response.headers_mut().append(name, value.clone());
+                    }
+                }
+                response
+            }
+            _ => respond(
+                502,
+                &[],
+                Bytes::from_static(b"{\"error\":\"upstream unreachable\"}"),
+            ),
+        }
+    }
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "proxy-connection"
+            | "content-length"
+    )
+}
+
+fn respond(status: u16, headers: &[(String, String)], body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let h = response.headers_mut();
+    h.insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    }
+    response
+}
+
+fn render_stub(template: &Template, key: Option<&str>, rng: &mut fastrand::Rng) -> String {
+    template
+        .render(|var, out| {
+            match var {
+                Var::Key => out.push_str(key.unwrap_or("")),
+                Var::Uuid => out.push_str(&uuid(rng)),
+                Var::Choice(options) => out.push_str(&options[rng.usize(..options.len())]),
+                _ => return false,
+            }
+            true
+        })
+        .unwrap_or_default()
+}
+
+/// A version-4 UUID from `rng`.
+pub fn uuid(rng: &mut fastrand::Rng) -> String {
+    let hi = rng.u64(..);
+    let lo = rng.u64(..);
+    let hi = (hi & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
+    let lo = (lo & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xFFFF,
+        hi & 0xFFFF,
+        lo >> 48,
+        lo & 0xFFFF_FFFF_FFFF
+    )
+}

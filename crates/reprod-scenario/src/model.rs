@@ -1,0 +1,434 @@
+//! The validated scenario: the only shape of a scenario the engine, the services and the fault
+//! layer ever see. Every value here was checked; every bound has a value.
+
+use std::time::Duration;
+
+use crate::template::Template;
+
+/// A loaded, validated scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Short name (defaults to the file stem).
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Final parameter values, after `--set`.
+    pub params: Vec<(String, String)>,
+    /// The run's seed: schedule, keys, bodies and fault decisions derive from it.
+    pub seed: u64,
+    /// How long load is generated.
+    pub duration: Duration,
+    /// Bound on operations across all callers.
+    pub max_ops: u64,
+    /// How long to wait after load for in-flight operations and background work.
+    pub drain: Duration,
+    /// Bound on operations in flight at once.
+    pub max_in_flight: usize,
+    /// Hosts other than loopback that services may be reached at.
+    pub allow_hosts: Vec<String>,
+    /// The database the service uses and invariants are checked against.
+    pub database: Option<Database>,
+    /// Systems under test.
+    pub services: Vec<Service>,
+    /// Things the services call, which reprod stands in for or in front of.
+    pub dependencies: Vec<Dependency>,
+    /// Side-effect receivers.
+    pub sinks: Vec<Sink>,
+    /// Sources of operations.
+    pub callers: Vec<Caller>,
+    /// What must hold.
+    pub invariants: Vec<Invariant>,
+    /// Limits that fail the run.
+    pub thresholds: Thresholds,
+    /// Set when the `overlap` condition is switched off: operations on one key never run at the
+    /// same time (across callers).
+    pub serialize_keys: bool,
+}
+
+/// The database under test.
+#[derive(Clone, Debug)]
+pub struct Database {
+    /// `sqlite:PATH` or `postgres://...`; may use `{run_dir}`.
+    pub url: Template,
+}
+
+/// A system under test.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// How it is reached.
+    pub kind: ServiceKind,
+    /// Replica count (1 for an external URL).
+    pub replicas: u32,
+    /// Version label per replica, cycled when shorter than `replicas`.
+    pub versions: Vec<String>,
+    /// Readiness probe path (HTTP GET, 2xx = ready).
+    pub ready_path: Option<String>,
+    /// Stdout line prefix after which the rest of the line is the replica's URL.
+    pub stdout_prefix: Option<String>,
+    /// Deadline for readiness.
+    pub ready_timeout: Duration,
+    /// How attempts are spread over replicas.
+    pub balance: Balance,
+    /// Extra arguments passed when `pool_pressure` is on.
+    pub pressure_args: Vec<Template>,
+    /// Extra environment passed when `pool_pressure` is on.
+    pub pressure_env: Vec<(String, Template)>,
+}
+
+/// How a service is reached.
+#[derive(Clone, Debug)]
+pub enum ServiceKind {
+    /// reprod starts it.
+    Command {
+        /// Program and arguments.
+        command: Vec<Template>,
+        /// Environment added to reprod's own.
+        env: Vec<(String, Template)>,
+    },
+    /// Already running.
+    External {
+        /// Base URL.
+        url: String,
+    },
+}
+
+/// Replica choice per attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn.
+    RoundRobin,
+    /// Drawn from the seeded RNG.
+    Random,
+    /// By a hash of the key: one key always lands on one replica.
+    Key,
+}
+
+/// A source of operations.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Unique name.
+    pub name: String,
+    /// Index into `Scenario::services`.
+    pub service: usize,
+    /// What each attempt sends.
+    pub request: RequestTemplate,
+    /// When operations arrive.
+    pub arrival: Arrival,
+    /// Which keys operations are about.
+    pub keys: Keys,
+    /// Operations per arrival on the same key, and how close together.
+    pub overlap: Overlap,
+    /// Queue age: generated at t, sent at t + delay.
+    pub delay: Duration,
+    /// Client timeout per attempt.
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Idempotency-key policy.
+    pub idempotency: Idempotency,
+}
+
+/// A request template.
+#[derive(Clone, Debug)]
+pub struct RequestTemplate {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Path and query, starting with `/`.
+    pub path: Template,
+    /// Headers.
+    pub headers: Vec<(String, Template)>,
+    /// Body, sent with `content-type: application/json` unless a header says otherwise.
+    pub body: Option<Template>,
+}
+
+/// Arrival process of a caller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arrival {
+    /// Evenly spaced at `rate_per_s` between `start` and `stop`.
+    Constant {
+        /// Arrivals per second.
+        rate_per_s: f64,
+        /// First arrival.
+        start: Duration,
+        /// No arrival after (capped by the run duration).
+        stop: Option<Duration>,
+    },
+    /// Exponential gaps with mean 1/`rate_per_s`.
+    Poisson {
+        /// Mean arrivals per second.
+        rate_per_s: f64,
+        /// First possible arrival.
+        start: Duration,
+        /// No arrival after.
+        stop: Option<Duration>,
+    },
+    /// `count` arrivals at `at`, on drawn keys.
+    Burst {
+        /// Arrivals.
+        count: u64,
+        /// When.
+        at: Duration,
+    },
+    /// One arrival per key, all keys, starting at `at`, spread evenly over `spread`.
+    Batch {
+        /// When.
+        at: Duration,
+        /// Over how long.
+        spread: Duration,
+    },
+}
+
+/// Key space and distribution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Keys {
+    /// Number of distinct keys.
+    pub count: u64,
+    /// Keys are `prefix` + index; callers with one prefix share keys.
+    pub prefix: String,
+    /// How keys are drawn.
+    pub distribution: KeyDistribution,
+}
+
+/// How keys are drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyDistribution {
+    /// Every key equally likely.
+    Uniform,
+    /// Rank r drawn with probability ∝ 1/r^s.
+    Zipf {
+        /// Exponent (> 0).
+        s: f64,
+    },
+    /// A hot set: `fraction` of the keys receives `share` of the operations.
+    Hot {
+        /// Share of keys that are hot (0..1).
+        fraction: f64,
+        /// Share of operations they get (0..1).
+        share: f64,
+    },
+}
+
+/// Deliberate same-key concurrency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Overlap {
+    /// Operations per arrival on one key (1 = none).
+    pub k: u32,
+    /// The extra operations start uniformly within this window after the first.
+    pub window: Duration,
+}
+
+/// Client retry policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    /// Attempts in total (1 = no retry).
+    pub attempts: u32,
+    /// Growth of the wait between attempts.
+    pub backoff: Backoff,
+    /// First wait.
+    pub base: Duration,
+    /// Largest wait.
+    pub max: Duration,
+    /// Randomisation of the wait.
+    pub jitter: Jitter,
+    /// Which outcomes are retried.
+    pub on: RetryOn,
+    /// Wait what `Retry-After` says when the answer has it (capped by `max`).
+    pub respect_retry_after: bool,
+    /// Retries allowed as a share of operations (token-bucket style), `None` = unlimited.
+    pub budget: Option<f64>,
+}
+
+/// Backoff growth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backoff {
+    /// Always `base`.
+    Constant,
+    /// `base * 2^(attempt-1)`, capped at `max`.
+    Exponential,
+}
+
+/// Backoff randomisation (AWS architecture blog terms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jitter {
+    /// The computed wait.
+    None,
+    /// Uniform in [0, wait].
+    Full,
+    /// wait/2 + uniform in [0, wait/2].
+    Equal,
+}
+
+/// Outcomes that trigger a retry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The client timeout fired.
+    pub timeout: bool,
+    /// Connecting or exchanging failed.
+    pub connect: bool,
+    /// Exact statuses.
+    pub statuses: Vec<u16>,
+    /// Status classes (5 = any 5xx).
+    pub classes: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Whether an answer with `status` is retried.
+    pub fn status(&self, status: u16) -> bool {
+        self.statuses.contains(&status) || self.classes.contains(&(status / 100))
+    }
+}
+
+/// Idempotency-key policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// When a key is minted.
+    pub mode: IdempotencyMode,
+    /// Header that carries it.
+    pub header: String,
+}
+
+/// When an idempotency key is minted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdempotencyMode {
+    /// No key.
+    None,
+    /// One per operation, reused by its retries.
+    PerOp,
+    /// A new one per attempt (the bug many clients have).
+    PerAttempt,
+}
+
+/// Something the services call.
+#[derive(Clone, Debug)]
+pub struct Dependency {
+    /// Unique name.
+    pub name: String,
+    /// Stub or proxy.
+    pub mode: DependencyMode,
+    /// Added latency; `None` = none.
+    pub latency: Option<Latency>,
+    /// How a call names its key.
+    pub key: Option<KeyExtract>,
+}
+
+/// How a dependency answers.
+#[derive(Clone, Debug)]
+pub enum DependencyMode {
+    /// reprod answers itself.
+    Stub {
+        /// Status.
+        status: u16,
+        /// Headers.
+        headers: Vec<(String, String)>,
+        /// JSON body template.
+        body: Template,
+    },
+    /// reprod forwards to a real upstream.
+    Proxy {
+        /// Base URL of the upstream.
+        upstream: String,
+    },
+}
+
+/// A latency shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Latency {
+    /// Always the same.
+    Fixed(Duration),
+    /// Uniform between two bounds.
+    Uniform {
+        /// Lower bound.
+        min: Duration,
+        /// Upper bound.
+        max: Duration,
+    },
+    /// Given percentiles, met exactly by a piecewise log-normal (see the engine's sampler).
+    Percentiles {
+        /// Median.
+        p50: Duration,
+        /// 95th percentile.
+        p95: Option<Duration>,
+        /// 99th percentile.
+        p99: Option<Duration>,
+        /// 99.9th percentile.
+        p999: Option<Duration>,
+    },
+}
+
+/// Where a request names its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyExtract {
+    /// 0-based path segment (`/usage/{0}/...` is segment 1).
+    PathSegment(usize),
+    /// JSON pointer into the body.
+    JsonPointer(String),
+    /// A header.
+    Header(String),
+}
+
+/// A side-effect receiver.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    /// Unique name.
+    pub name: String,
+    /// Status answered.
+    pub status: u16,
+    /// Added latency.
+    pub latency: Option<Latency>,
+    /// How a delivery names its key.
+    pub key: Option<KeyExtract>,
+    /// Header that carries the idempotency key.
+    pub idempotency_header: String,
+}
+
+/// Something that must hold after the run.
+#[derive(Clone, Debug)]
+pub struct Invariant {
+    /// Unique name, as reports show it.
+    pub name: String,
+    /// How it is checked.
+    pub kind: InvariantKind,
+}
+
+/// How an invariant is checked.
+#[derive(Clone, Debug)]
+pub enum InvariantKind {
+    /// A read-only query whose rows are violations.
+    Sql {
+        /// The query.
+        query: String,
+        /// Column that names the key of each row.
+        key_column: String,
+    },
+    /// A delivery-count rule on a sink.
+    Sink {
+        /// Index into `Scenario::sinks`.
+        sink: usize,
+        /// The rule.
+        rule: SinkRule,
+        /// Deliveries that share an idempotency key count once.
+        same_idempotency_key_once: bool,
+    },
+}
+
+/// Delivery-count rules per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkRule {
+    /// Exactly one delivery per key seen.
+    ExactlyOnce,
+    /// No key delivered twice.
+    AtMostOnce,
+}
+
+/// Limits that fail the run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    /// p99 latency bound (from intended start).
+    pub p99: Option<Duration>,
+    /// Largest share of operations that may fail.
+    pub error_rate: Option<f64>,
+    /// Smallest acceptable goodput.
+    pub min_goodput_rps: Option<f64>,
+}

@@ -1,0 +1,209 @@
+//! The scenario file as written: serde types that mirror the TOML, with spans for every value
+//! that validation may complain about. Nothing here is checked beyond TOML types; `validate`
+//! turns it into the plan the engine sees.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    pub name: Option<S<String>>,
+    pub description: Option<String>,
+    pub seed: Option<S<i64>>,
+    pub duration: Option<S<String>>,
+    pub max_ops: Option<S<i64>>,
+    pub drain: Option<S<String>>,
+    pub max_in_flight: Option<S<i64>>,
+    #[serde(default)]
+    pub allow_hosts: Vec<S<String>>,
+    #[serde(default)]
+    pub params: BTreeMap<String, S<toml::Value>>,
+    pub database: Option<RawDatabase>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<RawService>,
+    #[serde(default, rename = "dependency")]
+    pub dependencies: Vec<RawDependency>,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<RawSink>,
+    #[serde(default, rename = "caller")]
+    pub callers: Vec<RawCaller>,
+    #[serde(default, rename = "invariant")]
+    pub invariants: Vec<RawInvariant>,
+    pub thresholds: Option<RawThresholds>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: S<String>,
+    pub command: Option<S<Vec<S<String>>>>,
+    pub url: Option<S<String>>,
+    pub replicas: Option<S<i64>>,
+    #[serde(default)]
+    pub versions: Vec<S<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, S<String>>,
+    pub ready: Option<RawReady>,
+    pub balance: Option<S<String>>,
+    #[serde(default)]
+    pub pressure_args: Vec<S<String>>,
+    #[serde(default)]
+    pub pressure_env: BTreeMap<String, S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReady {
+    pub path: Option<S<String>>,
+    pub stdout_prefix: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaller {
+    pub name: S<String>,
+    pub service: Option<S<String>>,
+    pub request: RawRequest,
+    pub arrival: Option<S<String>>,
+    pub rate: Option<S<toml::Value>>,
+    pub count: Option<S<i64>>,
+    pub at: Option<S<String>>,
+    pub start: Option<S<String>>,
+    pub stop: Option<S<String>>,
+    pub spread: Option<S<String>>,
+    pub keys: Option<RawKeys>,
+    pub overlap: Option<RawOverlap>,
+    pub delay: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub retry: Option<RawRetry>,
+    pub idempotency: Option<RawIdempotency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequest {
+    pub method: Option<S<String>>,
+    pub path: S<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, S<String>>,
+    pub body: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub count: Option<S<i64>>,
+    pub prefix: Option<S<String>>,
+    pub distribution: Option<S<String>>,
+    pub s: Option<S<toml::Value>>,
+    pub hot_fraction: Option<S<toml::Value>>,
+    pub hot_share: Option<S<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverlap {
+    pub k: S<i64>,
+    pub window: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: S<i64>,
+    pub backoff: Option<S<String>>,
+    pub base: Option<S<String>>,
+    pub max: Option<S<String>>,
+    pub jitter: Option<S<String>>,
+    #[serde(default)]
+    pub on: Vec<S<toml::Value>>,
+    pub respect_retry_after: Option<bool>,
+    pub budget: Option<S<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    pub mode: S<String>,
+    pub header: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDependency {
+    pub name: S<String>,
+    pub upstream: Option<S<String>>,
+    pub stub: Option<RawStub>,
+    pub latency: Option<RawLatency>,
+    pub key: Option<RawKeyExtract>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStub {
+    pub status: Option<S<i64>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, S<String>>,
+    pub body: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    pub fixed: Option<S<String>>,
+    pub min: Option<S<String>>,
+    pub max: Option<S<String>>,
+    pub p50: Option<S<String>>,
+    pub p95: Option<S<String>>,
+    pub p99: Option<S<String>>,
+    pub p999: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyExtract {
+    pub path_segment: Option<S<i64>>,
+    pub json: Option<S<String>>,
+    pub header: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub name: S<String>,
+    pub status: Option<S<i64>>,
+    pub latency: Option<RawLatency>,
+    pub key: Option<RawKeyExtract>,
+    pub idempotency_header: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvariant {
+    pub name: S<String>,
+    pub sql: Option<S<String>>,
+    pub key_column: Option<S<String>>,
+    pub sink: Option<S<String>>,
+    pub rule: Option<S<String>>,
+    pub same_idempotency_key_once: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThresholds {
+    pub p99: Option<S<String>>,
+    pub error_rate: Option<S<toml::Value>>,
+    pub min_goodput_rps: Option<S<toml::Value>>,
+}

@@ -1,0 +1,359 @@
+//! String templates with `{placeholders}`.
+//!
+//! A placeholder is `{` + a name made of `[A-Za-z0-9_.:|-]` + `}`; anything else in braces (the
+//! braces of a JSON body, `{}`) is literal text, so JSON bodies need no escaping. `{{` is a
+//! literal `{`. Parameters (`{param.NAME}`) are resolved when the scenario loads; the rest when a
+//! service starts or a request is sent, and only where that scope allows them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A value a placeholder stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Var {
+    /// `{port}`: a free port reserved for this replica.
+    Port,
+    /// `{run_dir}`: the run directory.
+    RunDir,
+    /// `{replica}`: 0-based replica index.
+    Replica,
+    /// `{version}`: the replica's version label.
+    Version,
+    /// `{database.url}`: the scenario's database URL.
+    DatabaseUrl,
+    /// `{dependency.NAME.url}`: where reprod serves that dependency.
+    DependencyUrl(String),
+    /// `{sink.NAME.url}`: where reprod serves that sink.
+    SinkUrl(String),
+    /// `{key}`: the operation's key.
+    Key,
+    /// `{op}`: the operation id.
+    Op,
+    /// `{attempt}`: the attempt number, 1 for the first try.
+    Attempt,
+    /// `{uuid}`: a UUID drawn per operation from the seeded RNG.
+    Uuid,
+    /// `{seq}`: the operation's sequence number within its caller.
+    Seq,
+    /// `{idempotency_key}`: the key the caller's idempotency policy gave this attempt.
+    IdempotencyKey,
+    /// `{choice:a|b|c}`: one of the options, drawn per operation.
+    Choice(Vec<String>),
+}
+
+/// Where a template is used, which decides the placeholders it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Parameter values and the database URL: `{run_dir}` only.
+    Run,
+    /// Service command, env and URL: run scope plus replica, port, version and the URLs.
+    Service,
+    /// Caller requests: run-time values of one operation.
+    Request,
+    /// Dependency stub bodies: request values seen by the dependency.
+    Stub,
+}
+
+/// One piece of a template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Text as written.
+    Lit(String),
+    /// A placeholder filled at run time.
+    Var(Var),
+}
+
+/// A parsed template.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Template {
+    /// The pieces, in order.
+    pub segments: Vec<Segment>,
+}
+
+impl Template {
+    /// Parses `text`, resolving `{param.NAME}` from `params` and checking every other
+    /// placeholder against `scope`.
+    pub fn parse(
+        text: &str,
+        scope: Scope,
+        params: &BTreeMap<String, Template>,
+    ) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            if let Some(stripped) = after.strip_prefix('{') {
+                literal.push('{');
+                rest = stripped;
+                continue;
+            }
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "_.:|-".contains(c)))
+                .unwrap_or(after.len());
+            let is_placeholder = name_len > 0 && after[name_len..].starts_with('}');
+            if !is_placeholder {
+                literal.push('{');
+                rest = after;
+                continue;
+            }
+            let name = &after[..name_len];
+            rest = &after[name_len + 1..];
+            if let Some(param) = name.strip_prefix("param.") {
+                let value = params.get(param).ok_or_else(|| {
+                    let known: Vec<&str> = params.keys().map(String::as_str).collect();
+                    format!(
+                        "unknown parameter {{param.{param}}}; declared in [params]: {}",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )
+                })?;
+                for seg in &value.segments {
+                    match seg {
+                        Segment::Lit(s) => literal.push_str(s),
+                        Segment::Var(v) => {
+                            check_scope(v, scope, name)?;
+                            flush(&mut literal, &mut segments);
+                            segments.push(Segment::Var(v.clone()));
+                        }
+                    }
+                }
+                continue;
+            }
+            let var = parse_var(name)?;
+            check_scope(&var, scope, name)?;
+            flush(&mut literal, &mut segments);
+            segments.push(Segment::Var(var));
+        }
+        literal.push_str(rest);
+        flush(&mut literal, &mut segments);
+        Ok(Template { segments })
+    }
+
+    /// A template that is only text.
+    pub fn literal(text: &str) -> Template {
+        Template {
+            segments: vec![Segment::Lit(text.to_string())],
+        }
+    }
+
+    /// The text when the template holds no placeholder.
+    pub fn as_literal(&self) -> Option<String> {
+        let mut out = String::new();
+        for seg in &self.segments {
+            match seg {
+                Segment::Lit(s) => out.push_str(s),
+                Segment::Var(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Whether any placeholder satisfies `pred`.
+    pub fn uses(&self, pred: impl Fn(&Var) -> bool) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Var(v) if pred(v)))
+    }
+
+    /// Renders with `value` supplying each placeholder; `Err` names the first one it could not.
+    pub fn render(&self, mut value: impl FnMut(&Var, &mut String) -> bool) -> Result<String, Var> {
+        let mut out = String::new();
+        for seg in &self.segments {
+            match seg {
+                Segment::Lit(s) => out.push_str(s),
+                Segment::Var(v) => {
+                    if !value(v, &mut out) {
+                        return Err(v.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Var {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Var::Port => f.write_str("{port}"),
+            Var::RunDir => f.write_str("{run_dir}"),
+            Var::Replica => f.write_str("{replica}"),
+            Var::Version => f.write_str("{version}"),
+            Var::DatabaseUrl => f.write_str("{database.url}"),
+            Var::DependencyUrl(n) => write!(f, "{{dependency.{n}.url}}"),
+            Var::SinkUrl(n) => write!(f, "{{sink.{n}.url}}"),
+            Var::Key => f.write_str("{key}"),
+            Var::Op => f.write_str("{op}"),
+            Var::Attempt => f.write_str("{attempt}"),
+            Var::Uuid => f.write_str("{uuid}"),
+            Var::Seq => f.write_str("{seq}"),
+            Var::IdempotencyKey => f.write_str("{idempotency_key}"),
+            Var::Choice(options) => write!(f, "{{choice:{}}}", options.join("|")),
+        }
+    }
+}
+
+fn flush(literal: &mut String, segments: &mut Vec<Segment>) {
+    if !literal.is_empty() {
+        segments.push(Segment::Lit(std::mem::take(literal)));
+    }
+}
+
+fn parse_var(name: &str) -> Result<Var, String> {
+    Ok(match name {
+        "port" => Var::Port,
+        "run_dir" => Var::RunDir,
+        "replica" => Var::Replica,
+        "version" => Var::Version,
+        "database.url" => Var::DatabaseUrl,
+        "key" => Var::Key,
+        "op" => Var::Op,
+        "attempt" => Var::Attempt,
+        "uuid" => Var::Uuid,
+        "seq" => Var::Seq,
+        "idempotency_key" => Var::IdempotencyKey,
+        _ => {
+            if let Some(options) = name.strip_prefix("choice:") {
+                let options: Vec<String> = options.split('|').map(str::to_string).collect();
+                if options.iter().any(String::is_empty) {
+                    return Err(format!(
+                        "{{{name}}} has an empty option; write {{choice:a|b|c}}"
+                    ));
+                }
+                return Ok(Var::Choice(options));
+            }
+            let parts: Vec<&str> = name.split('.').collect();
+            match parts.as_slice() {
+                ["dependency", dep, "url"] => Var::DependencyUrl(dep.to_string()),
+                ["sink", sink, "url"] => Var::SinkUrl(sink.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown placeholder {{{name}}}; known: {{key}}, {{op}}, {{attempt}}, \
+                         {{uuid}}, {{seq}}, {{idempotency_key}}, {{choice:a|b}}, {{param.NAME}}, \
+                         {{port}}, {{run_dir}}, {{replica}}, {{version}}, {{database.url}}, \
+                         {{dependency.NAME.url}}, {{sink.NAME.url}} (write {{{{ for a literal brace)"
+                    ));
+                }
+            }
+        }
+    })
+}
+
+fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
+    let allowed = match scope {
+        Scope::Run => matches!(var, Var::RunDir),
+        Scope::Service => matches!(
+            var,
+            Var::RunDir
+                | Var::Port
+                | Var::Replica
+                | Var::Version
+                | Var::DatabaseUrl
+                | Var::DependencyUrl(_)
+                | Var::SinkUrl(_)
+        ),
+        Scope::Request => matches!(
+            var,
+            Var::Key
+                | Var::Op
+                | Var::Attempt
+                | Var::Uuid
+                | Var::Seq
+                | Var::IdempotencyKey
+                | Var::Choice(_)
+        ),
+        Scope::Stub => matches!(var, Var::Key | Var::Uuid | Var::Choice(_)),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        let where_ = match scope {
+            Scope::Run => "a parameter value or the database URL (only {run_dir} is known there)",
+            Scope::Service => {
+                "a service (service placeholders are {port}, {run_dir}, {replica}, {version}, {database.url}, {dependency.NAME.url}, {sink.NAME.url})"
+            }
+            Scope::Request => {
+                "a caller request (request placeholders are {key}, {op}, {attempt}, {uuid}, {seq}, {idempotency_key}, {choice:a|b})"
+            }
+            Scope::Stub => "a dependency stub (stub placeholders are {key}, {uuid}, {choice:a|b})",
+        };
+        Err(format!("{{{written}}} cannot be used in {where_}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, scope: Scope) -> Result<Template, String> {
+        let mut params = BTreeMap::new();
+        params.insert("period".to_string(), Template::literal("2026-01"));
+        Template::parse(text, scope, &params)
+    }
+
+    #[test]
+    fn json_braces_are_literal_and_params_resolve() {
+        let t = parse(
+            r#"{"account_id": "{key}", "period": "{param.period}"}"#,
+            Scope::Request,
+        )
+        .expect("parses");
+        let out = t
+            .render(|v, out| {
+                assert_eq!(v, &Var::Key);
+                out.push_str("acct_1");
+                true
+            })
+            .expect("renders");
+        assert_eq!(out, r#"{"account_id": "acct_1", "period": "2026-01"}"#);
+        assert_eq!(
+            parse("{{key}", Scope::Request)
+                .expect("ok")
+                .as_literal()
+                .as_deref(),
+            Some("{key}")
+        );
+        assert_eq!(
+            parse("{}", Scope::Request)
+                .expect("ok")
+                .as_literal()
+                .as_deref(),
+            Some("{}")
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_and_out_of_scope_placeholders() {
+        assert!(
+            parse("{nope}", Scope::Request)
+                .unwrap_err()
+                .contains("unknown placeholder {nope}")
+        );
+        assert!(
+            parse("{param.x}", Scope::Request)
+                .unwrap_err()
+                .contains("declared in [params]: period")
+        );
+        assert!(
+            parse("{port}", Scope::Request)
+                .unwrap_err()
+                .contains("cannot be used in a caller request")
+        );
+        assert!(
+            parse("{key}", Scope::Service)
+                .unwrap_err()
+                .contains("cannot be used in a service")
+        );
+        assert!(parse("{choice:a||b}", Scope::Request).is_err());
+        let choice = parse("{choice:a|b}", Scope::Request).expect("ok");
+        assert_eq!(
+            choice.segments,
+            vec![Segment::Var(Var::Choice(vec!["a".into(), "b".into()]))]
+        );
+    }
+}

@@ -1,0 +1,1171 @@
+//! Raw → validated. Every check records a diagnostic at the offending value and carries on, so
+//! one `reprod check` lists every problem in the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::error::Diagnostics;
+use crate::model::{
+    Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode, Idempotency,
+    IdempotencyMode, Invariant, InvariantKind, Jitter, KeyDistribution, KeyExtract, Keys, Latency,
+    Overlap, RequestTemplate, Retry, RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule,
+    Thresholds,
+};
+use crate::raw::{
+    RawCaller, RawDependency, RawInvariant, RawKeyExtract, RawKeys, RawLatency, RawRequest,
+    RawRetry, RawScenario, RawService, RawSink, RawThresholds, S,
+};
+use crate::template::{Scope, Template, Var};
+use crate::units::parse_duration;
+
+/// Default bounds, so every run is bounded even when the scenario says nothing.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// Default bound on operations.
+pub const DEFAULT_MAX_OPS: u64 = 100_000;
+/// Default drain after load.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
+/// Default bound on operations in flight.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Hard ceilings no scenario may exceed.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+const MAX_OPS_CEILING: u64 = 100_000_000;
+
+struct Cx<'a, 'd> {
+    d: &'d mut Diagnostics<'a>,
+    params: BTreeMap<String, Template>,
+}
+
+impl Cx<'_, '_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<&str>) {
+        self.d.error(span, message, hint);
+    }
+
+    fn duration(&mut self, value: &S<String>, what: &str) -> Option<Duration> {
+        match parse_duration(value.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(
+                    value.span(),
+                    format!("{what}: {e}"),
+                    Some("durations look like 150ms, 2s or 5m"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration_or(
+        &mut self,
+        value: &Option<S<String>>,
+        what: &str,
+        default: Duration,
+    ) -> Duration {
+        value
+            .as_ref()
+            .and_then(|v| self.duration(v, what))
+            .unwrap_or(default)
+    }
+
+    fn number(&mut self, value: &S<toml::Value>, what: &str) -> Option<f64> {
+        match value.get_ref() {
+            toml::Value::Integer(i) => Some(*i as f64),
+            toml::Value::Float(f) if f.is_finite() => Some(*f),
+            other => {
+                self.err(
+                    value.span(),
+                    format!("{what} must be a number, got {}", type_name(other)),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn fraction(&mut self, value: &Option<S<toml::Value>>, what: &str) -> Option<f64> {
+        let v = value.as_ref()?;
+        let n = self.number(v, what)?;
+        if !(0.0..=1.0).contains(&n) {
+            self.err(
+                v.span(),
+                format!("{what} must be between 0 and 1, got {n}"),
+                None,
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn positive(&mut self, value: &S<i64>, what: &str, max: i64) -> Option<u64> {
+        let n = *value.get_ref();
+        if n < 1 || n > max {
+            self.err(
+                value.span(),
+                format!("{what} must be between 1 and {max}, got {n}"),
+                None,
+            );
+            return None;
+        }
+        Some(n as u64)
+    }
+
+    fn template(&mut self, value: &S<String>, scope: Scope) -> Option<Template> {
+        match Template::parse(value.get_ref(), scope, &self.params) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(value.span(), e, None);
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        value: &S<String>,
+        what: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let found = options
+            .iter()
+            .find(|(name, _)| *name == value.get_ref().as_str());
+        if found.is_none() {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            self.err(
+                value.span(),
+                format!(
+                    "{what} {:?} is not one of: {}",
+                    value.get_ref(),
+                    names.join(", ")
+                ),
+                None,
+            );
+        }
+        found.map(|(_, v)| *v)
+    }
+}
+
+/// Validates `raw` (from `source`) with `--set` overrides applied.
+pub fn validate(
+    raw: RawScenario,
+    sets: &[(String, String)],
+    default_name: &str,
+    d: &mut Diagnostics<'_>,
+) -> Option<Scenario> {
+    let params = params(&raw, sets, d);
+    let mut cx = Cx {
+        d,
+        params: BTreeMap::new(),
+    };
+    for (name, value) in &params {
+        match Template::parse(value, Scope::Run, &BTreeMap::new()) {
+            Ok(t) => {
+                cx.params.insert(name.clone(), t);
+            }
+            Err(e) => {
+                let span = raw.params.get(name).map_or(0..0, |v| v.span());
+                cx.err(span, format!("parameter {name:?}: {e}"), None);
+            }
+        }
+    }
+
+    let name = raw
+        .name
+        .as_ref()
+        .map_or_else(|| default_name.to_string(), |n| n.get_ref().clone());
+    let seed = match &raw.seed {
+        Some(s) if *s.get_ref() < 0 => {
+            cx.err(s.span(), "seed must not be negative", None);
+            0
+        }
+        Some(s) => *s.get_ref() as u64,
+        None => 1,
+    };
+    let duration = cx.duration_or(&raw.duration, "duration", DEFAULT_DURATION);
+    if duration > MAX_DURATION || duration.is_zero() {
+        let span = raw.duration.as_ref().map_or(0..0, |v| v.span());
+        cx.err(span, "duration must be more than 0 and at most 24h", None);
+    }
+    let max_ops = raw
+        .max_ops
+        .as_ref()
+        .and_then(|v| cx.positive(v, "max_ops", MAX_OPS_CEILING as i64))
+        .unwrap_or(DEFAULT_MAX_OPS);
+    let drain = cx.duration_or(&raw.drain, "drain", DEFAULT_DRAIN);
+    let max_in_flight = raw
+        .max_in_flight
+        .as_ref()
+        .and_then(|v| cx.positive(v, "max_in_flight", 1_000_000))
+        .map_or(DEFAULT_MAX_IN_FLIGHT, |n| n as usize);
+    let allow_hosts = raw
+        .allow_hosts
+        .iter()
+        .map(|h| h.get_ref().clone())
+        .collect::<Vec<_>>();
+
+    let database = raw.database.as_ref().and_then(|db| {
+        let url = cx.template(&db.url, Scope::Run)?;
+        if let Some(text) = url.as_literal()
+            && !(text.starts_with("sqlite:")
+                || text.starts_with("postgres://")
+                || text.starts_with("postgresql://"))
+        {
+            cx.err(
+                db.url.span(),
+                format!("database url {text:?} is neither sqlite: nor postgres://"),
+                None,
+            );
+        }
+        Some(Database { url })
+    });
+
+    let dependencies = unique_names(
+        &mut cx,
+        raw.dependencies.iter().map(|d| &d.name),
+        "dependency",
+    );
+    let sinks_names = unique_names(&mut cx, raw.sinks.iter().map(|s| &s.name), "sink");
+    let service_names = unique_names(&mut cx, raw.services.iter().map(|s| &s.name), "service");
+    unique_names(&mut cx, raw.callers.iter().map(|c| &c.name), "caller");
+    unique_names(
+        &mut cx,
+        raw.invariants.iter().map(|i| &i.name),
+        "invariant name",
+    );
+
+    let services: Vec<Service> = raw
+        .services
+        .iter()
+        .filter_map(|s| {
+            service(
+                &mut cx,
+                s,
+                &dependencies,
+                &sinks_names,
+                &allow_hosts,
+                raw.database.is_some(),
+            )
+        })
+        .collect();
+    let deps: Vec<Dependency> = raw
+        .dependencies
+        .iter()
+        .filter_map(|x| dependency(&mut cx, x))
+        .collect();
+    let sinks: Vec<Sink> = raw.sinks.iter().filter_map(|x| sink(&mut cx, x)).collect();
+    let callers: Vec<Caller> = raw
+        .callers
+        .iter()
+        .filter_map(|c| caller(&mut cx, c, &service_names))
+        .collect();
+    let invariants: Vec<Invariant> = raw
+        .invariants
+        .iter()
+        .filter_map(|i| invariant(&mut cx, i, &sinks_names, raw.database.is_some()))
+        .collect();
+    let thresholds = raw
+        .thresholds
+        .as_ref()
+        .map(|t| thresholds(&mut cx, t))
+        .unwrap_or_default();
+
+    if raw.callers.is_empty() {
+        cx.err(
+            0..0,
+            "the scenario has no [[caller]]",
+            Some("add a [[caller]] with a request, a rate and keys"),
+        );
+    }
+    if raw.services.is_empty() {
+        cx.err(
+            0..0,
+            "the scenario has no [[service]]",
+            Some("add a [[service]] with a command or a url"),
+        );
+    }
+    if !cx.d.is_empty() {
+        return None;
+    }
+    Some(Scenario {
+        name,
+        description: raw.description.clone().unwrap_or_default(),
+        params,
+        seed,
+        duration,
+        max_ops,
+        drain,
+        max_in_flight,
+        allow_hosts,
+        database,
+        services,
+        dependencies: deps,
+        sinks,
+        callers,
+        invariants,
+        thresholds,
+        serialize_keys: false,
+    })
+}
+
+fn params(
+    raw: &RawScenario,
+    sets: &[(String, String)],
+    d: &mut Diagnostics<'_>,
+) -> Vec<(String, String)> {
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &raw.params {
+        let text = match value.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                d.error(
+                    value.span(),
+                    format!(
+                        "parameter {name:?} must be a string, number or boolean, got {}",
+                        type_name(other)
+                    ),
+                    None,
+                );
+                continue;
+            }
+        };
+        values.insert(name.clone(), text);
+    }
+    for (name, value) in sets {
+        if raw.params.contains_key(name) {
+            values.insert(name.clone(), value.clone());
+        } else {
+            let known: Vec<&str> = raw.params.keys().map(String::as_str).collect();
+            d.error(
+                0..0,
+                format!("--set {name}={value}: the scenario declares no parameter {name:?}"),
+                Some(&format!(
+                    "declared parameters: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )),
+            );
+        }
+    }
+    values.into_iter().collect()
+}
+
+fn unique_names<'r>(
+    cx: &mut Cx<'_, '_>,
+    names: impl Iterator<Item = &'r S<String>>,
+    what: &str,
+) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for name in names {
+        let n = name.get_ref();
+        // Invariant names are sentences ("one invoice per account and period"); the others end up
+        // in placeholders, file names and flags.
+        let ok = if what == "invariant name" {
+            !n.trim().is_empty()
+        } else {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        };
+        if !ok {
+            cx.err(
+                name.span(),
+                format!("{what} name {n:?} must be non-empty letters, digits, _ or -"),
+                None,
+            );
+        }
+        if !seen.insert(n.clone()) {
+            cx.err(
+                name.span(),
+                format!("there is already a {what} named {n:?}"),
+                Some("names must be unique"),
+            );
+        }
+        out.push(n.clone());
+    }
+    out
+}
+
+fn check_refs(
+    cx: &mut Cx<'_, '_>,
+    t: &Template,
+    span: Range<usize>,
+    deps: &[String],
+    sinks: &[String],
+    has_db: bool,
+) {
+    for seg in &t.segments {
+        if let crate::template::Segment::Var(v) = seg {
+            match v {
+                Var::DependencyUrl(n) if !deps.contains(n) => {
+                    cx.err(
+                        span.clone(),
+                        format!("{v} names no [[dependency]]"),
+                        Some(&format!("dependencies: {}", deps.join(", "))),
+                    );
+                }
+                Var::SinkUrl(n) if !sinks.contains(n) => {
+                    cx.err(
+                        span.clone(),
+                        format!("{v} names no [[sink]]"),
+                        Some(&format!("sinks: {}", sinks.join(", "))),
+                    );
+                }
+                Var::DatabaseUrl if !has_db => {
+                    cx.err(
+                        span.clone(),
+                        "{database.url} is used but the scenario has no [database]",
+                        None,
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn service(
+    cx: &mut Cx<'_, '_>,
+    s: &RawService,
+    deps: &[String],
+    sinks: &[String],
+    allow_hosts: &[String],
+    has_db: bool,
+) -> Option<Service> {
+    let name = s.name.get_ref().clone();
+    let check = |cx: &mut Cx<'_, '_>, v: &S<String>| {
+        let t = cx.template(v, Scope::Service)?;
+        check_refs(cx, &t, v.span(), deps, sinks, has_db);
+        Some(t)
+    };
+    let kind = match (&s.command, &s.url) {
+        (Some(command), None) => {
+            if command.get_ref().is_empty() {
+                cx.err(
+                    command.span(),
+                    format!("service {name:?} has an empty command"),
+                    None,
+                );
+            }
+            let command: Vec<Template> = command
+                .get_ref()
+                .iter()
+                .filter_map(|a| check(cx, a))
+                .collect();
+            let env = s
+                .env
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), check(cx, v)?)))
+                .collect();
+            ServiceKind::Command { command, env }
+        }
+        (None, Some(url)) => {
+            let text = url.get_ref().trim_end_matches('/').to_string();
+            match host_of(&text) {
+                Some(host) if is_loopback(host) || allow_hosts.iter().any(|h| h == host) => {}
+                Some(host) => cx.err(
+                    url.span(),
+                    format!("service {name:?} is at {host}, which is not a loopback address"),
+                    Some("reprod only sends load to loopback unless the host is listed in allow_hosts"),
+                ),
+                None => cx.err(url.span(), format!("service url {text:?} is not an http:// URL"), None),
+            }
+            ServiceKind::External { url: text }
+        }
+        _ => {
+            cx.err(
+                s.name.span(),
+                format!("service {name:?} needs exactly one of command or url"),
+                None,
+            );
+            return None;
+        }
+    };
+    let replicas = s
+        .replicas
+        .as_ref()
+        .and_then(|r| cx.positive(r, "replicas", 64))
+        .unwrap_or(1) as u32;
+    if replicas > 1 && matches!(kind, ServiceKind::External { .. }) {
+        let span = s.replicas.as_ref().map_or(0..0, |r| r.span());
+        cx.err(
+            span,
+            "an external service has one replica; reprod can only start replicas of a command",
+            None,
+        );
+    }
+    let versions: Vec<String> = if s.versions.is_empty() {
+        vec!["v1".to_string()]
+    } else {
+        s.versions.iter().map(|v| v.get_ref().clone()).collect()
+    };
+    let ready = s.ready.as_ref();
+    let ready_path = ready
+        .and_then(|r| r.path.as_ref())
+        .map(|p| p.get_ref().clone());
+    if let Some(p) = ready.and_then(|r| r.path.as_ref())
+        && !p.get_ref().starts_with('/')
+    {
+        cx.err(p.span(), "ready.path must start with /", None);
+    }
+    let stdout_prefix = ready
+        .and_then(|r| r.stdout_prefix.as_ref())
+        .map(|p| p.get_ref().clone());
+    let ready_timeout = cx.duration_or(
+        &ready.and_then(|r| r.timeout.clone()),
+        "ready.timeout",
+        Duration::from_secs(30),
+    );
+    let uses_port = matches!(&kind, ServiceKind::Command { command, env }
+        if command.iter().chain(env.iter().map(|(_, t)| t)).any(|t| t.uses(|v| *v == Var::Port)));
+    if matches!(kind, ServiceKind::Command { .. }) && stdout_prefix.is_none() && !uses_port {
+        cx.err(
+            s.name.span(),
+            format!("service {name:?} gives reprod no way to learn its address"),
+            Some("pass {port} in its command or env, or set ready.stdout_prefix to the text before the URL it prints"),
+        );
+    }
+    let balance = s
+        .balance
+        .as_ref()
+        .and_then(|b| {
+            cx.choice(
+                b,
+                "balance",
+                &[
+                    ("round_robin", Balance::RoundRobin),
+                    ("random", Balance::Random),
+                    ("key", Balance::Key),
+                ],
+            )
+        })
+        .unwrap_or(Balance::RoundRobin);
+    let pressure_args = s
+        .pressure_args
+        .iter()
+        .filter_map(|a| check(cx, a))
+        .collect();
+    let pressure_env = s
+        .pressure_env
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), check(cx, v)?)))
+        .collect();
+    Some(Service {
+        name,
+        kind,
+        replicas,
+        versions,
+        ready_path,
+        stdout_prefix,
+        ready_timeout,
+        balance,
+        pressure_args,
+        pressure_env,
+    })
+}
+
+/// Host of an `http://host[:port]/...` URL.
+pub fn host_of(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Whether `host` is a loopback name or address.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Caller> {
+    let name = c.name.get_ref().clone();
+    let service = match &c.service {
+        Some(s) => match services.iter().position(|n| n == s.get_ref()) {
+            Some(i) => i,
+            None => {
+                cx.err(
+                    s.span(),
+                    format!(
+                        "caller {name:?} names service {:?}, which does not exist",
+                        s.get_ref()
+                    ),
+                    Some(&format!("services: {}", services.join(", "))),
+                );
+                return None;
+            }
+        },
+        None if services.len() == 1 => 0,
+        None => {
+            cx.err(
+                c.name.span(),
+                format!("caller {name:?} must say which service it calls"),
+                Some("set service = \"NAME\""),
+            );
+            return None;
+        }
+    };
+    let request = request(cx, &c.request)?;
+    let arrival = arrival(cx, c)?;
+    let keys = keys(cx, c.keys.as_ref());
+    let overlap = match &c.overlap {
+        Some(o) => Overlap {
+            k: cx.positive(&o.k, "overlap.k", 64).unwrap_or(1) as u32,
+            window: cx.duration_or(&o.window, "overlap.window", Duration::from_millis(10)),
+        },
+        None => Overlap {
+            k: 1,
+            window: Duration::ZERO,
+        },
+    };
+    let delay = cx.duration_or(&c.delay, "delay", Duration::ZERO);
+    let timeout = cx.duration_or(&c.timeout, "timeout", Duration::from_secs(10));
+    if timeout.is_zero() {
+        cx.err(
+            c.timeout.as_ref().map_or(0..0, |t| t.span()),
+            "timeout must be more than 0",
+            None,
+        );
+    }
+    let retry = retry(cx, c.retry.as_ref());
+    let idempotency = match &c.idempotency {
+        Some(i) => Idempotency {
+            mode: cx
+                .choice(
+                    &i.mode,
+                    "idempotency.mode",
+                    &[
+                        ("none", IdempotencyMode::None),
+                        ("per_op", IdempotencyMode::PerOp),
+                        ("per_attempt", IdempotencyMode::PerAttempt),
+                    ],
+                )
+                .unwrap_or(IdempotencyMode::None),
+            header: i
+                .header
+                .as_ref()
+                .map_or_else(|| "Idempotency-Key".to_string(), |h| h.get_ref().clone()),
+        },
+        None => Idempotency {
+            mode: IdempotencyMode::None,
+            header: "Idempotency-Key".to_string(),
+        },
+    };
+    Some(Caller {
+        name,
+        service,
+        request,
+        arrival,
+        keys,
+        overlap,
+        delay,
+        timeout,
+        retry,
+        idempotency,
+    })
+}
+
+fn request(cx: &mut Cx<'_, '_>, r: &RawRequest) -> Option<RequestTemplate> {
+    let method = r
+        .method
+        .as_ref()
+        .map_or_else(|| "GET".to_string(), |m| m.get_ref().to_ascii_uppercase());
+    if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&method.as_str()) {
+        let span = r.method.as_ref().map_or(0..0, |m| m.span());
+        cx.err(span, format!("unknown HTTP method {method:?}"), None);
+    }
+    if !r.path.get_ref().starts_with('/') {
+        cx.err(
+            r.path.span(),
+            "request.path must start with /",
+            Some("the service's base URL comes from the service"),
+        );
+    }
+    let path = cx.template(&r.path, Scope::Request)?;
+    let headers = r
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), cx.template(v, Scope::Request)?)))
+        .collect();
+    let body = match &r.body {
+        Some(b) => Some(cx.template(b, Scope::Request)?),
+        None => None,
+    };
+    Some(RequestTemplate {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn arrival(cx: &mut Cx<'_, '_>, c: &RawCaller) -> Option<Arrival> {
+    let kind = match &c.arrival {
+        Some(a) => cx.choice(
+            a,
+            "arrival",
+            &[("constant", 0), ("poisson", 1), ("burst", 2), ("batch", 3)],
+        )?,
+        None => 0,
+    };
+    let start = cx.duration_or(&c.start, "start", Duration::ZERO);
+    let stop = c.stop.as_ref().and_then(|s| cx.duration(s, "stop"));
+    let at = cx.duration_or(&c.at, "at", Duration::ZERO);
+    let need_rate = |cx: &mut Cx<'_, '_>| -> Option<f64> {
+        let Some(rate) = &c.rate else {
+            cx.err(
+                c.name.span(),
+                format!(
+                    "caller {:?} needs a rate (operations per second)",
+                    c.name.get_ref()
+                ),
+                Some("rate = 50"),
+            );
+            return None;
+        };
+        let r = cx.number(rate, "rate")?;
+        if !(r > 0.0 && r <= 1_000_000.0) {
+            cx.err(
+                rate.span(),
+                format!("rate must be above 0 and at most 1000000 per second, got {r}"),
+                None,
+            );
+            return None;
+        }
+        Some(r)
+    };
+    Some(match kind {
+        0 => Arrival::Constant {
+            rate_per_s: need_rate(cx)?,
+            start,
+            stop,
+        },
+        1 => Arrival::Poisson {
+            rate_per_s: need_rate(cx)?,
+            start,
+            stop,
+        },
+        2 => {
+            let Some(count) = &c.count else {
+                cx.err(
+                    c.name.span(),
+                    "a burst needs count (operations in the burst)",
+                    None,
+                );
+                return None;
+            };
+            Arrival::Burst {
+                count: cx.positive(count, "count", 10_000_000)?,
+                at,
+            }
+        }
+        _ => Arrival::Batch {
+            at,
+            spread: cx.duration_or(&c.spread, "spread", Duration::ZERO),
+        },
+    })
+}
+
+fn keys(cx: &mut Cx<'_, '_>, k: Option<&RawKeys>) -> Keys {
+    let Some(k) = k else {
+        return Keys {
+            count: 1000,
+            prefix: "key_".to_string(),
+            distribution: KeyDistribution::Uniform,
+        };
+    };
+    let count = k
+        .count
+        .as_ref()
+        .and_then(|c| cx.positive(c, "keys.count", 100_000_000))
+        .unwrap_or(1000);
+    let prefix = k
+        .prefix
+        .as_ref()
+        .map_or_else(|| "key_".to_string(), |p| p.get_ref().clone());
+    let kind = k
+        .distribution
+        .as_ref()
+        .and_then(|d| {
+            cx.choice(
+                d,
+                "keys.distribution",
+                &[("uniform", 0), ("zipf", 1), ("hot", 2)],
+            )
+        })
+        .unwrap_or(0);
+    let distribution = match kind {
+        1 => {
+            let s =
+                k.s.as_ref()
+                    .and_then(|s| cx.number(s, "keys.s"))
+                    .unwrap_or(1.0);
+            if s <= 0.0 || s > 10.0 {
+                cx.err(
+                    k.s.as_ref().map_or(0..0, |v| v.span()),
+                    "keys.s must be above 0 and at most 10",
+                    None,
+                );
+            }
+            KeyDistribution::Zipf { s }
+        }
+        2 => KeyDistribution::Hot {
+            fraction: cx
+                .fraction(&k.hot_fraction, "keys.hot_fraction")
+                .unwrap_or(0.1),
+            share: cx.fraction(&k.hot_share, "keys.hot_share").unwrap_or(0.9),
+        },
+        _ => KeyDistribution::Uniform,
+    };
+    Keys {
+        count,
+        prefix,
+        distribution,
+    }
+}
+
+fn retry(cx: &mut Cx<'_, '_>, r: Option<&RawRetry>) -> Retry {
+    let Some(r) = r else {
+        return Retry {
+            attempts: 1,
+            backoff: Backoff::Exponential,
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            jitter: Jitter::Full,
+            on: RetryOn::default(),
+            respect_retry_after: true,
+            budget: None,
+        };
+    };
+    let attempts = cx.positive(&r.attempts, "retry.attempts", 20).unwrap_or(1) as u32;
+    let backoff = r
+        .backoff
+        .as_ref()
+        .and_then(|b| {
+            cx.choice(
+                b,
+                "retry.backoff",
+                &[
+                    ("constant", Backoff::Constant),
+                    ("exponential", Backoff::Exponential),
+                ],
+            )
+        })
+        .unwrap_or(Backoff::Exponential);
+    let jitter = r
+        .jitter
+        .as_ref()
+        .and_then(|j| {
+            cx.choice(
+                j,
+                "retry.jitter",
+                &[
+                    ("none", Jitter::None),
+                    ("full", Jitter::Full),
+                    ("equal", Jitter::Equal),
+                ],
+            )
+        })
+        .unwrap_or(Jitter::Full);
+    let mut on = RetryOn::default();
+    if r.on.is_empty() {
+        on = RetryOn {
+            timeout: true,
+            connect: true,
+            statuses: vec![429],
+            classes: vec![5],
+        };
+    }
+    for item in &r.on {
+        match item.get_ref() {
+            toml::Value::String(s) if s == "timeout" => on.timeout = true,
+            toml::Value::String(s) if s == "connect" => on.connect = true,
+            toml::Value::String(s) if s.len() == 3 && s.ends_with("xx") && s.starts_with(['4', '5']) => {
+                on.classes.push(u16::from(s.as_bytes()[0] - b'0'));
+            }
+            toml::Value::Integer(i) if (100..=599).contains(i) => on.statuses.push(*i as u16),
+            other => cx.err(
+                item.span(),
+                format!("retry.on item {} is not understood", type_name(other)),
+                Some("use \"timeout\", \"connect\", a status such as 503, or a class \"5xx\" / \"4xx\""),
+            ),
+        }
+    }
+    let budget = r.budget.as_ref().and_then(|b| {
+        let v = cx.number(b, "retry.budget")?;
+        if !(0.0..=10.0).contains(&v) {
+            cx.err(
+                b.span(),
+                "retry.budget is retries per operation, between 0 and 10",
+                None,
+            );
+            return None;
+        }
+        Some(v)
+    });
+    Retry {
+        attempts,
+        backoff,
+        base: cx.duration_or(&r.base, "retry.base", Duration::from_millis(50)),
+        max: cx.duration_or(&r.max, "retry.max", Duration::from_secs(1)),
+        jitter,
+        on,
+        respect_retry_after: r.respect_retry_after.unwrap_or(true),
+        budget,
+    }
+}
+
+fn latency(cx: &mut Cx<'_, '_>, l: &RawLatency) -> Option<Latency> {
+    if let Some(f) = &l.fixed {
+        return Some(Latency::Fixed(cx.duration(f, "latency.fixed")?));
+    }
+    if let (Some(min), Some(max)) = (&l.min, &l.max) {
+        let (lo, hi) = (
+            cx.duration(min, "latency.min")?,
+            cx.duration(max, "latency.max")?,
+        );
+        if lo > hi {
+            cx.err(min.span(), "latency.min is above latency.max", None);
+        }
+        return Some(Latency::Uniform { min: lo, max: hi });
+    }
+    let Some(p50) = &l.p50 else {
+        cx.err(
+            0..0,
+            "a latency needs fixed, min and max, or p50 (with optional p95, p99, p999)",
+            None,
+        );
+        return None;
+    };
+    let p50v = cx.duration(p50, "latency.p50")?;
+    let mut last = p50v;
+    let mut next = |cx: &mut Cx<'_, '_>, v: &Option<S<String>>, what: &str| -> Option<Duration> {
+        let s = v.as_ref()?;
+        let d = cx.duration(s, what)?;
+        if d < last {
+            cx.err(
+                s.span(),
+                format!("{what} is below a lower percentile; percentiles must not decrease"),
+                None,
+            );
+        }
+        last = d;
+        Some(d)
+    };
+    let p95 = next(cx, &l.p95, "latency.p95");
+    let p99 = next(cx, &l.p99, "latency.p99");
+    let p999 = next(cx, &l.p999, "latency.p999");
+    Some(Latency::Percentiles {
+        p50: p50v,
+        p95,
+        p99,
+        p999,
+    })
+}
+
+fn key_extract(cx: &mut Cx<'_, '_>, k: &RawKeyExtract) -> Option<KeyExtract> {
+    match (&k.path_segment, &k.json, &k.header) {
+        (Some(seg), None, None) if *seg.get_ref() >= 0 => {
+            Some(KeyExtract::PathSegment(*seg.get_ref() as usize))
+        }
+        (None, Some(ptr), None) if ptr.get_ref().starts_with('/') => {
+            Some(KeyExtract::JsonPointer(ptr.get_ref().clone()))
+        }
+        (None, None, Some(h)) => Some(KeyExtract::Header(h.get_ref().to_ascii_lowercase())),
+        (None, Some(ptr), None) => {
+            cx.err(
+                ptr.span(),
+                "key.json must be a JSON pointer starting with /",
+                Some("for example \"/invoiceId\""),
+            );
+            None
+        }
+        _ => {
+            cx.err(
+                0..0,
+                "key needs exactly one of path_segment (>= 0), json or header",
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn dependency(cx: &mut Cx<'_, '_>, d: &RawDependency) -> Option<Dependency> {
+    let name = d.name.get_ref().clone();
+    let mode = match (&d.upstream, &d.stub) {
+        (Some(up), None) => {
+            if host_of(up.get_ref()).is_none() {
+                cx.err(up.span(), "upstream must be an http:// URL", None);
+            }
+            DependencyMode::Proxy {
+                upstream: up.get_ref().trim_end_matches('/').to_string(),
+            }
+        }
+        (None, Some(stub)) => {
+            let status = stub.status.as_ref().map_or(200, |s| *s.get_ref());
+            if !(100..=599).contains(&status) {
+                cx.err(
+                    stub.status.as_ref().map_or(0..0, |s| s.span()),
+                    "stub.status must be an HTTP status",
+                    None,
+                );
+            }
+            let body = match &stub.body {
+                Some(b) => cx.template(b, Scope::Stub)?,
+                None => Template::literal("{}"),
+            };
+            DependencyMode::Stub {
+                status: status as u16,
+                headers: stub
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                    .collect(),
+                body,
+            }
+        }
+        _ => {
+            cx.err(
+                d.name.span(),
+                format!("dependency {name:?} needs exactly one of upstream or [dependency.stub]"),
+                None,
+            );
+            return None;
+        }
+    };
+    let latency = d.latency.as_ref().and_then(|l| latency(cx, l));
+    let key = d.key.as_ref().and_then(|k| key_extract(cx, k));
+    Some(Dependency {
+        name,
+        mode,
+        latency,
+        key,
+    })
+}
+
+fn sink(cx: &mut Cx<'_, '_>, s: &RawSink) -> Option<Sink> {
+    let status = s.status.as_ref().map_or(202, |v| *v.get_ref());
+    if !(100..=599).contains(&status) {
+        cx.err(
+            s.status.as_ref().map_or(0..0, |v| v.span()),
+            "sink status must be an HTTP status",
+            None,
+        );
+    }
+    Some(Sink {
+        name: s.name.get_ref().clone(),
+        status: status as u16,
+        latency: s.latency.as_ref().and_then(|l| latency(cx, l)),
+        key: s.key.as_ref().and_then(|k| key_extract(cx, k)),
+        idempotency_header: s.idempotency_header.as_ref().map_or_else(
+            || "idempotency-key".to_string(),
+            |h| h.get_ref().to_ascii_lowercase(),
+        ),
+    })
+}
+
+fn invariant(
+    cx: &mut Cx<'_, '_>,
+    i: &RawInvariant,
+    sinks: &[String],
+    has_db: bool,
+) -> Option<Invariant> {
+    let name = i.name.get_ref().clone();
+    let kind = match (&i.sql, &i.sink) {
+        (Some(sql), None) => {
+            if !has_db {
+                cx.err(
+                    sql.span(),
+                    format!("invariant {name:?} is SQL but the scenario has no [database]"),
+                    None,
+                );
+            }
+            let Some(key_column) = &i.key_column else {
+                cx.err(i.name.span(), format!("invariant {name:?} needs key_column: the column that names each violating key"), None);
+                return None;
+            };
+            InvariantKind::Sql {
+                query: sql.get_ref().clone(),
+                key_column: key_column.get_ref().clone(),
+            }
+        }
+        (None, Some(sink)) => {
+            let Some(index) = sinks.iter().position(|s| s == sink.get_ref()) else {
+                cx.err(
+                    sink.span(),
+                    format!(
+                        "invariant {name:?} names sink {:?}, which does not exist",
+                        sink.get_ref()
+                    ),
+                    None,
+                );
+                return None;
+            };
+            let rule = match &i.rule {
+                Some(r) => cx.choice(
+                    r,
+                    "rule",
+                    &[
+                        ("exactly_once", SinkRule::ExactlyOnce),
+                        ("at_most_once", SinkRule::AtMostOnce),
+                    ],
+                )?,
+                None => SinkRule::ExactlyOnce,
+            };
+            InvariantKind::Sink {
+                sink: index,
+                rule,
+                same_idempotency_key_once: i.same_idempotency_key_once.unwrap_or(false),
+            }
+        }
+        _ => {
+            cx.err(
+                i.name.span(),
+                format!("invariant {name:?} needs exactly one of sql or sink"),
+                None,
+            );
+            return None;
+        }
+    };
+    Some(Invariant { name, kind })
+}
+
+fn thresholds(cx: &mut Cx<'_, '_>, t: &RawThresholds) -> Thresholds {
+    Thresholds {
+        p99: t
+            .p99
+            .as_ref()
+            .and_then(|v| cx.duration(v, "thresholds.p99")),
+        error_rate: cx.fraction(&t.error_rate, "thresholds.error_rate"),
+        min_goodput_rps: t
+            .min_goodput_rps
+            .as_ref()
+            .and_then(|v| cx.number(v, "thresholds.min_goodput_rps")),
+    }
+}
+
+/// How a TOML value's type reads in a message.
+fn type_name(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("the string {s:?}"),
+        toml::Value::Integer(i) => format!("the number {i}"),
+        toml::Value::Float(f) => format!("the number {f}"),
+        toml::Value::Boolean(b) => format!("{b}"),
+        toml::Value::Datetime(_) => "a date".to_string(),
+        toml::Value::Array(_) => "an array".to_string(),
+        toml::Value::Table(_) => "a table".to_string(),
+    }
+}

@@ -1,0 +1,597 @@
+//! The services under test: start every replica as a child process with its templated command
+//! and environment, learn its address, wait for readiness, capture its output to
+//! `services/<service>-<replica>.log`, watch for it dying mid-run, and always stop it.
+//!
+//! "Always" means: on a normal end and on error (via [`Services::stop`]), on Ctrl-C (the CLI
+//! calls `stop` from its signal handler path), and when reprod itself is killed — every child
+//! runs in its own process group with a parent-death signal, and is killed on drop.
+
+#![deny(missing_docs)]
+
+mod sys;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reprod_history::{Event, Recorder, RunClock, ServiceEventRecord};
+use reprod_scenario::{Scenario, ServiceKind, Template, Var, host_of, is_loopback};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Lines of each replica's output kept in memory for error messages.
+const TAIL_LINES: usize = 20;
+/// How long a replica gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Values the service templates may use, besides the per-replica ones.
+#[derive(Clone, Debug, Default)]
+pub struct Bindings {
+    /// `{run_dir}`.
+    pub run_dir: PathBuf,
+    /// `{database.url}`.
+    pub database_url: Option<String>,
+    /// `{dependency.NAME.url}`.
+    pub dependency_urls: BTreeMap<String, String>,
+    /// `{sink.NAME.url}`.
+    pub sink_urls: BTreeMap<String, String>,
+}
+
+/// One replica a caller can send to.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Base URL, no trailing slash.
+    pub url: String,
+    /// `service/index`, as recorded on attempts.
+    pub instance: String,
+    /// Version label.
+    pub version: String,
+}
+
+/// Why services could not be started or kept running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A template could not be filled.
+    #[error("service {service}: cannot fill {var} in its command or env")]
+    Template {
+        /// Service.
+        service: String,
+        /// The placeholder.
+        var: String,
+    },
+    /// The process could not be spawned.
+    #[error("service {service} replica {replica}: cannot start {program:?}: {source}")]
+    Spawn {
+        /// Service.
+        service: String,
+        /// Replica.
+        replica: u32,
+        /// Program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It did not become ready in time, or exited first.
+    #[error(
+        "service {service} replica {replica} did not become ready: {reason}\n--- last lines of {log} ---\n{tail}"
+    )]
+    NotReady {
+        /// Service.
+        service: String,
+        /// Replica.
+        replica: u32,
+        /// What happened.
+        reason: String,
+        /// Its log file.
+        log: String,
+        /// Its last output lines.
+        tail: String,
+    },
+    /// It said it listens somewhere reprod may not send load.
+    #[error(
+        "service {service} replica {replica} listens at {url}, which is not loopback; list the host in allow_hosts to permit it"
+    )]
+    NotLoopback {
+        /// Service.
+        service: String,
+        /// Replica.
+        replica: u32,
+        /// The URL.
+        url: String,
+    },
+    /// The log file could not be created.
+    #[error("cannot write service log {path}: {source}")]
+    Log {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A replica that exited while the run still needed it.
+#[derive(Clone, Debug)]
+pub struct Death {
+    /// Service.
+    pub service: String,
+    /// Replica.
+    pub replica: u32,
+    /// Exit status as text.
+    pub status: String,
+    /// Its log file.
+    pub log: String,
+    /// Its last output lines.
+    pub tail: String,
+}
+
+impl std::fmt::Display for Death {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "service {} replica {} exited during the run ({})\n--- last lines of {} ---\n{}",
+            self.service, self.replica, self.status, self.log, self.tail
+        )
+    }
+}
+
+/// Every running replica of every service.
+#[derive(Debug)]
+pub struct Services {
+    targets: Vec<Vec<Target>>,
+    supervisors: Vec<(watch::Sender<bool>, oneshot::Receiver<()>)>,
+    deaths: mpsc::Receiver<Death>,
+}
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+impl Services {
+    /// Starts every service of `scenario` and waits until each replica is ready.
+    pub async fn start(
+        scenario: &Scenario,
+        bindings: &Bindings,
+        clock: RunClock,
+        recorder: &Recorder,
+    ) -> Result<Services, ServiceError> {
+        let (death_tx, deaths) = mpsc::channel(64);
+        let mut services = Services {
+            targets: Vec::new(),
+            supervisors: Vec::new(),
+            deaths,
+        };
+        let log_dir = bindings.run_dir.join("services");
+        std::fs::create_dir_all(&log_dir).map_err(|source| ServiceError::Log {
+            path: log_dir.display().to_string(),
+            source,
+        })?;
+        for service in &scenario.services {
+            let mut targets = Vec::new();
+            match &service.kind {
+                ServiceKind::External { url } => targets.push(Target {
+                    url: url.clone(),
+                    instance: format!("{}/0", service.name),
+                    version: service.versions[0].clone(),
+                }),
+                ServiceKind::Command { command, env } => {
+                    for replica in 0..service.replicas {
+                        let version =
+                            service.versions[replica as usize % service.versions.len()].clone();
+                        let spec = ReplicaSpec {
+                            service: &service.name,
+                            replica,
+                            version: &version,
+                            command,
+                            env,
+                            pressure_args: &service.pressure_args,
+                            pressure_env: &service.pressure_env,
+                            stdout_prefix: service.stdout_prefix.as_deref(),
+                            ready_path: service.ready_path.as_deref(),
+                            ready_timeout: service.ready_timeout,
+                            allow_hosts: &scenario.allow_hosts,
+                        };
+                        // On error the replicas started so far are stopped by Drop (kill_on_drop
+                        // in their supervisors); stop them properly first.
+                        match start_replica(
+                            &spec,
+                            bindings,
+                            &log_dir,
+                            clock,
+                            recorder,
+                            death_tx.clone(),
+                        )
+                        .await
+                        {
+                            Ok((target, supervisor)) => {
+                                targets.push(target);
+                                services.supervisors.push(supervisor);
+                            }
+                            Err(e) => {
+                                services.stop().await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+            services.targets.push(targets);
+        }
+        Ok(services)
+    }
+
+    /// The replicas of service `index` (scenario order).
+    pub fn targets(&self, index: usize) -> &[Target] {
+        &self.targets[index]
+    }
+
+    /// Every service's replicas, in scenario order.
+    pub fn all_targets(&self) -> &[Vec<Target>] {
+        &self.targets
+    }
+
+    /// Resolves when a replica exits on its own; pending forever while all are alive.
+    pub async fn died(&mut self) -> Death {
+        match self.deaths.recv().await {
+            Some(death) => death,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// SIGTERM to every replica's process group, SIGKILL after a grace period; returns when all
+    /// have exited.
+    pub async fn stop(&mut self) {
+        for (stop, _) in &self.supervisors {
+            let _ = stop.send(true);
+        }
+        for (_, done) in self.supervisors.drain(..) {
+            let _ = done.await;
+        }
+    }
+}
+
+struct ReplicaSpec<'a> {
+    service: &'a str,
+    replica: u32,
+    version: &'a str,
+    command: &'a [Template],
+    env: &'a [(String, Template)],
+    pressure_args: &'a [Template],
+    pressure_env: &'a [(String, Template)],
+    stdout_prefix: Option<&'a str>,
+    ready_path: Option<&'a str>,
+    ready_timeout: Duration,
+    allow_hosts: &'a [String],
+}
+
+fn free_port() -> std::io::Result<u16> {
+    // Bind-then-release: the port may in principle be taken again before the child binds it;
+    // scenarios that can, use `ready.stdout_prefix` with port 0 instead.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn render(
+    t: &Template,
+    spec: &ReplicaSpec<'_>,
+    bindings: &Bindings,
+    port: u16,
+) -> Result<String, ServiceError> {
+    t.render(|var, out| {
+        match var {
+            Var::Port => out.push_str(&port.to_string()),
+            Var::RunDir => out.push_str(&bindings.run_dir.display().to_string()),
+            Var::Replica => out.push_str(&spec.replica.to_string()),
+            Var::Version => out.push_str(spec.version),
+            Var::DatabaseUrl => match &bindings.database_url {
+                Some(url) => out.push_str(url),
+                None => return false,
+            },
+            Var::DependencyUrl(name) => match bindings.dependency_urls.get(name) {
+                Some(url) => out.push_str(url),
+                None => return false,
+            },
+            Var::SinkUrl(name) => match bindings.sink_urls.get(name) {
+                Some(url) => out.push_str(url),
+                None => return false,
+            },
+            _ => return false,
+        }
+        true
+    })
+    .map_err(|var| ServiceError::Template {
+        service: spec.service.to_string(),
+        var: var.to_string(),
+    })
+}
+
+/// A program name without a slash is looked for next to the reprod executable first (where
+/// `cargo build` puts the workspace's binaries), then on `PATH`.
+fn resolve_program(program: &str) -> PathBuf {
+    if !program.contains('/')
+        && let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let sibling = dir.join(program);
+        if sibling.is_file() {
+            return sibling;
+        }
+    }
+    PathBuf::from(program)
+}
+
+async fn start_replica(
+    spec: &ReplicaSpec<'_>,
+    bindings: &Bindings,
+    log_dir: &Path,
+    clock: RunClock,
+    recorder: &Recorder,
+    deaths: mpsc::Sender<Death>,
+) -> Result<(Target, (watch::Sender<bool>, oneshot::Receiver<()>)), ServiceError> {
+    let uses_port = spec
+        .command
+        .iter()
+        .chain(spec.env.iter().map(|(_, t)| t))
+        .any(|t| t.uses(|v| *v == Var::Port));
+    let port = if uses_port {
+        free_port().map_err(|source| ServiceError::Spawn {
+            service: spec.service.to_string(),
+            replica: spec.replica,
+            program: "(port allocation)".to_string(),
+            source,
+        })?
+    } else {
+        0
+    };
+    let mut argv = Vec::new();
+    for t in spec.command.iter().chain(spec.pressure_args) {
+        argv.push(render(t, spec, bindings, port)?);
+    }
+    let program = resolve_program(&argv[0]);
+    let log_path = log_dir.join(format!("{}-{}.log", spec.service, spec.replica));
+    let log_file =
+        tokio::fs::File::create(&log_path)
+            .await
+            .map_err(|source| ServiceError::Log {
+                path: log_path.display().to_string(),
+                source,
+            })?;
+    let log = Arc::new(tokio::sync::Mutex::new(tokio::io::BufWriter::new(log_file)));
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    for (name, t) in spec.env.iter().chain(spec.pressure_env) {
+        cmd.env(name, render(t, spec, bindings, port)?);
+    }
+    // SAFETY-relevant code lives in `sys`; this closure only calls it.
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only makes the async-signal-safe calls
+    // in `sys::die_with_parent`.
+    unsafe {
+        cmd.pre_exec(sys::die_with_parent);
+    }
+    let mut child: Child = cmd.spawn().map_err(|source| ServiceError::Spawn {
+        service: spec.service.to_string(),
+        replica: spec.replica,
+        program: program.display().to_string(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let event = |at_us, event: &str, detail: String| {
+        Event::Service(ServiceEventRecord {
+            service: spec.service.to_string(),
+            replica: i64::from(spec.replica),
+            version: spec.version.to_string(),
+            at_us,
+            event: event.to_string(),
+            detail,
+        })
+    };
+    recorder
+        .record(event(
+            clock.now_us(),
+            "started",
+            format!("pid {pid}: {}", argv.join(" ")),
+        ))
+        .await;
+
+    let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
+    let (url_tx, mut url_rx) = mpsc::channel::<String>(1);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    tokio::spawn(pump(
+        stdout,
+        Arc::clone(&log),
+        Arc::clone(&tail),
+        spec.stdout_prefix.map(str::to_string),
+        Some(url_tx),
+    ));
+    tokio::spawn(pump(
+        stderr,
+        Arc::clone(&log),
+        Arc::clone(&tail),
+        None,
+        None,
+    ));
+
+    let not_ready = |reason: String, tail: &Tail| ServiceError::NotReady {
+        service: spec.service.to_string(),
+        replica: spec.replica,
+        reason,
+        log: log_path.display().to_string(),
+        tail: tail_text(tail),
+    };
+    let deadline = Instant::now() + spec.ready_timeout;
+    let url = if spec.stdout_prefix.is_some() {
+        tokio::select! {
+            url = url_rx.recv() => match url {
+                Some(url) => url.trim().trim_end_matches('/').to_string(),
+                None => {
+                    let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                    return Err(not_ready(format!("it exited ({status}) before printing its address"), &tail));
+                }
+            },
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_default();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(not_ready(format!("it exited ({status})"), &tail));
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return Err(not_ready(format!("no line starting with {:?} within {:?}", spec.stdout_prefix.unwrap_or_default(), spec.ready_timeout), &tail));
+            }
+        }
+    } else {
+        format!("http://127.0.0.1:{port}")
+    };
+    match host_of(&url) {
+        Some(host) if is_loopback(host) || spec.allow_hosts.iter().any(|h| h == host) => {}
+        _ => {
+            return Err(ServiceError::NotLoopback {
+                service: spec.service.to_string(),
+                replica: spec.replica,
+                url,
+            });
+        }
+    }
+    if let Some(path) = spec.ready_path {
+        let probe = format!("{url}{path}");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(not_ready(format!("it exited ({status})"), &tail));
+            }
+            if probe_ok(&probe).await {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(not_ready(
+                    format!(
+                        "GET {probe} did not answer 2xx within {:?}",
+                        spec.ready_timeout
+                    ),
+                    &tail,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    recorder
+        .record(event(clock.now_us(), "ready", url.clone()))
+        .await;
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = oneshot::channel();
+    let recorder = recorder.clone();
+    let (service, replica, version) = (
+        spec.service.to_string(),
+        spec.replica,
+        spec.version.to_string(),
+    );
+    let log_shown = log_path.display().to_string();
+    let tail_for_death = Arc::clone(&tail);
+    tokio::spawn(async move {
+        let record = |at_us, event: &str, detail: String| {
+            Event::Service(ServiceEventRecord {
+                service: service.clone(),
+                replica: i64::from(replica),
+                version: version.clone(),
+                at_us,
+                event: event.to_string(),
+                detail,
+            })
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                recorder.record(record(clock.now_us(), "exited", status.clone())).await;
+                // Let the pumps drain the last lines before quoting them.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = deaths
+                    .send(Death { service: service.clone(), replica, status, log: log_shown, tail: tail_text(&tail_for_death) })
+                    .await;
+            }
+            _ = stop_rx.changed() => {
+                sys::signal_group(pid, sys::SIGTERM);
+                let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                    Ok(status) => status.map(|s| s.to_string()).unwrap_or_default(),
+                    Err(_) => {
+                        sys::signal_group(pid, sys::SIGKILL);
+                        let _ = child.wait().await;
+                        "killed after the grace period".to_string()
+                    }
+                };
+                recorder.record(record(clock.now_us(), "stopped", status)).await;
+            }
+        }
+        // Whatever ended the child, make sure nothing of its group outlives us.
+        sys::signal_group(pid, sys::SIGKILL);
+        let _ = log.lock().await.flush().await;
+        let _ = done_tx.send(());
+    });
+    Ok((
+        Target {
+            url,
+            instance: format!("{}/{}", spec.service, spec.replica),
+            version: spec.version.to_string(),
+        },
+        (stop_tx, done_rx),
+    ))
+}
+
+async fn pump(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    log: Arc<tokio::sync::Mutex<tokio::io::BufWriter<tokio::fs::File>>>,
+    tail: Tail,
+    prefix: Option<String>,
+    url_tx: Option<mpsc::Sender<String>>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    let mut url_tx = url_tx;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let (Some(prefix), Some(tx)) = (&prefix, &url_tx)
+            && let Some(rest) = line.strip_prefix(prefix.as_str())
+        {
+            let _ = tx.send(rest.to_string()).await;
+            url_tx = None;
+        }
+        {
+            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line.clone());
+        }
+        let mut w = log.lock().await;
+        let _ = w.write_all(line.as_bytes()).await;
+        let _ = w.write_all(b"\n").await;
+        let _ = w.flush().await;
+    }
+}
+
+fn tail_text(tail: &Tail) -> String {
+    let t = tail.lock().unwrap_or_else(|p| p.into_inner());
+    if t.is_empty() {
+        "(no output)".to_string()
+    } else {
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+async fn probe_ok(url: &str) -> bool {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return false;
+    };
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<hyper::body::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), client.get(uri)).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
+}

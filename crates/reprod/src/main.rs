@@ -1,0 +1,166 @@
+//! `reprod`: the command line. Parses arguments, wires the library crates together, prints,
+//! and picks the exit code. Nothing else in the workspace prints.
+//!
+//! Exit codes (a contract): 0 every invariant and threshold held; 1 one was violated; 2 the
+//! scenario or the command line is wrong (nothing ran); 3 the run could not complete.
+
+mod progress;
+mod run;
+mod time;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use reprod_scenario::{Condition, Scenario};
+
+/// Reproduce the production-load conditions that make bugs appear.
+#[derive(Debug, Parser)]
+#[command(name = "reprod", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scenario: start its services, drive load, record the history, check invariants.
+    Run(RunArgs),
+    /// Validate a scenario without running anything.
+    Check(CheckArgs),
+}
+
+/// Options shared by commands that load a scenario.
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    /// The scenario file (TOML).
+    scenario: PathBuf,
+    /// Override a parameter from [params]; repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = reprod_scenario::parse_set)]
+    sets: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+    /// Seed of the schedule, keys, bodies and fault decisions (default: the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long to generate load, such as 30s (default: the scenario's).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Directory that receives the run directory.
+    #[arg(long, default_value = "reprod-runs")]
+    out: PathBuf,
+    /// Print summary.json on stdout instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Switch every condition to its neutral (staging) value.
+    #[arg(long, conflicts_with_all = ["only", "without"])]
+    staging: bool,
+    /// Keep only these conditions switched on.
+    #[arg(long, value_delimiter = ',', value_parser = parse_condition, conflicts_with = "without")]
+    only: Vec<Condition>,
+    /// Switch these conditions off.
+    #[arg(long, value_delimiter = ',', value_parser = parse_condition)]
+    without: Vec<Condition>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    reprod_scenario::parse_duration(text)
+}
+
+fn parse_condition(text: &str) -> Result<Condition, String> {
+    text.parse()
+}
+
+/// Exit codes.
+pub mod exit {
+    /// Every invariant and threshold held.
+    pub const PASS: u8 = 0;
+    /// An invariant or threshold was violated.
+    pub const VIOLATED: u8 = 1;
+    /// The scenario or the command line is wrong; nothing ran.
+    pub const USAGE: u8 = 2;
+    /// The run could not complete.
+    pub const INCOMPLETE: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::PASS
+            });
+        }
+    };
+    ExitCode::from(match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Run(args) => run::main(args),
+    })
+}
+
+/// Loads a scenario, printing every problem; `None` means exit 2.
+fn load(args: &ScenarioArgs) -> Option<Scenario> {
+    match reprod_scenario::load(&args.scenario, &args.sets) {
+        Ok(scenario) => Some(scenario),
+        Err(e) => {
+            eprintln!("{e}");
+            let n = e.diagnostics.len();
+            eprintln!(
+                "reprod: {n} problem{} in the scenario; nothing was run",
+                if n == 1 { "" } else { "s" }
+            );
+            None
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> u8 {
+    let Some(scenario) = load(&args.scenario) else {
+        return exit::USAGE;
+    };
+    let active: Vec<&str> = scenario
+        .active_conditions()
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    println!("{}: ok", args.scenario.scenario.display());
+    println!(
+        "  {} service(s), {} dependenc{}, {} sink(s), {} caller(s), {} invariant(s)",
+        scenario.services.len(),
+        scenario.dependencies.len(),
+        if scenario.dependencies.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        scenario.sinks.len(),
+        scenario.callers.len(),
+        scenario.invariants.len()
+    );
+    println!(
+        "  seed {}, duration {:?}, at most {} operations, drain {:?}",
+        scenario.seed, scenario.duration, scenario.max_ops, scenario.drain
+    );
+    println!(
+        "  conditions: {}",
+        if active.is_empty() {
+            "none".to_string()
+        } else {
+            active.join(", ")
+        }
+    );
+    exit::PASS
+}

@@ -1,0 +1,488 @@
+//! `reprod run`: the phases of one run, in order — prepare the run directory and history, start
+//! the fault layer and the services, drive load, drain, stop everything, check, report.
+//! Whatever happens after the history exists, the history is finished and a summary written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use reprod_engine::{Histogram, Live, Stats};
+use reprod_faults::FaultLayer;
+use reprod_history::{History, Recorder, RunClock, RunInfo};
+use reprod_report::{
+    AttemptCounts, DependencyResult, Lag, Latency, OpCounts, Summary, ThresholdResult,
+};
+use reprod_scenario::{Latency as Shape, Scenario, Var};
+use reprod_services::{Bindings, Services};
+use tokio::sync::watch;
+
+use crate::RunArgs;
+use crate::exit;
+
+/// Why a run could not complete.
+enum Incomplete {
+    Interrupted,
+    Failed(String),
+}
+
+/// Applies the command line's overrides to the loaded scenario.
+fn adjust(scenario: &mut Scenario, args: &RunArgs) {
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if let Some(duration) = args.duration {
+        scenario.duration = duration;
+    }
+    if args.staging {
+        scenario.keep_only(&[]);
+    } else if !args.only.is_empty() {
+        scenario.keep_only(&args.only);
+    }
+    for c in &args.without {
+        scenario.neutralize(*c);
+    }
+}
+
+pub fn main(args: RunArgs) -> u8 {
+    let Some(mut scenario) = crate::load(&args.scenario) else {
+        return exit::USAGE;
+    };
+    adjust(&mut scenario, &args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("reprod: cannot start the async runtime: {e}");
+            return exit::INCOMPLETE;
+        }
+    };
+    let code = runtime.block_on(execute(&scenario, &args));
+    // Background tasks (servers, pumps) end with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+fn create_run_dir(out: &Path, scenario: &Scenario) -> std::io::Result<(String, PathBuf)> {
+    std::fs::create_dir_all(out)?;
+    let base = format!(
+        "{}-{}-s{}",
+        scenario.name,
+        crate::time::compact_now(),
+        scenario.seed
+    );
+    for n in 0..1000 {
+        let run_id = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let dir = out.join(&run_id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((run_id, std::fs::canonicalize(&dir)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("too many runs with the same id"))
+}
+
+async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
+    let (run_id, run_dir) = match create_run_dir(&args.out, scenario) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!(
+                "reprod: cannot create the run directory under {}: {e}",
+                args.out.display()
+            );
+            return exit::INCOMPLETE;
+        }
+    };
+    let conditions: Vec<String> = scenario
+        .active_conditions()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let info = RunInfo {
+        run_id: run_id.clone(),
+        scenario: scenario.name.clone(),
+        scenario_path: args.scenario.scenario.display().to_string(),
+        seed: scenario.seed,
+        started_at: crate::time::rfc3339_now(),
+        conditions: conditions.join(","),
+        params: scenario
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let history_path = run_dir.join("history.sqlite");
+    let clock = RunClock::start();
+    let (history, recorder) = match History::create(&history_path, &info) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("reprod: {e}");
+            return exit::INCOMPLETE;
+        }
+    };
+    eprintln!("reprod: run {run_id} in {}", run_dir.display());
+
+    let result = drive(scenario, &run_dir, clock, recorder).await;
+    let end_us = clock.now_us();
+    let status = match &result {
+        Ok(_) => "completed".to_string(),
+        Err(Incomplete::Interrupted) => "interrupted".to_string(),
+        Err(Incomplete::Failed(reason)) => format!("failed: {reason}"),
+    };
+    if let Err(e) = history.finish(status.split(':').next().unwrap_or("failed"), end_us) {
+        eprintln!("reprod: {e}");
+    }
+    let stats = match &result {
+        Ok(stats) => stats.clone(),
+        Err(_) => Stats::default(),
+    };
+    let mut summary = summarize(scenario, &run_id, &run_dir, &conditions, &stats, &status);
+    summary.dependencies = dependency_results(scenario, &history_path);
+    summary.decide();
+    if let Err(e) = write_outputs(&run_dir, &summary) {
+        eprintln!("reprod: cannot write the report: {e}");
+    }
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.to_text());
+        println!("run directory: {}", run_dir.display());
+    }
+    match result {
+        Err(Incomplete::Interrupted) => {
+            eprintln!(
+                "reprod: interrupted; the history so far is in {}",
+                history_path.display()
+            );
+            exit::INCOMPLETE
+        }
+        Err(Incomplete::Failed(reason)) => {
+            eprintln!("reprod: the run could not complete: {reason}");
+            exit::INCOMPLETE
+        }
+        Ok(_) if summary.verdict == "pass" => exit::PASS,
+        Ok(_) => exit::VIOLATED,
+    }
+}
+
+/// Fault layer, services, load, drain; always stops what it started.
+async fn drive(
+    scenario: &Scenario,
+    run_dir: &Path,
+    clock: RunClock,
+    recorder: Recorder,
+) -> Result<Stats, Incomplete> {
+    let database_url = match &scenario.database {
+        Some(db) => Some(
+            db.url
+                .render(|var, out| {
+                    if *var == Var::RunDir {
+                        out.push_str(&run_dir.display().to_string());
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .map_err(|v| Incomplete::Failed(format!("cannot fill {v} in the database URL")))?,
+        ),
+        None => None,
+    };
+    let faults = FaultLayer::start(scenario, clock, recorder.clone())
+        .await
+        .map_err(|e| Incomplete::Failed(e.to_string()))?;
+    let bindings = Bindings {
+        run_dir: run_dir.to_path_buf(),
+        database_url,
+        dependency_urls: scenario
+            .dependencies
+            .iter()
+            .filter_map(|d| Some((d.name.clone(), faults.dependency_url(&d.name)?.to_string())))
+            .collect(),
+        sink_urls: scenario
+            .sinks
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), faults.sink_url(&s.name)?.to_string())))
+            .collect(),
+    };
+    eprintln!("reprod: starting services");
+    let mut services = tokio::select! {
+        started = Services::start(scenario, &bindings, clock, &recorder) => match started {
+            Ok(services) => services,
+            Err(e) => {
+                faults.stop().await;
+                return Err(Incomplete::Failed(e.to_string()));
+            }
+        },
+        _ = interrupt() => {
+            faults.stop().await;
+            return Err(Incomplete::Interrupted);
+        }
+    };
+    let outcome = load(scenario, &mut services, clock, recorder).await;
+    services.stop().await;
+    faults.stop().await;
+    outcome
+}
+
+async fn load(
+    scenario: &Scenario,
+    services: &mut Services,
+    clock: RunClock,
+    recorder: Recorder,
+) -> Result<Stats, Incomplete> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (progress_done, progress_rx) = watch::channel(false);
+    let live = Arc::new(Live::default());
+    let progress = tokio::spawn(crate::progress::show(
+        Arc::clone(&live),
+        clock,
+        scenario.duration.as_secs_f64(),
+        progress_rx,
+    ));
+    let targets = services.all_targets().to_vec();
+    eprintln!(
+        "reprod: load for up to {:?} (at most {} operations), conditions: {}",
+        scenario.duration,
+        scenario.max_ops,
+        names(scenario)
+    );
+    let engine = reprod_engine::run(reprod_engine::Input {
+        scenario,
+        targets: &targets,
+        clock,
+        recorder,
+        live,
+        stop: stop_rx,
+    });
+    tokio::pin!(engine);
+    let mut problem = None;
+    let stats = loop {
+        tokio::select! {
+            stats = &mut engine => break stats,
+            death = services.died(), if problem.is_none() => {
+                problem = Some(Incomplete::Failed(death.to_string()));
+                let _ = stop_tx.send(true);
+            }
+            _ = interrupt(), if problem.is_none() => {
+                problem = Some(Incomplete::Interrupted);
+                let _ = stop_tx.send(true);
+            }
+        }
+    };
+    let _ = progress_done.send(true);
+    let _ = progress.await;
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
+    // Background work the load caused (workers, outbox relays) gets `drain` to finish.
+    if !scenario.drain.is_zero() {
+        eprintln!(
+            "reprod: load done ({} operations); draining for {:?}",
+            stats.ops, scenario.drain
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(scenario.drain) => {}
+            death = services.died() => return Err(Incomplete::Failed(death.to_string())),
+            _ = interrupt() => return Err(Incomplete::Interrupted),
+        }
+    }
+    Ok(stats)
+}
+
+fn names(scenario: &Scenario) -> String {
+    let active: Vec<&str> = scenario
+        .active_conditions()
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    if active.is_empty() {
+        "none (staging)".to_string()
+    } else {
+        active.join(", ")
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupt() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1e3
+}
+
+fn summarize(
+    scenario: &Scenario,
+    run_id: &str,
+    run_dir: &Path,
+    conditions: &[String],
+    stats: &Stats,
+    status: &str,
+) -> Summary {
+    let duration_s = (stats.load_end_us as f64 / 1e6).max(1e-6);
+    let offered_window = (stats.last_intended_us - stats.first_intended_us) as f64 / 1e6;
+    let lat: &Histogram = &stats.latency;
+    Summary {
+        run_id: run_id.to_string(),
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        conditions: conditions.to_vec(),
+        params: scenario
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+        status: status.to_string(),
+        duration_s,
+        ops: OpCounts {
+            total: stats.ops,
+            ok: stats.ok,
+            failed: stats.failed,
+            ambiguous: stats.ambiguous,
+        },
+        attempts: AttemptCounts {
+            total: stats.attempts,
+            retries: stats.retries,
+        },
+        retry_amplification: if stats.ops == 0 {
+            0.0
+        } else {
+            stats.attempts as f64 / stats.ops as f64
+        },
+        offered_rps: if offered_window > 0.0 {
+            (stats.ops.saturating_sub(1)) as f64 / offered_window
+        } else {
+            0.0
+        },
+        throughput_rps: stats.ops as f64 / duration_s,
+        goodput_rps: stats.ok as f64 / duration_s,
+        latency_ms: Latency {
+            p50: ms(lat.quantile(0.5)),
+            p95: ms(lat.quantile(0.95)),
+            p99: ms(lat.quantile(0.99)),
+            p999: ms(lat.quantile(0.999)),
+            max: ms(lat.max()),
+        },
+        schedule_lag_ms: Lag {
+            p99: ms(stats.lag.quantile(0.99)),
+            max: ms(stats.lag.max()),
+        },
+        dependencies: Vec::new(),
+        invariants: Vec::new(),
+        thresholds: thresholds(scenario, stats, duration_s),
+        verdict: String::new(),
+        run_dir: run_dir.display().to_string(),
+    }
+}
+
+fn thresholds(scenario: &Scenario, stats: &Stats, duration_s: f64) -> Vec<ThresholdResult> {
+    let t = &scenario.thresholds;
+    let mut out = Vec::new();
+    if let Some(p99) = t.p99 {
+        let actual = ms(stats.latency.quantile(0.99));
+        let limit = p99.as_secs_f64() * 1e3;
+        out.push(ThresholdResult {
+            name: "p99_ms".into(),
+            limit,
+            actual,
+            held: actual <= limit,
+        });
+    }
+    if let Some(limit) = t.error_rate {
+        let actual = if stats.ops == 0 {
+            0.0
+        } else {
+            (stats.failed + stats.ambiguous) as f64 / stats.ops as f64
+        };
+        out.push(ThresholdResult {
+            name: "error_rate".into(),
+            limit,
+            actual,
+            held: actual <= limit,
+        });
+    }
+    if let Some(limit) = t.min_goodput_rps {
+        let actual = stats.ok as f64 / duration_s;
+        out.push(ThresholdResult {
+            name: "min_goodput_rps".into(),
+            limit,
+            actual,
+            held: actual >= limit,
+        });
+    }
+    out
+}
+
+fn dependency_results(scenario: &Scenario, history: &Path) -> Vec<DependencyResult> {
+    let delays = reprod_history::read::dependency_delays(history).unwrap_or_default();
+    scenario
+        .dependencies
+        .iter()
+        .map(|d| {
+            let mut requested = serde_json::Map::new();
+            let put = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: f64| {
+                m.insert(k.to_string(), serde_json::json!((v * 10.0).round() / 10.0));
+            };
+            match &d.latency {
+                Some(Shape::Percentiles {
+                    p50,
+                    p95,
+                    p99,
+                    p999,
+                }) => {
+                    put(&mut requested, "p50", p50.as_secs_f64() * 1e3);
+                    for (k, v) in [("p95", p95), ("p99", p99), ("p999", p999)] {
+                        if let Some(v) = v {
+                            put(&mut requested, k, v.as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+                Some(Shape::Fixed(v)) => put(&mut requested, "fixed", v.as_secs_f64() * 1e3),
+                Some(Shape::Uniform { min, max }) => {
+                    put(&mut requested, "min", min.as_secs_f64() * 1e3);
+                    put(&mut requested, "max", max.as_secs_f64() * 1e3);
+                }
+                None => {}
+            }
+            let samples = delays.get(&d.name).cloned().unwrap_or_default();
+            let mut hist = Histogram::default();
+            for s in &samples {
+                hist.record((*s).max(0) as u64);
+            }
+            let mut achieved = serde_json::Map::new();
+            if !samples.is_empty() {
+                for (k, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999)] {
+                    put(&mut achieved, k, ms(hist.quantile(q)));
+                }
+            }
+            DependencyResult {
+                name: d.name.clone(),
+                calls: samples.len() as u64,
+                requested_ms: requested,
+                achieved_ms: achieved,
+            }
+        })
+        .collect()
+}
+
+fn write_outputs(run_dir: &Path, summary: &Summary) -> std::io::Result<()> {
+    std::fs::write(run_dir.join("summary.json"), summary.to_json() + "\n")?;
+    std::fs::write(run_dir.join("report.txt"), summary.to_text())
+}
