@@ -261,28 +261,36 @@ pub enum HistoryError {
     WriterGone(String),
 }
 
+/// What travels to the writer thread.
+#[derive(Debug)]
+enum Msg {
+    Event(Event),
+    /// Everything before this is written; the writer stops.
+    Close,
+}
+
 /// Sends events to the writer. Cheap to clone; every clone feeds the same file.
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl Recorder {
     /// Records `event`, waiting for room when the writer is behind (backpressure, never
     /// unbounded memory). Events after the writer stopped are dropped.
     pub async fn record(&self, event: Event) {
-        let _ = self.tx.send(event).await;
+        let _ = self.tx.send(Msg::Event(event)).await;
     }
 
     /// Records without waiting; drops the event when the channel is full. For `Drop` paths
     /// that cannot wait.
     pub fn try_record(&self, event: Event) {
-        let _ = self.tx.try_send(event);
+        let _ = self.tx.try_send(Msg::Event(event));
     }
 
     /// Records from a thread that is not async.
     pub fn record_blocking(&self, event: Event) {
-        let _ = self.tx.blocking_send(event);
+        let _ = self.tx.blocking_send(Msg::Event(event));
     }
 }
 
@@ -290,6 +298,7 @@ impl Recorder {
 #[derive(Debug)]
 pub struct History {
     path: PathBuf,
+    tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<Result<WriterStats, HistoryError>>>,
 }
 
@@ -391,37 +400,47 @@ impl History {
         Ok((
             History {
                 path: path.to_path_buf(),
+                tx: tx.clone(),
                 thread: Some(thread),
             },
             Recorder { tx },
         ))
     }
 
-    /// Waits for every sender to be dropped and everything to be written, then indexes the
-    /// tables for joins and marks the run `status`.
-    pub fn finish(mut self, status: &str, ended_at_us: i64) -> Result<WriterStats, HistoryError> {
-        let stats = self.join()?;
-        let fail = |source| HistoryError::Sqlite {
-            path: self.path.clone(),
-            source,
-        };
-        let conn = Connection::open(&self.path).map_err(fail)?;
-        conn.execute_batch(INDEXES).map_err(fail)?;
-        conn.execute(
-            "UPDATE run SET status = ?1, ended_at_us = ?2",
-            params![status, ended_at_us],
-        )
-        .map_err(fail)?;
-        Ok(stats)
-    }
-
-    fn join(&mut self) -> Result<WriterStats, HistoryError> {
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| HistoryError::WriterGone("the writer thread panicked".to_string()))?,
-            None => Ok(WriterStats::default()),
-        }
+    /// Writes everything recorded so far, stops the writer (later events are dropped), indexes
+    /// the tables for joins and marks the run `status`. Runs the blocking parts off the async
+    /// threads.
+    pub async fn finish(
+        mut self,
+        status: &str,
+        ended_at_us: i64,
+    ) -> Result<WriterStats, HistoryError> {
+        let _ = self.tx.send(Msg::Close).await;
+        let thread = self.thread.take();
+        let path = self.path.clone();
+        let status = status.to_string();
+        let joined = tokio::task::spawn_blocking(move || -> Result<WriterStats, HistoryError> {
+            let stats = match thread {
+                Some(thread) => thread.join().map_err(|_| {
+                    HistoryError::WriterGone("the writer thread panicked".to_string())
+                })??,
+                None => WriterStats::default(),
+            };
+            let fail = |source| HistoryError::Sqlite {
+                path: path.clone(),
+                source,
+            };
+            let conn = Connection::open(&path).map_err(fail)?;
+            conn.execute_batch(INDEXES).map_err(fail)?;
+            conn.execute(
+                "UPDATE run SET status = ?1, ended_at_us = ?2",
+                params![status, ended_at_us],
+            )
+            .map_err(fail)?;
+            Ok(stats)
+        })
+        .await;
+        joined.map_err(|e| HistoryError::WriterGone(e.to_string()))?
     }
 
     /// The file.
@@ -432,7 +451,7 @@ impl History {
 
 fn write_loop(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Msg>,
     path: &Path,
 ) -> Result<WriterStats, HistoryError> {
     let fail = |source| HistoryError::Sqlite {
@@ -441,11 +460,19 @@ fn write_loop(
     };
     let mut stats = WriterStats::default();
     let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+    let mut closed = false;
+    while !closed {
+        match rx.blocking_recv() {
+            Some(Msg::Event(first)) => batch.push(first),
+            Some(Msg::Close) | None => break,
+        }
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(Msg::Event(event)) => batch.push(event),
+                Ok(Msg::Close) => {
+                    closed = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -564,8 +591,8 @@ fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> rusqlite::Result<()>
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_readable_after_finish_and_joinable_by_trace() {
+    #[tokio::test]
+    async fn events_are_readable_after_finish_and_joinable_by_trace() {
         let dir = std::env::temp_dir().join(format!("reprod-history-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
@@ -581,33 +608,38 @@ mod tests {
         };
         let (history, recorder) = History::create(&path, &info).expect("create");
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        recorder.record_blocking(Event::Attempt(AttemptRecord {
-            op_id: 1,
-            n: 1,
-            traceparent: tp.into(),
-            instance: "svc/0".into(),
-            version: "v1".into(),
-            idempotency_key: None,
-            sent_us: 10,
-            done_us: 20,
-            status: Some(201),
-            error: None,
-            response: None,
-        }));
-        recorder.record_blocking(Event::DependencyCall(DependencyCallRecord {
-            dependency: "usage".into(),
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01".into()),
-            key: Some("acct_1".into()),
-            method: "GET".into(),
-            path: "/usage/acct_1/2026-01".into(),
-            received_us: 12,
-            delay_us: 5,
-            fault: None,
-            status: Some(200),
-            done_us: 18,
-        }));
-        drop(recorder);
-        let stats = history.finish("completed", 30).expect("finish");
+        recorder
+            .record(Event::Attempt(AttemptRecord {
+                op_id: 1,
+                n: 1,
+                traceparent: tp.into(),
+                instance: "svc/0".into(),
+                version: "v1".into(),
+                idempotency_key: None,
+                sent_us: 10,
+                done_us: 20,
+                status: Some(201),
+                error: None,
+                response: None,
+            }))
+            .await;
+        recorder
+            .record(Event::DependencyCall(DependencyCallRecord {
+                dependency: "usage".into(),
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01".into()),
+                key: Some("acct_1".into()),
+                method: "GET".into(),
+                path: "/usage/acct_1/2026-01".into(),
+                received_us: 12,
+                delay_us: 5,
+                fault: None,
+                status: Some(200),
+                done_us: 18,
+            }))
+            .await;
+        // A sender still alive does not keep finish waiting.
+        let _still_held = recorder;
+        let stats = history.finish("completed", 30).await.expect("finish");
         assert_eq!(stats.events, 2);
 
         let conn = Connection::open(&path).expect("open");
@@ -693,6 +725,22 @@ pub mod read {
                     idempotency_key: r.get(1)?,
                 })
             })
+            .map_err(fail)?;
+        rows.collect::<Result<_, _>>().map_err(fail)
+    }
+
+    /// Keys of operations that ended ok.
+    pub fn ok_keys(path: &Path) -> Result<std::collections::BTreeSet<String>, HistoryError> {
+        let fail = |source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = open(path)?;
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT key FROM ops WHERE outcome = 'ok'")
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
             .map_err(fail)?;
         rows.collect::<Result<_, _>>().map_err(fail)
     }

@@ -128,14 +128,24 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
     };
     eprintln!("reprod: run {run_id} in {}", run_dir.display());
 
-    let result = drive(scenario, &run_dir, clock, recorder).await;
+    let database_url = match database_url(scenario, &run_dir) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("reprod: {e}");
+            return exit::INCOMPLETE;
+        }
+    };
+    let result = drive(scenario, &run_dir, database_url.clone(), clock, recorder).await;
     let end_us = clock.now_us();
     let status = match &result {
         Ok(_) => "completed".to_string(),
         Err(Incomplete::Interrupted) => "interrupted".to_string(),
         Err(Incomplete::Failed(reason)) => format!("failed: {reason}"),
     };
-    if let Err(e) = history.finish(status.split(':').next().unwrap_or("failed"), end_us) {
+    if let Err(e) = history
+        .finish(status.split(':').next().unwrap_or("failed"), end_us)
+        .await
+    {
         eprintln!("reprod: {e}");
     }
     let stats = match &result {
@@ -144,6 +154,26 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
     };
     let mut summary = summarize(scenario, &run_id, &run_dir, &conditions, &stats, &status);
     summary.dependencies = dependency_results(scenario, &history_path);
+    if result.is_ok() && !scenario.invariants.is_empty() {
+        eprintln!(
+            "reprod: checking {} invariant(s)",
+            scenario.invariants.len()
+        );
+        let ok_keys = reprod_history::read::ok_keys(&history_path).unwrap_or_default();
+        let checked = reprod_check::check_all(
+            scenario,
+            database_url.as_deref(),
+            &history_path,
+            &ok_keys,
+            clock.now_us(),
+        )
+        .await;
+        if let Err(e) = reprod_history::read::append_violations(&history_path, &checked.violations)
+        {
+            eprintln!("reprod: cannot record violations: {e}");
+        }
+        summary.invariants = checked.results;
+    }
     summary.decide();
     if let Err(e) = write_outputs(&run_dir, &summary) {
         eprintln!("reprod: cannot write the report: {e}");
@@ -172,27 +202,31 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
 }
 
 /// Fault layer, services, load, drain; always stops what it started.
+/// The scenario's database URL with `{run_dir}` filled in.
+fn database_url(scenario: &Scenario, run_dir: &Path) -> Result<Option<String>, String> {
+    let Some(db) = &scenario.database else {
+        return Ok(None);
+    };
+    db.url
+        .render(|var, out| {
+            if *var == Var::RunDir {
+                out.push_str(&run_dir.display().to_string());
+                true
+            } else {
+                false
+            }
+        })
+        .map(Some)
+        .map_err(|v| format!("cannot fill {v} in the database URL"))
+}
+
 async fn drive(
     scenario: &Scenario,
     run_dir: &Path,
+    database_url: Option<String>,
     clock: RunClock,
     recorder: Recorder,
 ) -> Result<Stats, Incomplete> {
-    let database_url = match &scenario.database {
-        Some(db) => Some(
-            db.url
-                .render(|var, out| {
-                    if *var == Var::RunDir {
-                        out.push_str(&run_dir.display().to_string());
-                        true
-                    } else {
-                        false
-                    }
-                })
-                .map_err(|v| Incomplete::Failed(format!("cannot fill {v} in the database URL")))?,
-        ),
-        None => None,
-    };
     let faults = FaultLayer::start(scenario, clock, recorder.clone())
         .await
         .map_err(|e| Incomplete::Failed(e.to_string()))?;

@@ -1,0 +1,269 @@
+//! Invariants: what must hold after the run.
+//!
+//! SQL invariants run against the service's real database, read-only (`query_only` on SQLite, a
+//! `READ ONLY` transaction on PostgreSQL), and every returned row is a violation naming a key.
+//! Sink invariants count the deliveries the history recorded per extracted key. A check that
+//! cannot run is reported with its reason, never silently passed.
+
+#![deny(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use reprod_history::ViolationRecord;
+use reprod_report::InvariantResult;
+use reprod_scenario::{Invariant, InvariantKind, Scenario, SinkRule};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Column, ConnectOptions, Connection, Row};
+
+/// Examples kept per invariant in the summary.
+const EXAMPLES: usize = 5;
+/// Deadline of one invariant query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The outcome of checking every invariant.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// One per invariant, scenario order.
+    pub results: Vec<InvariantResult>,
+    /// Every violating key, for the history.
+    pub violations: Vec<ViolationRecord>,
+}
+
+/// A violating row or key.
+#[derive(Debug)]
+struct Violation {
+    key: String,
+    detail: String,
+}
+
+/// Checks every invariant of `scenario`. `database_url` is the rendered database URL (if the
+/// scenario has one); `history` is the finished history file; `found_us` stamps the records.
+pub async fn check_all(
+    scenario: &Scenario,
+    database_url: Option<&str>,
+    history: &Path,
+    ok_keys: &BTreeSet<String>,
+    found_us: i64,
+) -> Checked {
+    let mut checked = Checked::default();
+    for invariant in &scenario.invariants {
+        let outcome = match &invariant.kind {
+            InvariantKind::Sql { query, key_column } => match database_url {
+                Some(url) => sql(url, query, key_column).await,
+                None => Err("the scenario has no [database]".to_string()),
+            },
+            InvariantKind::Sink {
+                sink,
+                rule,
+                same_idempotency_key_once,
+            } => {
+                let name = &scenario.sinks[*sink].name;
+                sink_rule(history, name, *rule, *same_idempotency_key_once, ok_keys)
+            }
+        };
+        record(&mut checked, invariant, outcome, found_us);
+    }
+    checked
+}
+
+fn record(
+    checked: &mut Checked,
+    invariant: &Invariant,
+    outcome: Result<Vec<Violation>, String>,
+    found_us: i64,
+) {
+    match outcome {
+        Ok(violations) => {
+            checked.results.push(InvariantResult {
+                name: invariant.name.clone(),
+                held: violations.is_empty(),
+                violations: violations.len() as u64,
+                examples: violations
+                    .iter()
+                    .take(EXAMPLES)
+                    .map(|v| format!("{}: {}", v.key, v.detail))
+                    .collect(),
+                error: None,
+            });
+            checked
+                .violations
+                .extend(violations.into_iter().map(|v| ViolationRecord {
+                    invariant: invariant.name.clone(),
+                    key: v.key,
+                    detail: v.detail,
+                    found_us,
+                }));
+        }
+        Err(error) => checked.results.push(InvariantResult {
+            name: invariant.name.clone(),
+            held: false,
+            violations: 0,
+            examples: Vec::new(),
+            error: Some(error),
+        }),
+    }
+}
+
+/// Runs `query` read-only; every row is a violation keyed by `key_column`.
+async fn sql(url: &str, query: &str, key_column: &str) -> Result<Vec<Violation>, String> {
+    let run = async {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| format!("bad database URL: {e}"))?
+                .read_only(true)
+                .create_if_missing(false);
+            let mut conn: SqliteConnection = options
+                .connect()
+                .await
+                .map_err(|e| format!("cannot open the database: {e}"))?;
+            sqlx::query("PRAGMA query_only = ON")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = sqlx::query(query)
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| format!("the query failed: {e}"))?;
+            let _ = conn.close().await;
+            rows.iter().map(|r| violation(r, key_column)).collect()
+        } else {
+            let options =
+                PgConnectOptions::from_str(url).map_err(|e| format!("bad database URL: {e}"))?;
+            let mut conn: PgConnection = options
+                .connect()
+                .await
+                .map_err(|e| format!("cannot reach the database: {e}"))?;
+            let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+            sqlx::query("SET TRANSACTION READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = sqlx::query(query)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| format!("the query failed: {e}"))?;
+            let _ = tx.rollback().await;
+            let _ = conn.close().await;
+            rows.iter().map(|r| violation(r, key_column)).collect()
+        }
+    };
+    match tokio::time::timeout(QUERY_TIMEOUT, run).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("the query did not finish within {QUERY_TIMEOUT:?}")),
+    }
+}
+
+fn violation<R>(row: &R, key_column: &str) -> Result<Violation, String>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut key = None;
+    let mut parts = Vec::new();
+    for (i, column) in row.columns().iter().enumerate() {
+        let value = cell(row, i);
+        if column.name() == key_column {
+            key = Some(value.clone());
+        }
+        parts.push(format!("{}={value}", column.name()));
+    }
+    let key = key.ok_or_else(|| {
+        let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+        format!(
+            "the query returns no column {key_column:?} (key_column); it returns: {}",
+            names.join(", ")
+        )
+    })?;
+    Ok(Violation {
+        key,
+        detail: parts.join(", "),
+    })
+}
+
+/// A cell as text, whatever its type.
+fn cell<R>(row: &R, i: usize) -> String
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+        return v.unwrap_or_else(|| "NULL".to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+        return v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
+        return v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
+    }
+    "?".to_string()
+}
+
+/// Counts deliveries per key. With `same_idempotency_key_once`, deliveries that carry the same
+/// idempotency key count once (a provider deduplicates them); deliveries without one always
+/// count. `exactly_once` also requires a delivery for every key an operation completed ok for.
+fn sink_rule(
+    history: &Path,
+    sink: &str,
+    rule: SinkRule,
+    same_idempotency_key_once: bool,
+    ok_keys: &BTreeSet<String>,
+) -> Result<Vec<Violation>, String> {
+    let deliveries =
+        reprod_history::read::sink_deliveries(history, sink).map_err(|e| e.to_string())?;
+    let mut per_key: BTreeMap<String, (u64, BTreeSet<String>, u64)> = BTreeMap::new();
+    for d in deliveries {
+        let Some(key) = d.key else { continue };
+        let entry = per_key.entry(key).or_default();
+        entry.2 += 1;
+        match (&d.idempotency_key, same_idempotency_key_once) {
+            (Some(k), true) => {
+                entry.1.insert(k.clone());
+            }
+            _ => entry.0 += 1,
+        }
+    }
+    let mut violations = Vec::new();
+    for (key, (unkeyed, keys, raw)) in &per_key {
+        let effective = unkeyed + keys.len() as u64;
+        if effective > 1 {
+            let detail = if same_idempotency_key_once {
+                format!(
+                    "{effective} distinct deliveries ({raw} received, {} idempotency key(s))",
+                    keys.len()
+                )
+            } else {
+                format!("{raw} deliveries")
+            };
+            violations.push(Violation {
+                key: key.clone(),
+                detail,
+            });
+        }
+    }
+    if rule == SinkRule::ExactlyOnce {
+        for key in ok_keys {
+            if !per_key.contains_key(key) {
+                violations.push(Violation {
+                    key: key.clone(),
+                    detail: "no delivery for a key whose operation succeeded".to_string(),
+                });
+            }
+        }
+    }
+    Ok(violations)
+}
