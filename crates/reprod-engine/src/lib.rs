@@ -608,3 +608,78 @@ pub fn uuid(rng: &mut fastrand::Rng) -> String {
         lo & 0xFFFF_FFFF_FFFF
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_render_the_same_for_the_same_operation() {
+        let text = r#"
+[[service]]
+name = "svc"
+url = "http://127.0.0.1:1"
+[[caller]]
+name = "api"
+request = { method = "POST", path = "/x/{key}?op={op}&a={attempt}", body = '{"k": "{key}", "u": "{uuid}", "c": "{choice:a|b|c|d|e|f}", "i": "{idempotency_key}"}' }
+rate = 1
+"#;
+        let s = reprod_scenario::parse("t.toml", text, &[]).expect("valid");
+        let render_for = |op_id: u64| {
+            let mut rng = fastrand::Rng::with_seed(mix(s.seed, op_id));
+            let u = uuid(&mut rng);
+            let vars = Vars {
+                key: "k1",
+                op: op_id,
+                attempt: 2,
+                uuid: &u,
+                seq: 1,
+                idempotency_key: Some("idem"),
+                choice_seed: mix(s.seed, op_id + 7),
+            };
+            let mut choices = fastrand::Rng::with_seed(vars.choice_seed);
+            let body = s.callers[0].request.body.as_ref().expect("body");
+            (
+                render(&s.callers[0].request.path, &vars, &mut choices),
+                render(body, &vars, &mut choices),
+            )
+        };
+        assert_eq!(render_for(5), render_for(5));
+        assert_ne!(render_for(5).1, render_for(6).1);
+        let (path, body) = render_for(5);
+        assert_eq!(path, "/x/k1?op=5&a=2");
+        assert!(
+            body.starts_with(r#"{"k": "k1", "u": ""#) && body.ends_with(r#""i": "idem"}"#),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn backoff_follows_the_policy() {
+        let text = r#"
+[[service]]
+name = "svc"
+url = "http://127.0.0.1:1"
+[[caller]]
+name = "api"
+request = { path = "/" }
+rate = 1
+retry = { attempts = 5, backoff = "exponential", base = "100ms", max = "1s", jitter = "none" }
+"#;
+        let s = reprod_scenario::parse("t.toml", text, &[]).expect("valid");
+        let c = &s.callers[0];
+        let mut rng = fastrand::Rng::with_seed(1);
+        let waits: Vec<u128> = (1..=5)
+            .map(|n| backoff(c, n, None, &mut rng).as_millis())
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000]);
+        assert_eq!(
+            backoff(c, 1, Some(Duration::from_secs(3)), &mut rng),
+            Duration::from_secs(1),
+            "Retry-After is capped by max"
+        );
+        let mut full = c.clone();
+        full.retry.jitter = Jitter::Full;
+        assert!((0..100).all(|_| backoff(&full, 3, None, &mut rng) <= Duration::from_millis(400)));
+    }
+}

@@ -231,3 +231,121 @@ impl Iterator for Schedule {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn scenario(extra: &str) -> Scenario {
+        let text = format!(
+            r#"
+seed = 42
+duration = "10s"
+[[service]]
+name = "svc"
+url = "http://127.0.0.1:1"
+{extra}
+"#
+        );
+        reprod_scenario::parse("test.toml", &text, &[]).expect("valid scenario")
+    }
+
+    const API: &str = r#"
+[[caller]]
+name = "api"
+request = { path = "/x/{key}" }
+arrival = "poisson"
+rate = 200
+keys = { count = 50, distribution = "zipf", s = 1.1 }
+overlap = { k = 3, window = "20ms" }
+delay = "5ms"
+"#;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let s = scenario(API);
+        let a: Vec<PlannedOp> = Schedule::new(&s).collect();
+        let b: Vec<PlannedOp> = Schedule::new(&s).collect();
+        assert!(a.len() > 1000, "{}", a.len());
+        assert_eq!(a, b);
+        let mut other = s.clone();
+        other.seed = 43;
+        let c: Vec<PlannedOp> = Schedule::new(&other).collect();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_schedule_is_ordered_bounded_and_overlapping() {
+        let s = scenario(API);
+        let ops: Vec<PlannedOp> = Schedule::new(&s).collect();
+        assert!(ops.windows(2).all(|w| w[0].at_us <= w[1].at_us));
+        assert!(
+            ops.iter()
+                .all(|o| o.at_us < 10_000_000 + 5_000 && o.queue_delay_us == 5_000)
+        );
+        let mut groups: BTreeMap<u64, Vec<&PlannedOp>> = BTreeMap::new();
+        for op in &ops {
+            groups.entry(op.group).or_default().push(op);
+        }
+        let full = groups.values().filter(|g| g.len() == 3).count();
+        assert!(
+            full as f64 > groups.len() as f64 * 0.99,
+            "{full} of {}",
+            groups.len()
+        );
+        for g in groups.values() {
+            assert!(
+                g.iter().all(|o| o.key_index == g[0].key_index),
+                "one key per group"
+            );
+            let span =
+                g.iter().map(|o| o.at_us).max().unwrap() - g.iter().map(|o| o.at_us).min().unwrap();
+            assert!(span <= 20_000, "within the window: {span}");
+        }
+        // ~200 arrivals/s for 10 s, 3 ops each.
+        assert!((5_000..7_000).contains(&ops.len()), "{}", ops.len());
+
+        let mut bounded = s.clone();
+        bounded.max_ops = 100;
+        assert_eq!(Schedule::new(&bounded).count(), 100);
+    }
+
+    #[test]
+    fn constant_rate_and_batch_arrivals() {
+        let s = scenario(
+            r#"
+[[caller]]
+name = "steady"
+request = { path = "/" }
+rate = 100
+stop = "2s"
+
+[[caller]]
+name = "batch"
+request = { path = "/" }
+arrival = "batch"
+at = "1s"
+spread = "500ms"
+keys = { count = 20 }
+"#,
+        );
+        let ops: Vec<PlannedOp> = Schedule::new(&s).collect();
+        let steady: Vec<_> = ops.iter().filter(|o| o.caller == 0).collect();
+        assert_eq!(steady.len(), 200);
+        assert!(steady.windows(2).all(|w| w[1].at_us - w[0].at_us == 10_000));
+        let mut batch: Vec<u64> = ops
+            .iter()
+            .filter(|o| o.caller == 1)
+            .map(|o| o.key_index)
+            .collect();
+        batch.sort();
+        assert_eq!(batch, (0..20).collect::<Vec<_>>(), "every key once");
+        assert!(
+            ops.iter()
+                .filter(|o| o.caller == 1)
+                .all(|o| (1_000_000..1_500_000).contains(&o.at_us))
+        );
+    }
+}

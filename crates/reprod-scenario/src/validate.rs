@@ -406,14 +406,14 @@ fn check_refs(
                     cx.err(
                         span.clone(),
                         format!("{v} names no [[dependency]]"),
-                        Some(&format!("dependencies: {}", deps.join(", "))),
+                        Some(&format!("dependencies: {}", listed(deps))),
                     );
                 }
                 Var::SinkUrl(n) if !sinks.contains(n) => {
                     cx.err(
                         span.clone(),
                         format!("{v} names no [[sink]]"),
-                        Some(&format!("sinks: {}", sinks.join(", "))),
+                        Some(&format!("sinks: {}", listed(sinks))),
                     );
                 }
                 Var::DatabaseUrl if !has_db => {
@@ -592,33 +592,34 @@ pub fn is_loopback(host: &str) -> bool {
 
 fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Caller> {
     let name = c.name.get_ref().clone();
+    // Every part is checked before giving up on the caller, so one pass reports everything.
     let service = match &c.service {
-        Some(s) => match services.iter().position(|n| n == s.get_ref()) {
-            Some(i) => i,
-            None => {
+        Some(s) => {
+            let found = services.iter().position(|n| n == s.get_ref());
+            if found.is_none() {
                 cx.err(
                     s.span(),
                     format!(
                         "caller {name:?} names service {:?}, which does not exist",
                         s.get_ref()
                     ),
-                    Some(&format!("services: {}", services.join(", "))),
+                    Some(&format!("services: {}", listed(services))),
                 );
-                return None;
             }
-        },
-        None if services.len() == 1 => 0,
+            found
+        }
+        None if services.len() == 1 => Some(0),
         None => {
             cx.err(
                 c.name.span(),
                 format!("caller {name:?} must say which service it calls"),
                 Some("set service = \"NAME\""),
             );
-            return None;
+            None
         }
     };
-    let request = request(cx, &c.request)?;
-    let arrival = arrival(cx, c)?;
+    let request = request(cx, &c.request);
+    let arrival = arrival(cx, c);
     let keys = keys(cx, c.keys.as_ref());
     let overlap = match &c.overlap {
         Some(o) => Overlap {
@@ -665,9 +666,9 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
     };
     Some(Caller {
         name,
-        service,
-        request,
-        arrival,
+        service: service?,
+        request: request?,
+        arrival: arrival?,
         keys,
         overlap,
         delay,
@@ -1167,5 +1168,14 @@ fn type_name(value: &toml::Value) -> String {
         toml::Value::Datetime(_) => "a date".to_string(),
         toml::Value::Array(_) => "an array".to_string(),
         toml::Value::Table(_) => "a table".to_string(),
+    }
+}
+
+/// Names for a hint: `a, b` or `none declared`.
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        "none declared".to_string()
+    } else {
+        names.join(", ")
     }
 }

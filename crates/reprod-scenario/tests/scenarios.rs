@@ -1,0 +1,159 @@
+//! Data-driven scenario tests: every `test_data/ok/*.toml` must load (and `test_data/ok/NAME.txt`
+//! holds what it loads to, in short), every `test_data/err/*.toml` must fail with exactly the
+//! text in `test_data/err/NAME.err` — the message a user sees. `UPDATE_EXPECT=1` rewrites the
+//! expected files from the current output.
+
+use std::path::{Path, PathBuf};
+
+fn cases(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("test_data")
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("test_data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no cases in {}", dir.display());
+    files
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .expect("under the crate")
+        .display()
+        .to_string()
+}
+
+fn check(expected_path: &Path, actual: &str) -> Result<(), String> {
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(expected_path, actual).expect("write expectation");
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(expected_path).unwrap_or_default();
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}\n--- expected ---\n{expected}\n--- actual ---\n{actual}",
+            expected_path.display()
+        ))
+    }
+}
+
+fn load(path: &Path) -> Result<reprod_scenario::Scenario, reprod_scenario::ScenarioError> {
+    let text = std::fs::read_to_string(path).expect("read case");
+    reprod_scenario::parse(&relative(path), &text, &[])
+}
+
+fn describe(s: &reprod_scenario::Scenario) -> String {
+    let conditions: Vec<&str> = s.active_conditions().iter().map(|c| c.name()).collect();
+    let callers: Vec<String> = s
+        .callers
+        .iter()
+        .map(|c| {
+            format!(
+                "{} -> {} {:?} keys={}x{:?} overlap={} attempts={}",
+                c.name,
+                s.services[c.service].name,
+                c.arrival,
+                c.keys.count,
+                c.keys.distribution,
+                c.overlap.k,
+                c.retry.attempts
+            )
+        })
+        .collect();
+    format!(
+        "name: {}\nseed: {}\nduration: {:?}\nmax_ops: {}\nconditions: {}\ncallers:\n  {}\n",
+        s.name,
+        s.seed,
+        s.duration,
+        s.max_ops,
+        conditions.join(", "),
+        callers.join("\n  ")
+    )
+}
+
+#[test]
+fn ok_scenarios_load() {
+    let mut failures = Vec::new();
+    for case in cases("ok") {
+        match load(&case) {
+            Ok(s) => {
+                if let Err(e) = check(&case.with_extension("txt"), &describe(&s)) {
+                    failures.push(e);
+                }
+            }
+            Err(e) => failures.push(format!("{}: unexpected error:\n{e}", case.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn bad_scenarios_are_reported_where_they_are_wrong() {
+    let mut failures = Vec::new();
+    for case in cases("err") {
+        match load(&case) {
+            Ok(_) => failures.push(format!("{}: loaded, but should not", case.display())),
+            Err(e) => {
+                if let Err(e) = check(&case.with_extension("err"), &format!("{e}\n")) {
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_shipped_invoice_scenario_loads_with_its_contract() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/invoices.toml");
+    let s = reprod_scenario::load(&path, &[("variant".into(), "fixed".into())]).expect("loads");
+    let params: Vec<&str> = s.params.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(params.contains(&"variant") && params.contains(&"database"));
+    let names: Vec<&str> = s.invariants.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "one invoice per account and period",
+            "one email per invoice"
+        ]
+    );
+    let active: Vec<&str> = s.active_conditions().iter().map(|c| c.name()).collect();
+    for c in [
+        "overlap",
+        "retries",
+        "hot_keys",
+        "instances",
+        "slow_dependency",
+    ] {
+        assert!(active.contains(&c), "{c} should be on: {active:?}");
+    }
+    let err =
+        reprod_scenario::load(&path, &[("nope".into(), "1".into())]).expect_err("unknown param");
+    assert!(
+        err.to_string().contains("declares no parameter \"nope\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn staging_and_without_neutralise_conditions() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/invoices.toml");
+    let mut s = reprod_scenario::load(&path, &[]).expect("loads");
+    s.neutralize(reprod_scenario::Condition::HotKeys);
+    assert!(!s.is_active(reprod_scenario::Condition::HotKeys));
+    assert!(s.is_active(reprod_scenario::Condition::Overlap));
+    s.keep_only(&[]);
+    assert!(s.active_conditions().is_empty());
+    assert!(
+        s.serialize_keys,
+        "staging runs one operation per key at a time"
+    );
+    assert!(s.services.iter().all(|svc| svc.replicas == 1));
+    assert!(s.callers.iter().all(|c| c.retry.attempts == 1));
+    assert!(s.dependencies.iter().all(|d| d.latency.is_none()));
+}

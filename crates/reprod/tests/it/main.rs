@@ -1,0 +1,8 @@
+//! End-to-end tests of the `reprod` binary: real processes, real sockets, real SQLite and (with
+//! `DATABASE_URL`) real PostgreSQL, through the command-line contract only.
+
+mod support;
+
+mod cli;
+mod lifecycle;
+mod runs;

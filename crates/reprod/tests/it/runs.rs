@@ -1,0 +1,249 @@
+//! Whole runs of the shipped invoice scenario: the naive variant violates both invariants and
+//! exits 1, the fixed one holds under the same load and exits 0, the run directory matches the
+//! contract, and the same seed gives the same schedule.
+
+use serde_json::Value;
+
+use crate::support::{PgDb, TempDir, invoices, run, run_dir, scalar, text};
+
+fn json_run(out: &TempDir, extra: &[&str]) -> (Option<i32>, Value, String) {
+    let scenario = invoices();
+    let mut args = vec![
+        "run",
+        scenario.to_str().expect("utf-8"),
+        "--json",
+        "--out",
+        out.path().to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let output = run(&args);
+    let stdout = text(&output.stdout);
+    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json printed no summary ({e}):\n{stdout}\nstderr:\n{}",
+            text(&output.stderr)
+        )
+    });
+    (output.status.code(), summary, text(&output.stderr))
+}
+
+fn invariant<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["invariants"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no invariant {name:?} in {summary}"))
+}
+
+#[test]
+fn naive_invoices_violate_both_invariants_and_exit_1() {
+    let out = TempDir::new();
+    let (code, summary, stderr) = json_run(&out, &["--set", "variant=naive", "--duration", "3s"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(summary["verdict"], "fail");
+    for name in [
+        "one invoice per account and period",
+        "one email per invoice",
+    ] {
+        let inv = invariant(&summary, name);
+        assert_eq!(inv["held"], false, "{inv}");
+        assert!(inv["violations"].as_u64().unwrap_or(0) > 0);
+        assert!(!inv["examples"].as_array().expect("examples").is_empty());
+    }
+    // The summary.json contract.
+    for field in [
+        "run_id",
+        "scenario",
+        "seed",
+        "conditions",
+        "duration_s",
+        "retry_amplification",
+        "throughput_rps",
+        "goodput_rps",
+    ] {
+        assert!(!summary[field].is_null(), "summary lacks {field}");
+    }
+    for (obj, fields) in [
+        ("ops", &["total", "ok", "failed", "ambiguous"][..]),
+        ("attempts", &["total", "retries"][..]),
+        ("latency_ms", &["p50", "p95", "p99", "p999", "max"][..]),
+        ("schedule_lag_ms", &["p99", "max"][..]),
+    ] {
+        for f in fields {
+            assert!(
+                summary[obj][f].is_number(),
+                "summary.{obj}.{f}: {}",
+                summary[obj]
+            );
+        }
+    }
+    let conditions: Vec<&str> = summary["conditions"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        conditions,
+        [
+            "overlap",
+            "slow_dependency",
+            "retries",
+            "hot_keys",
+            "instances"
+        ]
+    );
+
+    // The run directory contract.
+    let dir = run_dir(out.path());
+    for file in [
+        "history.sqlite",
+        "summary.json",
+        "report.txt",
+        "services/invoices-0.log",
+        "services/invoices-1.log",
+    ] {
+        assert!(
+            dir.join(file).exists(),
+            "{file} missing in {}",
+            dir.display()
+        );
+    }
+    let report = std::fs::read_to_string(dir.join("report.txt")).expect("report");
+    assert!(
+        report.contains("VIOLATED  one invoice per account and period"),
+        "{report}"
+    );
+    let history = dir.join("history.sqlite");
+    let ops = summary["ops"]["total"].as_i64().expect("ops");
+    assert_eq!(scalar(&history, "SELECT COUNT(*) FROM ops"), ops);
+    assert_eq!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM run WHERE status = 'completed'"
+        ),
+        1
+    );
+    assert!(scalar(&history, "SELECT COUNT(*) FROM attempts") >= ops);
+    // Every usage call joins back to the attempt whose request caused it, by trace.
+    let calls = scalar(
+        &history,
+        "SELECT COUNT(*) FROM dependency_calls WHERE dependency = 'usage'",
+    );
+    let joined = scalar(
+        &history,
+        "SELECT COUNT(*) FROM dependency_calls d WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.trace_id = d.trace_id)",
+    );
+    assert!(
+        calls > 0 && joined == calls,
+        "{joined} of {calls} usage calls joined to an attempt"
+    );
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM sink_deliveries WHERE sink = 'email' AND key IS NOT NULL"
+        ) > 0
+    );
+    assert!(
+        scalar(&history, "SELECT COUNT(DISTINCT instance) FROM attempts") == 2,
+        "both replicas served"
+    );
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM violations WHERE invariant = 'one invoice per account and period'"
+        ) > 0
+    );
+    // The duplicates are in the service's own database, not only in reprod's view of it.
+    let db = rusqlite::Connection::open(dir.join("invoices.db")).expect("service db");
+    let duplicated: i64 = db
+        .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM invoices GROUP BY account_id, period HAVING COUNT(*) > 1)", [], |r| r.get(0))
+        .expect("query");
+    assert_eq!(
+        duplicated as u64,
+        invariant(&summary, "one invoice per account and period")["violations"]
+            .as_u64()
+            .unwrap_or(0)
+    );
+}
+
+#[test]
+fn fixed_invoices_hold_under_the_same_load_and_exit_0() {
+    let out = TempDir::new();
+    let (code, summary, stderr) = json_run(&out, &["--set", "variant=fixed", "--duration", "3s"]);
+    assert_eq!(code, Some(0), "{stderr}\n{summary}");
+    assert_eq!(summary["verdict"], "pass");
+    for name in [
+        "one invoice per account and period",
+        "one email per invoice",
+    ] {
+        assert_eq!(invariant(&summary, name)["held"], true);
+    }
+    assert!(
+        summary["ops"]["ok"].as_u64().unwrap_or(0) > 100,
+        "{summary}"
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_schedule_keys_and_bodies() {
+    let schedule = |out: &TempDir| {
+        let (code, _, stderr) = json_run(
+            out,
+            &["--set", "variant=fixed", "--duration", "1s", "--seed", "99"],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        let conn = rusqlite::Connection::open(run_dir(out.path()).join("history.sqlite"))
+            .expect("history");
+        let mut stmt = conn
+            .prepare("SELECT op_id, caller, key, group_id, intended_start_us, trace_id FROM ops ORDER BY op_id")
+            .expect("prepare");
+        stmt.query_map([], |r| {
+            Ok(format!(
+                "{} {} {} {} {} {}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?
+            ))
+        })
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows")
+    };
+    let (a, b) = (TempDir::new(), TempDir::new());
+    let first = schedule(&a);
+    let second = schedule(&b);
+    assert!(first.len() > 20, "{}", first.len());
+    assert_eq!(first, second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_invoices_violate_on_postgres_too() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let out = TempDir::new();
+    let url = format!("database={}", db.url);
+    let (code, summary, stderr) = tokio::task::spawn_blocking({
+        let out_path = out.path().to_path_buf();
+        move || {
+            let out = TempDir(out_path);
+            let result = json_run(
+                &out,
+                &["--set", "variant=naive", "--set", &url, "--duration", "3s"],
+            );
+            std::mem::forget(out);
+            result
+        }
+    })
+    .await
+    .expect("join");
+    db.drop_now().await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        invariant(&summary, "one invoice per account and period")["held"],
+        false
+    );
+}
