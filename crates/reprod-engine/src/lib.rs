@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod hist;
+mod http;
 mod keys;
 mod schedule;
 
@@ -20,12 +21,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Request, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use reprod_history::{AttemptRecord, Event, OpRecord, Outcome, Recorder, RunClock};
 use reprod_scenario::{Backoff, Balance, Caller, IdempotencyMode, Jitter, Scenario, Template, Var};
 use reprod_services::Target;
@@ -37,8 +32,6 @@ pub use schedule::{PlannedOp, Schedule};
 
 /// Bytes of each response body kept in the history.
 const KEPT_RESPONSE_BYTES: usize = 512;
-/// Largest response body read (the rest of the connection is dropped).
-const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// SplitMix64 of `seed` and `salt`: independent streams from one run seed.
 pub fn mix(seed: u64, salt: u64) -> u64 {
@@ -96,6 +89,9 @@ pub struct Stats {
     pub load_end_us: i64,
     /// Whether the run was stopped before the schedule was done.
     pub interrupted: bool,
+    /// Scheduled operations never sent because the run's time was up: the generator (or the
+    /// `max_in_flight` bound) could not keep up with the schedule.
+    pub unsent: u64,
 }
 
 /// Inputs of one run of the engine.
@@ -118,6 +114,8 @@ pub struct Input<'a> {
 struct CallerRt {
     spec: Caller,
     targets: Vec<Target>,
+    /// One connection pool per target, same order.
+    pools: Vec<Arc<http::Pool>>,
     balance: Balance,
     round_robin: AtomicUsize,
     ops_started: AtomicU64,
@@ -127,7 +125,6 @@ struct CallerRt {
 struct Shared {
     seed: u64,
     callers: Vec<CallerRt>,
-    client: Client<HttpConnector, Full<Bytes>>,
     clock: RunClock,
     recorder: Recorder,
     live: Arc<Live>,
@@ -146,9 +143,12 @@ pub async fn run(input: Input<'_>) -> Stats {
         live,
         mut stop,
     } = input;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let mut pools: HashMap<String, Arc<http::Pool>> = HashMap::new();
+    for target in targets.iter().flatten() {
+        if !pools.contains_key(&target.url) {
+            pools.insert(target.url.clone(), Arc::new(pool_for(&target.url).await));
+        }
+    }
     let shared = Arc::new(Shared {
         seed: scenario.seed,
         callers: scenario
@@ -157,15 +157,16 @@ pub async fn run(input: Input<'_>) -> Stats {
             .map(|c| CallerRt {
                 spec: c.clone(),
                 targets: targets[c.service].clone(),
+                pools: targets[c.service]
+                    .iter()
+                    .map(|t| Arc::clone(&pools[&t.url]))
+                    .collect(),
                 balance: scenario.services[c.service].balance,
                 round_robin: AtomicUsize::new(0),
                 ops_started: AtomicU64::new(0),
                 retries_used: AtomicU64::new(0),
             })
             .collect(),
-        client: Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector),
         clock,
         recorder,
         live,
@@ -176,9 +177,29 @@ pub async fn run(input: Input<'_>) -> Stats {
     let mut interrupted = false;
     let mut first_intended = None;
     let mut last_intended = 0;
-    for op in Schedule::new(scenario) {
+    // The run is bounded in wall-clock time too: an operation that could not be sent within a
+    // second of the end of the schedule is not sent at all, and counted.
+    let max_delay_us = scenario
+        .callers
+        .iter()
+        .map(|c| c.delay.as_micros() as i64)
+        .max()
+        .unwrap_or(0);
+    let deadline_us = scenario.duration.as_micros() as i64 + max_delay_us + 1_000_000;
+    let mut schedule = Schedule::new(scenario);
+    let mut unsent = 0;
+    while let Some(op) = schedule.next() {
         if *stop.borrow() {
             interrupted = true;
+            break;
+        }
+        if clock.now_us() > deadline_us {
+            unsent = 1;
+            last_intended = op.at_us;
+            for rest in schedule.by_ref() {
+                unsent += 1;
+                last_intended = rest.at_us;
+            }
             break;
         }
         first_intended.get_or_insert(op.at_us);
@@ -216,6 +237,7 @@ pub async fn run(input: Input<'_>) -> Stats {
     stats.last_intended_us = last_intended;
     stats.load_end_us = clock.now_us();
     stats.interrupted = interrupted || *stop.borrow();
+    stats.unsent = unsent;
     stats
 }
 
@@ -259,7 +281,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
     let mut attempts = 0;
     for n in 1..=spec.retry.attempts {
         attempts = n;
-        let target = pick(caller, &key, &mut rng);
+        let (target, pool) = pick(caller, &key, &mut rng);
         let traceparent = format!("00-{trace_id}-{}-01", hex(&mut rng, 8));
         let idempotency_key = match spec.idempotency.mode {
             IdempotencyMode::None => None,
@@ -276,7 +298,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             // Same choices on every attempt of an operation: a retry resends the same request.
             choice_seed: mix(op_seed, 7),
         };
-        let request = build_request(spec, target, &vars, &traceparent);
+        let request = build_request(spec, pool.host(), &vars, &traceparent);
         let sent_us = shared.clock.now_us();
         started_us.get_or_insert(sent_us);
         shared.live.attempts.fetch_add(1, Ordering::Relaxed);
@@ -284,7 +306,16 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             shared.live.retries.fetch_add(1, Ordering::Relaxed);
         }
         let (end, response) = match request {
-            Ok(request) => send(&shared.client, request, spec.timeout, &mut stop).await,
+            Ok(request) => {
+                send(
+                    pool,
+                    &request,
+                    spec.request.method == "HEAD",
+                    spec.timeout,
+                    &mut stop,
+                )
+                .await
+            }
             Err(e) => (AttemptEnd::Transport(e), None),
         };
         let done_us = shared.clock.now_us();
@@ -440,14 +471,45 @@ fn backoff(
     }
 }
 
-fn pick<'a>(caller: &'a CallerRt, key: &str, rng: &mut fastrand::Rng) -> &'a Target {
+fn pick<'a>(
+    caller: &'a CallerRt,
+    key: &str,
+    rng: &mut fastrand::Rng,
+) -> (&'a Target, &'a http::Pool) {
     let n = caller.targets.len();
     let i = match caller.balance {
         Balance::RoundRobin => caller.round_robin.fetch_add(1, Ordering::Relaxed) % n,
         Balance::Random => rng.usize(..n),
         Balance::Key => (fnv1a(key.as_bytes()) % n as u64) as usize,
     };
-    &caller.targets[i]
+    (&caller.targets[i], &caller.pools[i])
+}
+
+/// A pool for `http://host[:port]`; a name that does not resolve gets a pool whose every
+/// connect fails, which the run records as connection errors.
+async fn pool_for(url: &str) -> http::Pool {
+    let authority = url
+        .strip_prefix("http://")
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = match tokio::net::lookup_host(&with_port).await {
+        Ok(mut addrs) => addrs.next(),
+        Err(_) => None,
+    };
+    http::Pool::new(
+        addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+        authority.to_string(),
+    )
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -494,93 +556,82 @@ pub fn render(t: &Template, vars: &Vars<'_>, choices: &mut fastrand::Rng) -> Str
     .unwrap_or_default()
 }
 
+/// The request bytes of one attempt: request line, headers, body.
 fn build_request(
     spec: &Caller,
-    target: &Target,
+    host: &str,
     vars: &Vars<'_>,
     traceparent: &str,
-) -> Result<Request<Full<Bytes>>, String> {
+) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
     let mut choices = fastrand::Rng::with_seed(vars.choice_seed);
     let path = render(&spec.request.path, vars, &mut choices);
-    let uri: Uri = format!("{}{path}", target.url)
-        .parse()
-        .map_err(|e| format!("bad request URL {}{path}: {e}", target.url))?;
-    let mut builder = Request::builder()
-        .method(spec.request.method.as_str())
-        .uri(uri)
-        .header("traceparent", traceparent)
-        .header("x-retry-attempt", vars.attempt.to_string());
+    let body = spec
+        .request
+        .body
+        .as_ref()
+        .map(|t| render(t, vars, &mut choices));
+    let mut out = Vec::with_capacity(256 + body.as_ref().map_or(0, String::len));
+    let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
+    if !clean(&path) || path.contains(' ') {
+        return Err(format!(
+            "the rendered path {path:?} contains spaces or line breaks"
+        ));
+    }
+    let _ = write!(
+        out,
+        "{} {path} HTTP/1.1\r\nhost: {host}\r\ntraceparent: {traceparent}\r\nx-retry-attempt: {}\r\n",
+        spec.request.method, vars.attempt
+    );
     let mut has_content_type = false;
     for (name, value) in &spec.request.headers {
         has_content_type |= name == "content-type";
-        builder = builder.header(name.as_str(), render(value, vars, &mut choices));
+        let value = render(value, vars, &mut choices);
+        if !clean(&value) {
+            return Err(format!(
+                "header {name} renders to a value with a line break"
+            ));
+        }
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     if let Some(key) = vars.idempotency_key {
-        builder = builder.header(spec.idempotency.header.as_str(), key);
+        let _ = write!(out, "{}: {key}\r\n", spec.idempotency.header);
     }
-    let body = match &spec.request.body {
-        Some(t) => {
+    match &body {
+        Some(body) => {
             if !has_content_type {
-                builder = builder.header("content-type", "application/json");
+                out.extend_from_slice(b"content-type: application/json\r\n");
             }
-            Bytes::from(render(t, vars, &mut choices))
+            let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+            out.extend_from_slice(body.as_bytes());
         }
-        None => Bytes::new(),
-    };
-    builder
-        .body(Full::new(body))
-        .map_err(|e| format!("bad request: {e}"))
+        None if matches!(spec.request.method.as_str(), "POST" | "PUT" | "PATCH") => {
+            out.extend_from_slice(b"content-length: 0\r\n\r\n");
+        }
+        None => out.extend_from_slice(b"\r\n"),
+    }
+    Ok(out)
 }
 
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    request: Request<Full<Bytes>>,
+    pool: &http::Pool,
+    request: &[u8],
+    head_only: bool,
     timeout: Duration,
     stop: &mut watch::Receiver<bool>,
 ) -> (AttemptEnd, Option<String>) {
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                AttemptEnd::Connect(error_chain(&e))
-            } else {
-                AttemptEnd::Transport(error_chain(&e))
-            }
-        })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| AttemptEnd::Transport(format!("reading the response: {e}")))?
-            .to_bytes();
-        let kept =
-            String::from_utf8_lossy(&body[..body.len().min(KEPT_RESPONSE_BYTES)]).into_owned();
-        Ok::<_, AttemptEnd>((AttemptEnd::Status(status, retry_after), Some(kept)))
-    };
     tokio::select! {
-        result = tokio::time::timeout(timeout, exchange) => match result {
-            Ok(Ok(done)) => done,
-            Ok(Err(end)) => (end, None),
+        result = tokio::time::timeout(timeout, pool.exchange(request, head_only)) => match result {
+            Ok(Ok(response)) => {
+                let kept = &response.body[..response.body.len().min(KEPT_RESPONSE_BYTES)];
+                (AttemptEnd::Status(response.status, response.retry_after), Some(String::from_utf8_lossy(kept).into_owned()))
+            }
+            Ok(Err(http::HttpError::Connect(e))) => (AttemptEnd::Connect(e), None),
+            Ok(Err(http::HttpError::Transport(e))) => (AttemptEnd::Transport(e), None),
             Err(_) => (AttemptEnd::Timeout, None),
         },
         _ = stop.changed() => (AttemptEnd::Stopped, None),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn hex(rng: &mut fastrand::Rng, bytes: usize) -> String {

@@ -20,6 +20,8 @@ pub struct OpCounts {
     pub failed: u64,
     /// Ended ambiguous (may or may not have happened).
     pub ambiguous: u64,
+    /// Scheduled but never sent: the run's time was up before the generator could send them.
+    pub unsent: u64,
 }
 
 /// Attempt counts.
@@ -192,6 +194,14 @@ impl Summary {
             "operations  {} total: {} ok, {} failed, {} ambiguous",
             o.total, o.ok, o.failed, o.ambiguous
         );
+        if o.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "            {} scheduled operations were not sent: the generator could not keep up \
+                 (see the schedule lag)",
+                o.unsent
+            );
+        }
         let _ = writeln!(
             out,
             "attempts    {} total, {} retries ({:.2} attempts per operation)",

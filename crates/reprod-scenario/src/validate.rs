@@ -465,7 +465,16 @@ fn service(
             ServiceKind::Command { command, env }
         }
         (None, Some(url)) => {
-            let text = url.get_ref().trim_end_matches('/').to_string();
+            let resolved = cx.template(url, Scope::Run)?;
+            let Some(text) = resolved.as_literal() else {
+                cx.err(
+                    url.span(),
+                    "a service url may use {param.NAME} but not {run_dir}",
+                    None,
+                );
+                return None;
+            };
+            let text = text.trim_end_matches('/').to_string();
             match host_of(&text) {
                 Some(host) if is_loopback(host) || allow_hosts.iter().any(|h| h == host) => {}
                 Some(host) => cx.err(

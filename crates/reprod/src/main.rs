@@ -31,7 +31,7 @@ enum Command {
 }
 
 /// Options shared by commands that load a scenario.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct ScenarioArgs {
     /// The scenario file (TOML).
     scenario: PathBuf,
@@ -40,7 +40,7 @@ struct ScenarioArgs {
     sets: Vec<(String, String)>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
     scenario: ScenarioArgs,

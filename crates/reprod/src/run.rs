@@ -57,7 +57,13 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::INCOMPLETE;
         }
     };
-    let code = runtime.block_on(execute(&scenario, &args));
+    // The whole run is one task on the runtime's workers: a future polled by `block_on` lives
+    // on the main thread, and every operation it spawned would cost a cross-thread wake-up.
+    let code = runtime.block_on(async move {
+        tokio::spawn(async move { execute(&scenario, &args).await })
+            .await
+            .unwrap_or(exit::INCOMPLETE)
+    });
     // Background tasks (servers, pumps) end with the runtime.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
@@ -390,6 +396,7 @@ fn summarize(
             ok: stats.ok,
             failed: stats.failed,
             ambiguous: stats.ambiguous,
+            unsent: stats.unsent,
         },
         attempts: AttemptCounts {
             total: stats.attempts,
