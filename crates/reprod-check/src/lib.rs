@@ -7,6 +7,9 @@
 
 #![deny(missing_docs)]
 
+pub mod explain;
+pub mod scratch;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;

@@ -140,6 +140,10 @@ pub struct Summary {
     pub thresholds: Vec<ThresholdResult>,
     /// `pass` or `fail`.
     pub verdict: String,
+    /// For a failed run: the first violating key's timeline and the violating-vs-clean
+    /// comparison (the same as `reprod explain --json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<serde_json::Value>,
     /// The run directory.
     pub run_dir: String,
 }

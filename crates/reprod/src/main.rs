@@ -4,6 +4,7 @@
 //! Exit codes (a contract): 0 every invariant and threshold held; 1 one was violated; 2 the
 //! scenario or the command line is wrong (nothing ran); 3 the run could not complete.
 
+mod demo;
 mod progress;
 mod run;
 mod time;
@@ -28,6 +29,37 @@ enum Command {
     Run(RunArgs),
     /// Validate a scenario without running anything.
     Check(CheckArgs),
+    /// Explain a stored run: a violating key's timeline, and what separates violating keys
+    /// from clean ones.
+    Explain(ExplainArgs),
+    /// Run the seed's invoice system end to end, naive and fixed, and show what broke.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// A run directory (reprod-runs/<run-id>).
+    run_dir: PathBuf,
+    /// The key whose timeline to show (default: the violating key with the fewest operations).
+    #[arg(long)]
+    key: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+struct DemoArgs {
+    /// Run on PostgreSQL: reprod creates two scratch databases on this server and drops them
+    /// afterwards (default: SQLite files in the run directories).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Where the two run directories go (default: a new directory under the system's temp dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options shared by commands that load a scenario.
@@ -108,6 +140,8 @@ fn main() -> ExitCode {
     ExitCode::from(match cli.command {
         Command::Check(args) => check(&args),
         Command::Run(args) => run::main(args),
+        Command::Explain(args) => explain(&args),
+        Command::Demo(args) => demo::main(args),
     })
 }
 
@@ -163,4 +197,27 @@ fn check(args: &CheckArgs) -> u8 {
         }
     );
     exit::PASS
+}
+
+fn explain(args: &ExplainArgs) -> u8 {
+    match reprod_check::explain::explain(&args.run_dir, args.key.as_deref()) {
+        Ok(explanation) => {
+            if args.json {
+                match serde_json::to_string_pretty(&explanation) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("reprod: {e}");
+                        return exit::INCOMPLETE;
+                    }
+                }
+            } else {
+                print!("{}", explanation.to_text());
+            }
+            exit::PASS
+        }
+        Err(e) => {
+            eprintln!("reprod: {e}");
+            exit::USAGE
+        }
+    }
 }

@@ -93,17 +93,53 @@ fn create_run_dir(out: &Path, scenario: &Scenario) -> std::io::Result<(String, P
     Err(std::io::Error::other("too many runs with the same id"))
 }
 
+/// What a finished (or failed) run left behind.
+pub struct Finished {
+    /// The exit code the run earns.
+    pub code: u8,
+    /// Its summary (also in `summary.json`).
+    pub summary: Summary,
+    /// The explanation of its violations, when it has any.
+    pub explanation: Option<reprod_check::explain::Explanation>,
+    /// Its run directory.
+    pub run_dir: PathBuf,
+}
+
 async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
-    let (run_id, run_dir) = match create_run_dir(&args.out, scenario) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!(
-                "reprod: cannot create the run directory under {}: {e}",
-                args.out.display()
-            );
-            return exit::INCOMPLETE;
-        }
+    let shown = args.scenario.scenario.display().to_string();
+    let finished = match perform(scenario, &shown, &args.out).await {
+        Ok(finished) => finished,
+        Err(code) => return code,
     };
+    if args.json {
+        println!("{}", finished.summary.to_json());
+    } else {
+        print!("{}", report_text(&finished));
+        println!("run directory: {}", finished.run_dir.display());
+    }
+    finished.code
+}
+
+/// The text of `report.txt` and of `reprod run` without `--json`.
+pub fn report_text(finished: &Finished) -> String {
+    let mut text = finished.summary.to_text();
+    if let Some(explanation) = &finished.explanation {
+        text.push('\n');
+        text.push_str(&explanation.to_text());
+    }
+    text
+}
+
+/// Runs `scenario` into a new run directory under `out` and writes its summary and report.
+/// `Err` carries the exit code when the run could not even be set up (it says why on stderr).
+pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Result<Finished, u8> {
+    let (run_id, run_dir) = create_run_dir(out, scenario).map_err(|e| {
+        eprintln!(
+            "reprod: cannot create the run directory under {}: {e}",
+            out.display()
+        );
+        exit::INCOMPLETE
+    })?;
     let conditions: Vec<String> = scenario
         .active_conditions()
         .iter()
@@ -112,7 +148,7 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
     let info = RunInfo {
         run_id: run_id.clone(),
         scenario: scenario.name.clone(),
-        scenario_path: args.scenario.scenario.display().to_string(),
+        scenario_path: scenario_path.to_string(),
         seed: scenario.seed,
         started_at: crate::time::rfc3339_now(),
         conditions: conditions.join(","),
@@ -125,22 +161,15 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
     };
     let history_path = run_dir.join("history.sqlite");
     let clock = RunClock::start();
-    let (history, recorder) = match History::create(&history_path, &info) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("reprod: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
+    let (history, recorder) = History::create(&history_path, &info).map_err(|e| {
+        eprintln!("reprod: {e}");
+        exit::INCOMPLETE
+    })?;
     eprintln!("reprod: run {run_id} in {}", run_dir.display());
-
-    let database_url = match database_url(scenario, &run_dir) {
-        Ok(url) => url,
-        Err(e) => {
-            eprintln!("reprod: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
+    let database_url = database_url(scenario, &run_dir).map_err(|e| {
+        eprintln!("reprod: {e}");
+        exit::INCOMPLETE
+    })?;
     let result = drive(scenario, &run_dir, database_url.clone(), clock, recorder).await;
     let end_us = clock.now_us();
     let status = match &result {
@@ -181,16 +210,25 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
         summary.invariants = checked.results;
     }
     summary.decide();
-    if let Err(e) = write_outputs(&run_dir, &summary) {
-        eprintln!("reprod: cannot write the report: {e}");
-    }
-    if args.json {
-        println!("{}", summary.to_json());
+    let explanation = if summary
+        .invariants
+        .iter()
+        .any(|i| !i.held && i.error.is_none())
+    {
+        match reprod_check::explain::explain(&run_dir, None) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("reprod: cannot explain the run: {e}");
+                None
+            }
+        }
     } else {
-        print!("{}", summary.to_text());
-        println!("run directory: {}", run_dir.display());
-    }
-    match result {
+        None
+    };
+    summary.explanation = explanation
+        .as_ref()
+        .and_then(|e| serde_json::to_value(e).ok());
+    let code = match &result {
         Err(Incomplete::Interrupted) => {
             eprintln!(
                 "reprod: interrupted; the history so far is in {}",
@@ -204,10 +242,19 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
         }
         Ok(_) if summary.verdict == "pass" => exit::PASS,
         Ok(_) => exit::VIOLATED,
+    };
+    let finished = Finished {
+        code,
+        summary,
+        explanation,
+        run_dir,
+    };
+    if let Err(e) = write_outputs(&finished) {
+        eprintln!("reprod: cannot write the report: {e}");
     }
+    Ok(finished)
 }
 
-/// Fault layer, services, load, drain; always stops what it started.
 /// The scenario's database URL with `{run_dir}` filled in.
 fn database_url(scenario: &Scenario, run_dir: &Path) -> Result<Option<String>, String> {
     let Some(db) = &scenario.database else {
@@ -226,6 +273,7 @@ fn database_url(scenario: &Scenario, run_dir: &Path) -> Result<Option<String>, S
         .map_err(|v| format!("cannot fill {v} in the database URL"))
 }
 
+/// Fault layer, services, load, drain; always stops what it started.
 async fn drive(
     scenario: &Scenario,
     run_dir: &Path,
@@ -429,6 +477,7 @@ fn summarize(
         invariants: Vec::new(),
         thresholds: thresholds(scenario, stats, duration_s),
         verdict: String::new(),
+        explanation: None,
         run_dir: run_dir.display().to_string(),
     }
 }
@@ -523,7 +572,8 @@ fn dependency_results(scenario: &Scenario, history: &Path) -> Vec<DependencyResu
         .collect()
 }
 
-fn write_outputs(run_dir: &Path, summary: &Summary) -> std::io::Result<()> {
-    std::fs::write(run_dir.join("summary.json"), summary.to_json() + "\n")?;
-    std::fs::write(run_dir.join("report.txt"), summary.to_text())
+fn write_outputs(finished: &Finished) -> std::io::Result<()> {
+    let dir = &finished.run_dir;
+    std::fs::write(dir.join("summary.json"), finished.summary.to_json() + "\n")?;
+    std::fs::write(dir.join("report.txt"), report_text(finished))
 }

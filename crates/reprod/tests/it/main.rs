@@ -4,5 +4,6 @@
 mod support;
 
 mod cli;
+mod explain;
 mod lifecycle;
 mod runs;

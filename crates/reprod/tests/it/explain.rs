@@ -1,0 +1,150 @@
+//! `reprod explain` on stored runs, `reprod demo` end to end.
+
+use serde_json::Value;
+
+use crate::support::{TempDir, invoices, run, run_dir, text};
+
+#[test]
+fn explain_renders_a_stored_naive_run() {
+    let out = TempDir::new();
+    let scenario = invoices();
+    let output = run(&[
+        "run",
+        scenario.to_str().expect("utf-8"),
+        "--duration",
+        "3s",
+        "--out",
+        out.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("timeline of acct_"),
+        "the run's report carries a timeline:\n{stdout}"
+    );
+    let dir = run_dir(out.path());
+    let dir_s = dir.to_str().expect("utf-8");
+
+    let explained = run(&["explain", dir_s]);
+    assert_eq!(
+        explained.status.code(),
+        Some(0),
+        "{}",
+        text(&explained.stderr)
+    );
+    let t = text(&explained.stdout);
+    assert!(
+        t.contains("\"one invoice per account and period\" was violated"),
+        "{t}"
+    );
+    assert!(
+        t.contains("usage called by api op"),
+        "dependency calls join to operations:\n{t}"
+    );
+    assert!(
+        t.contains("email delivery caused by"),
+        "sink deliveries join to operations:\n{t}"
+    );
+    let top = t
+        .lines()
+        .skip_while(|l| !l.starts_with("violating keys"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        top.trim_start().starts_with("overlap"),
+        "overlap separates best:\n{t}"
+    );
+
+    let json = run(&["explain", dir_s, "--json", "--key", "acct_0"]);
+    assert_eq!(json.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["key"], "acct_0");
+    assert!(v["timeline"].as_array().is_some_and(|t| !t.is_empty()));
+    assert!(
+        v["comparison"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|d| d["name"] == "overlap"))
+    );
+
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary"))
+            .expect("json");
+    assert!(
+        summary["explanation"]["timeline"].is_array(),
+        "summary.json carries the explanation"
+    );
+}
+
+#[test]
+fn explain_says_what_is_wrong_with_a_directory() {
+    let dir = TempDir::new();
+    let missing = dir.path().join("nope");
+    let output = run(&["explain", missing.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("is not a directory"));
+    dir.write("notes.txt", "hello");
+    let output = run(&["explain", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("has no history.sqlite") && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_shows_naive_breaking_and_fixed_holding() {
+    let out = TempDir::new();
+    let output = run(&["demo", "--out", out.path().to_str().expect("utf-8")]);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("As expected"), "{stdout}");
+    assert!(stdout.contains("timeline of acct_"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("one invoice per account and period"))
+        .expect("row");
+    assert!(
+        row.contains("violations") && row.trim_end().ends_with("held"),
+        "{row}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_postgres_leaves_no_scratch_database() {
+    let admin = match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => url,
+        _ => {
+            eprintln!("SKIPPED (PostgreSQL half): DATABASE_URL is not set to a postgres:// URL");
+            return;
+        }
+    };
+    let out = TempDir::new();
+    let out_s = out.path().to_str().expect("utf-8").to_string();
+    let admin_arg = admin.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        run(&["demo", "--database", &admin_arg, "--out", &out_s])
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&admin).await.expect("admin");
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname LIKE 'reprod_demo_%'")
+            .fetch_one(&pool)
+            .await
+            .expect("query");
+    pool.close().await;
+    assert_eq!(left, 0, "the demo drops its scratch databases");
+}
