@@ -13,10 +13,9 @@ mod extract;
 pub mod latency;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -24,7 +23,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use reprod_history::{DependencyCallRecord, Event, Recorder, RunClock, SinkDeliveryRecord};
-use reprod_scenario::{DependencyMode, KeyExtract, Scenario, Template, Var};
+use reprod_scenario::{
+    AmbiguousMode, DependencyMode, FaultKind, FaultRule, KeyExtract, Scenario, Template, Var,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -38,6 +39,8 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 const KEPT_BODY_BYTES: usize = 1024;
 /// Timeout of a proxied upstream exchange.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a hang (or a dropped answer) lasts at most before the connection is closed.
+const MAX_HANG: Duration = Duration::from_secs(60);
 
 /// Why the fault layer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,12 @@ impl FaultLayer {
             let endpoint = Arc::new(Endpoint {
                 name: dep.name.clone(),
                 role: Role::Dependency(dep.mode.clone()),
+                buckets: dep
+                    .faults
+                    .iter()
+                    .map(|_| Mutex::new(Bucket::default()))
+                    .collect(),
+                faults: dep.faults.clone(),
                 sampler: dep.latency.as_ref().map(Sampler::new),
                 key: dep.key.clone(),
                 idempotency_header: String::new(),
@@ -102,6 +111,8 @@ impl FaultLayer {
             let endpoint = Arc::new(Endpoint {
                 name: sink.name.clone(),
                 role: Role::Sink,
+                faults: Vec::new(),
+                buckets: Vec::new(),
                 sampler: sink.latency.as_ref().map(Sampler::new),
                 key: sink.key.clone(),
                 idempotency_header: sink.idempotency_header.clone(),
@@ -160,10 +171,31 @@ enum Role {
     Sink,
 }
 
+/// Token bucket state of a throttle rule.
+#[derive(Debug, Default)]
+struct Bucket {
+    tokens: f64,
+    last_us: Option<i64>,
+}
+
+/// The connection is closed without an answer (hyper does that when the service fails).
+#[derive(Debug)]
+struct CloseConnection;
+
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed by a reprod fault")
+    }
+}
+
+impl std::error::Error for CloseConnection {}
+
 #[derive(Debug)]
 struct Endpoint {
     name: String,
     role: Role,
+    faults: Vec<FaultRule>,
+    buckets: Vec<Mutex<Bucket>>,
     sampler: Option<Sampler>,
     key: Option<KeyExtract>,
     idempotency_header: String,
@@ -216,7 +248,7 @@ async fn serve(
                     connections.spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let endpoint = Arc::clone(&endpoint);
-                            async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
+                            async move { endpoint.handle(req).await }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .keep_alive(true)
@@ -241,6 +273,18 @@ struct CallGuard<'a> {
     record: Option<DependencyCallRecord>,
 }
 
+impl CallGuard<'_> {
+    /// Records the call as ended now, with what the caller was sent and what was applied.
+    async fn finish(&mut self, status: Option<i64>, applied_status: Option<i64>) {
+        if let Some(mut record) = self.record.take() {
+            record.status = status;
+            record.applied_status = applied_status;
+            record.done_us = self.clock.now_us();
+            self.recorder.record(Event::DependencyCall(record)).await;
+        }
+    }
+}
+
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
@@ -252,7 +296,10 @@ impl Drop for CallGuard<'_> {
 }
 
 impl Endpoint {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, CloseConnection> {
         let received_us = self.clock.now_us();
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let mut rng = fastrand::Rng::with_seed(mix(self.seed, n));
@@ -299,9 +346,10 @@ impl Endpoint {
                         body: String::from_utf8_lossy(kept).into_owned(),
                     }))
                     .await;
-                respond(self.status, &[], Bytes::from_static(b"{}"))
+                Ok(respond(self.status, &[], Bytes::from_static(b"{}")))
             }
             Role::Dependency(mode) => {
+                let fault = self.decide(&parts, key.as_deref(), received_us, &mut rng);
                 let mut guard = CallGuard {
                     recorder: &self.recorder,
                     clock: self.clock,
@@ -313,13 +361,41 @@ impl Endpoint {
                         path: path.clone(),
                         received_us,
                         delay_us: delay.as_micros() as i64,
-                        fault: None,
+                        fault: fault.map(fault_label),
                         status: None,
+                        applied_status: None,
                         done_us: received_us,
                     }),
                 };
+                // Throttling answers at once: the point of a 429 is that no work was done.
+                if let Some(FaultKind::Throttle { retry_after, .. }) = fault {
+                    let secs = retry_after.as_secs().max(1).to_string();
+                    let response = respond(
+                        429,
+                        &[("retry-after".to_string(), secs)],
+                        Bytes::from_static(b"{\"error\":\"throttled by reprod\"}"),
+                    );
+                    guard.finish(Some(429), None).await;
+                    return Ok(response);
+                }
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
+                }
+                match fault {
+                    Some(FaultKind::Hang) => {
+                        tokio::time::sleep(MAX_HANG).await;
+                        guard.finish(None, None).await;
+                        return Err(CloseConnection);
+                    }
+                    Some(FaultKind::Reset) => {
+                        guard.finish(None, None).await;
+                        return Err(CloseConnection);
+                    }
+                    Some(FaultKind::Error { status, body }) => {
+                        guard.finish(Some(i64::from(*status)), None).await;
+                        return Ok(respond(*status, &[], Bytes::from(body.clone())));
+                    }
+                    _ => {}
                 }
                 let response = match mode {
                     DependencyMode::Stub {
@@ -331,17 +407,93 @@ impl Endpoint {
                         respond(*status, headers, Bytes::from(rendered))
                     }
                     DependencyMode::Proxy { upstream } => {
+                        if matches!(fault, Some(FaultKind::Duplicate)) {
+                            let _first = self.forward(upstream, &parts, &path, body.clone()).await;
+                        }
                         self.forward(upstream, &parts, &path, body).await
                     }
                 };
-                if let Some(mut record) = guard.record.take() {
-                    record.status = Some(i64::from(response.status().as_u16()));
-                    record.done_us = self.clock.now_us();
-                    self.recorder.record(Event::DependencyCall(record)).await;
+                let applied = Some(i64::from(response.status().as_u16()));
+                match fault {
+                    Some(FaultKind::Ambiguous {
+                        mode: AmbiguousMode::Reset,
+                    }) => {
+                        guard.finish(None, applied).await;
+                        Err(CloseConnection)
+                    }
+                    Some(FaultKind::Ambiguous {
+                        mode: AmbiguousMode::Drop,
+                    }) => {
+                        guard.finish(None, applied).await;
+                        tokio::time::sleep(MAX_HANG).await;
+                        Err(CloseConnection)
+                    }
+                    Some(FaultKind::Ambiguous {
+                        mode: AmbiguousMode::Delay(late),
+                    }) => {
+                        // Applied already: a caller that gives up during the wait leaves a record
+                        // that says so (no status sent, applied status kept).
+                        if let Some(record) = guard.record.as_mut() {
+                            record.applied_status = applied;
+                        }
+                        tokio::time::sleep(*late).await;
+                        guard.finish(applied, applied).await;
+                        Ok(response)
+                    }
+                    _ => {
+                        guard.finish(applied, applied).await;
+                        Ok(response)
+                    }
                 }
-                response
             }
         }
+    }
+
+    /// The first fault rule that matches this call, is in its window and fires.
+    fn decide(
+        &self,
+        parts: &hyper::http::request::Parts,
+        key: Option<&str>,
+        now_us: i64,
+        rng: &mut fastrand::Rng,
+    ) -> Option<&FaultKind> {
+        for (rule, bucket) in self.faults.iter().zip(&self.buckets) {
+            let in_window = now_us >= rule.from.as_micros() as i64
+                && rule.to.is_none_or(|to| now_us < to.as_micros() as i64);
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            if !in_window
+                || !rule
+                    .matcher
+                    .matches(parts.method.as_str(), parts.uri.path(), header, key)
+            {
+                continue;
+            }
+            if let FaultKind::Throttle {
+                rate_per_s, burst, ..
+            } = &rule.kind
+            {
+                let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+                let elapsed_s = b.last_us.map_or(f64::from(*burst) / rate_per_s, |last| {
+                    (now_us - last) as f64 / 1e6
+                });
+                b.tokens = (b.tokens + elapsed_s * rate_per_s).min(f64::from(*burst));
+                b.last_us = Some(now_us);
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    continue;
+                }
+            }
+            if rng.f64() < rule.probability {
+                return Some(&rule.kind);
+            }
+        }
+        None
     }
 
     async fn forward(
@@ -458,4 +610,24 @@ pub fn uuid(rng: &mut fastrand::Rng) -> String {
         lo >> 48,
         lo & 0xFFFF_FFFF_FFFF
     )
+}
+
+/// How a fault is named in `dependency_calls.fault`.
+fn fault_label(kind: &FaultKind) -> String {
+    match kind {
+        FaultKind::Error { status, .. } => format!("error {status}"),
+        FaultKind::Throttle { .. } => "throttle".to_string(),
+        FaultKind::Hang => "hang".to_string(),
+        FaultKind::Reset => "reset".to_string(),
+        FaultKind::Ambiguous {
+            mode: AmbiguousMode::Drop,
+        } => "ambiguous drop".to_string(),
+        FaultKind::Ambiguous {
+            mode: AmbiguousMode::Reset,
+        } => "ambiguous reset".to_string(),
+        FaultKind::Ambiguous {
+            mode: AmbiguousMode::Delay(_),
+        } => "ambiguous delay".to_string(),
+        FaultKind::Duplicate => "duplicate".to_string(),
+    }
 }

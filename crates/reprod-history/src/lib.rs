@@ -158,6 +158,9 @@ pub struct DependencyCallRecord {
     pub fault: Option<String>,
     /// Status sent back, `None` when none was.
     pub status: Option<i64>,
+    /// What the stub or upstream answered before any fault (`None` when it was never
+    /// applied: an error, throttle, hang or reset fault, or an unreachable upstream).
+    pub applied_status: Option<i64>,
     /// When the answer went out (or the call ended).
     pub done_us: i64,
 }
@@ -336,7 +339,8 @@ CREATE TABLE attempts (
 CREATE TABLE dependency_calls (
     call_id INTEGER PRIMARY KEY, dependency TEXT NOT NULL, traceparent TEXT, trace_id TEXT,
     key TEXT, method TEXT NOT NULL, path TEXT NOT NULL, received_us INTEGER NOT NULL,
-    delay_us INTEGER NOT NULL, fault TEXT, status INTEGER, done_us INTEGER NOT NULL
+    delay_us INTEGER NOT NULL, fault TEXT, status INTEGER, applied_status INTEGER,
+    done_us INTEGER NOT NULL
 );
 CREATE TABLE sink_deliveries (
     delivery_id INTEGER PRIMARY KEY, sink TEXT NOT NULL, traceparent TEXT, trace_id TEXT, key TEXT,
@@ -480,10 +484,9 @@ fn write_loop(
         }
         let tx = conn.transaction().map_err(fail)?;
         let last_batch = batch.len();
-        for event in batch.drain(..) {
-            insert(&tx, &event).map_err(fail)?;
-            stats.events += 1;
-        }
+        insert_batch(&tx, &batch).map_err(fail)?;
+        stats.events += batch.len() as u64;
+        batch.clear();
         tx.commit().map_err(fail)?;
         stats.batches += 1;
         // A writer parked on the channel is woken by every send: a futex syscall per event at
@@ -496,56 +499,104 @@ fn write_loop(
     Ok(stats)
 }
 
+/// Rows per multi-row `INSERT` of ops and attempts: one statement execution per 64 rows instead
+/// of per row roughly halves what SQLite spends per event.
+const ROWS_PER_INSERT: usize = 64;
+
+const OP_COLUMNS: &str = "op_id, caller, key, seq, group_id, intended_start_us, queue_delay_us, \
+                          started_us, done_us, outcome, attempts, status, trace_id";
+const ATTEMPT_COLUMNS: &str = "op_id, n, traceparent, trace_id, instance, version, idempotency_key, \
+                               sent_us, done_us, status, error, response";
+
+/// `INSERT INTO table (columns) VALUES (?, ...), ... ` for `rows` rows.
+fn multi_row_insert(table: &str, columns: &str, rows: usize) -> String {
+    let width = columns.split(',').count();
+    let row = format!("({})", vec!["?"; width].join(", "));
+    format!(
+        "INSERT INTO {table} ({columns}) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}
+
+/// Full chunks of [`ROWS_PER_INSERT`], then single rows: two statement shapes per table, so the
+/// statement cache never thrashes on odd remainders.
+fn statement_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let full = rows.chunks_exact(ROWS_PER_INSERT);
+    let rest = full.remainder();
+    full.chain(rest.chunks(1))
+}
+
+fn insert_batch(tx: &rusqlite::Transaction<'_>, batch: &[Event]) -> rusqlite::Result<()> {
+    use rusqlite::ToSql;
+    let mut ops = Vec::new();
+    let mut attempts = Vec::new();
+    for event in batch {
+        match event {
+            Event::Op(o) => ops.push(o),
+            Event::Attempt(a) => attempts.push(a),
+            other => insert(tx, other)?,
+        }
+    }
+    for chunk in statement_chunks(&ops) {
+        let outcomes: Vec<&'static str> = chunk.iter().map(|o| o.outcome.as_str()).collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 13);
+        for (o, outcome) in chunk.iter().zip(&outcomes) {
+            values.extend([
+                &o.op_id as &dyn ToSql,
+                &o.caller,
+                &o.key,
+                &o.seq,
+                &o.group_id,
+                &o.intended_start_us,
+                &o.queue_delay_us,
+                &o.started_us,
+                &o.done_us,
+                outcome,
+                &o.attempts,
+                &o.status,
+                &o.trace_id,
+            ]);
+        }
+        tx.prepare_cached(&multi_row_insert("ops", OP_COLUMNS, chunk.len()))?
+            .execute(values.as_slice())?;
+    }
+    for chunk in statement_chunks(&attempts) {
+        let trace_ids: Vec<&str> = chunk
+            .iter()
+            .map(|a| trace_id_of(&a.traceparent).unwrap_or_default())
+            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 12);
+        for (a, trace_id) in chunk.iter().zip(&trace_ids) {
+            values.extend([
+                &a.op_id as &dyn ToSql,
+                &a.n,
+                &a.traceparent,
+                trace_id,
+                &a.instance,
+                &a.version,
+                &a.idempotency_key,
+                &a.sent_us,
+                &a.done_us,
+                &a.status,
+                &a.error,
+                &a.response,
+            ]);
+        }
+        tx.prepare_cached(&multi_row_insert("attempts", ATTEMPT_COLUMNS, chunk.len()))?
+            .execute(values.as_slice())?;
+    }
+    Ok(())
+}
+
 fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
     match event {
-        Event::Op(o) => {
-            tx.prepare_cached(
-                "INSERT INTO ops (op_id, caller, key, seq, group_id, intended_start_us, queue_delay_us,
-                 started_us, done_us, outcome, attempts, status, trace_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?
-            .execute(params![
-                o.op_id,
-                o.caller,
-                o.key,
-                o.seq,
-                o.group_id,
-                o.intended_start_us,
-                o.queue_delay_us,
-                o.started_us,
-                o.done_us,
-                o.outcome.as_str(),
-                o.attempts,
-                o.status,
-                o.trace_id
-            ])?;
-        }
-        Event::Attempt(a) => {
-            tx.prepare_cached(
-                "INSERT INTO attempts (op_id, n, traceparent, trace_id, instance, version, idempotency_key,
-                 sent_us, done_us, status, error, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                a.op_id,
-                a.n,
-                a.traceparent,
-                trace_id_of(&a.traceparent).unwrap_or_default(),
-                a.instance,
-                a.version,
-                a.idempotency_key,
-                a.sent_us,
-                a.done_us,
-                a.status,
-                a.error,
-                a.response
-            ])?;
-        }
+        // Batched by `insert_batch`.
+        Event::Op(_) | Event::Attempt(_) => {}
         Event::DependencyCall(c) => {
             tx.prepare_cached(
                 "INSERT INTO dependency_calls (dependency, traceparent, trace_id, key, method, path,
-                 received_us, delay_us, fault, status, done_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 received_us, delay_us, fault, status, applied_status, done_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 c.dependency,
@@ -558,6 +609,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> rusqlite::Result<()>
                 c.delay_us,
                 c.fault,
                 c.status,
+                c.applied_status,
                 c.done_us
             ])?;
         }
@@ -643,6 +695,7 @@ mod tests {
                 delay_us: 5,
                 fault: None,
                 status: Some(200),
+                applied_status: Some(200),
                 done_us: 18,
             }))
             .await;

@@ -94,9 +94,11 @@ impl Scenario {
             Condition::Overlap => {
                 !self.serialize_keys && self.callers.iter().any(|c| c.overlap.k > 1)
             }
-            Condition::SlowDependency => self.dependencies.iter().any(|d| d.latency.is_some()),
-            // Fault rules arrive with the fault layer; until then nothing can switch this on.
-            Condition::DependencyFaults => false,
+            Condition::SlowDependency => {
+                self.dependencies.iter().any(|d| d.latency.is_some())
+                    || self.sinks.iter().any(|s| s.latency.is_some())
+            }
+            Condition::DependencyFaults => self.dependencies.iter().any(|d| !d.faults.is_empty()),
             Condition::Retries => self.callers.iter().any(|c| c.retry.attempts > 1),
             Condition::HotKeys => self
                 .callers
@@ -129,7 +131,11 @@ impl Scenario {
                     s.latency = None;
                 }
             }
-            Condition::DependencyFaults => {}
+            Condition::DependencyFaults => {
+                for d in &mut self.dependencies {
+                    d.faults.clear();
+                }
+            }
             Condition::Retries => {
                 for c in &mut self.callers {
                     c.retry.attempts = 1;

@@ -311,6 +311,127 @@ pub struct Dependency {
     pub latency: Option<Latency>,
     /// How a call names its key.
     pub key: Option<KeyExtract>,
+    /// Fault rules, in order; the first that matches and fires decides.
+    pub faults: Vec<FaultRule>,
+}
+
+/// One fault rule of a dependency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultRule {
+    /// What happens.
+    pub kind: FaultKind,
+    /// Chance that a matching call gets it (0..=1).
+    pub probability: f64,
+    /// Which calls it applies to.
+    pub matcher: Matcher,
+    /// Active from this time in the run...
+    pub from: Duration,
+    /// ... until this one (`None` = the end).
+    pub to: Option<Duration>,
+}
+
+/// What a fault does to a call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    /// Answer this status and body instead (after the latency).
+    Error {
+        /// Status.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+    /// A token bucket: past `rate_per_s` (with `burst`), answer 429 with `Retry-After`.
+    Throttle {
+        /// Tokens per second.
+        rate_per_s: f64,
+        /// Bucket size.
+        burst: u32,
+        /// `Retry-After` sent.
+        retry_after: Duration,
+    },
+    /// Never answer; the caller gives up.
+    Hang,
+    /// Close the connection without an answer.
+    Reset,
+    /// Apply the call (stub answer made, or forwarded upstream), then lose the answer.
+    Ambiguous {
+        /// How the answer is lost.
+        mode: AmbiguousMode,
+    },
+    /// Forward the call upstream twice (proxies only).
+    Duplicate,
+}
+
+/// How an ambiguous fault loses the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmbiguousMode {
+    /// Keep the connection open and never answer.
+    Drop,
+    /// Close the connection.
+    Reset,
+    /// Answer after this long (past the caller's deadline, usually).
+    Delay(Duration),
+}
+
+/// Which calls a fault rule applies to; every part set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matcher {
+    /// HTTP method, upper case.
+    pub method: Option<String>,
+    /// Path glob: `*` matches any run of characters.
+    pub path: Option<String>,
+    /// Header name (lower case) and, optionally, the value it must have.
+    pub header: Option<(String, Option<String>)>,
+    /// The extracted key.
+    pub key: Option<String>,
+}
+
+impl Matcher {
+    /// Whether a call matches.
+    pub fn matches(
+        &self,
+        method: &str,
+        path: &str,
+        header: impl Fn(&str) -> Option<String>,
+        key: Option<&str>,
+    ) -> bool {
+        self.method
+            .as_ref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.path.as_ref().is_none_or(|p| glob(p, path))
+            && self.key.as_ref().is_none_or(|k| Some(k.as_str()) == key)
+            && self
+                .header
+                .as_ref()
+                .is_none_or(|(name, value)| match (header(name), value) {
+                    (Some(v), Some(want)) => v == *want,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                })
+    }
+}
+
+/// `*` matches any run of characters (including `/`); everything else is literal.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first)
+        || !text[first.len()..].ends_with(last)
+        || text.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// How a dependency answers.

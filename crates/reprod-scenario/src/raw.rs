@@ -148,6 +148,35 @@ pub struct RawDependency {
     pub stub: Option<RawStub>,
     pub latency: Option<RawLatency>,
     pub key: Option<RawKeyExtract>,
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<RawFault>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    pub kind: S<String>,
+    pub probability: Option<S<toml::Value>>,
+    pub status: Option<S<i64>>,
+    pub body: Option<S<String>>,
+    pub rate: Option<S<toml::Value>>,
+    pub burst: Option<S<i64>>,
+    pub retry_after: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub delay: Option<S<String>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub from: Option<S<String>>,
+    pub to: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub method: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub header: Option<S<String>>,
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

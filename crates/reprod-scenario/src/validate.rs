@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use crate::error::Diagnostics;
 use crate::model::{
-    Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode, Idempotency,
-    IdempotencyMode, Invariant, InvariantKind, Jitter, KeyDistribution, KeyExtract, Keys, Latency,
-    Overlap, RequestTemplate, Retry, RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule,
-    Thresholds,
+    AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
+    FaultKind, FaultRule, Idempotency, IdempotencyMode, Invariant, InvariantKind, Jitter,
+    KeyDistribution, KeyExtract, Keys, Latency, Matcher, Overlap, RequestTemplate, Retry, RetryOn,
+    Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
 };
 use crate::raw::{
-    RawCaller, RawDependency, RawInvariant, RawKeyExtract, RawKeys, RawLatency, RawRequest,
-    RawRetry, RawScenario, RawService, RawSink, RawThresholds, S,
+    RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency,
+    RawRequest, RawRetry, RawScenario, RawService, RawSink, RawThresholds, S,
 };
 use crate::template::{Scope, Template, Var};
 use crate::units::parse_duration;
@@ -1058,11 +1058,147 @@ fn dependency(cx: &mut Cx<'_, '_>, d: &RawDependency) -> Option<Dependency> {
     };
     let latency = d.latency.as_ref().and_then(|l| latency(cx, l));
     let key = d.key.as_ref().and_then(|k| key_extract(cx, k));
+    let is_proxy = matches!(mode, DependencyMode::Proxy { .. });
+    let faults = d
+        .faults
+        .iter()
+        .filter_map(|f| fault(cx, f, is_proxy))
+        .collect();
     Some(Dependency {
         name,
         mode,
         latency,
         key,
+        faults,
+    })
+}
+
+fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule> {
+    let kind = cx.choice(
+        &f.kind,
+        "fault kind",
+        &[
+            ("error", 0),
+            ("throttle", 1),
+            ("hang", 2),
+            ("reset", 3),
+            ("ambiguous", 4),
+            ("duplicate", 5),
+        ],
+    )?;
+    let probability = cx
+        .fraction(&f.probability, "fault probability")
+        .unwrap_or(1.0);
+    let kind = match kind {
+        0 => {
+            let status = f.status.as_ref().map_or(500, |s| *s.get_ref());
+            if !(400..=599).contains(&status) {
+                cx.err(
+                    f.status.as_ref().map_or(f.kind.span(), |s| s.span()),
+                    "an error fault's status must be 4xx or 5xx",
+                    None,
+                );
+            }
+            FaultKind::Error {
+                status: status as u16,
+                body: f.body.as_ref().map_or_else(
+                    || "{\"error\":\"injected by reprod\"}".to_string(),
+                    |b| b.get_ref().clone(),
+                ),
+            }
+        }
+        1 => {
+            let Some(rate) = &f.rate else {
+                cx.err(
+                    f.kind.span(),
+                    "a throttle fault needs rate (requests per second let through)",
+                    None,
+                );
+                return None;
+            };
+            let rate_per_s = cx.number(rate, "throttle rate")?;
+            if rate_per_s <= 0.0 {
+                cx.err(rate.span(), "throttle rate must be above 0", None);
+            }
+            FaultKind::Throttle {
+                rate_per_s,
+                burst: f
+                    .burst
+                    .as_ref()
+                    .and_then(|b| cx.positive(b, "burst", 1_000_000))
+                    .unwrap_or(1) as u32,
+                retry_after: cx.duration_or(&f.retry_after, "retry_after", Duration::from_secs(1)),
+            }
+        }
+        2 => FaultKind::Hang,
+        3 => FaultKind::Reset,
+        4 => {
+            let mode = match &f.mode {
+                Some(m) => cx.choice(
+                    m,
+                    "ambiguous mode",
+                    &[("drop", 0), ("reset", 1), ("delay", 2)],
+                )?,
+                None => 0,
+            };
+            FaultKind::Ambiguous {
+                mode: match mode {
+                    0 => AmbiguousMode::Drop,
+                    1 => AmbiguousMode::Reset,
+                    _ => AmbiguousMode::Delay(cx.duration_or(
+                        &f.delay,
+                        "delay",
+                        Duration::from_secs(5),
+                    )),
+                },
+            }
+        }
+        _ => {
+            if !is_proxy {
+                cx.err(
+                    f.kind.span(),
+                    "a duplicate fault forwards a call twice, so it needs an upstream, not a stub",
+                    None,
+                );
+            }
+            FaultKind::Duplicate
+        }
+    };
+    let matcher = match &f.matcher {
+        Some(m) => Matcher {
+            method: m.method.as_ref().map(|x| x.get_ref().to_ascii_uppercase()),
+            path: m.path.as_ref().map(|x| x.get_ref().clone()),
+            header: m
+                .header
+                .as_ref()
+                .map(|h| match h.get_ref().split_once('=') {
+                    Some((name, value)) => (
+                        name.trim().to_ascii_lowercase(),
+                        Some(value.trim().to_string()),
+                    ),
+                    None => (h.get_ref().trim().to_ascii_lowercase(), None),
+                }),
+            key: m.key.as_ref().map(|x| x.get_ref().clone()),
+        },
+        None => Matcher::default(),
+    };
+    let from = cx.duration_or(&f.from, "from", Duration::ZERO);
+    let to = f.to.as_ref().and_then(|t| cx.duration(t, "to"));
+    if let (Some(to), Some(span)) = (to, f.to.as_ref().map(|t| t.span()))
+        && to <= from
+    {
+        cx.err(
+            span,
+            "the fault window's end (to) must come after its start (from)",
+            None,
+        );
+    }
+    Some(FaultRule {
+        kind,
+        probability,
+        matcher,
+        from,
+        to,
     })
 }
 
