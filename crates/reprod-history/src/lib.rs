@@ -791,6 +791,22 @@ pub mod read {
         rows.collect::<Result<_, _>>().map_err(fail)
     }
 
+    /// (keys with a violation, keys any operation touched).
+    pub fn key_counts(path: &Path) -> Result<(u64, u64), HistoryError> {
+        let fail = |source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = open(path)?;
+        conn.query_row(
+            "SELECT (SELECT COUNT(DISTINCT key) FROM violations WHERE key IN (SELECT key FROM ops)),
+                    (SELECT COUNT(DISTINCT key) FROM ops)",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .map_err(fail)
+    }
+
     /// Keys of operations that ended ok.
     pub fn ok_keys(path: &Path) -> Result<std::collections::BTreeSet<String>, HistoryError> {
         let fail = |source| HistoryError::Sqlite {

@@ -5,6 +5,7 @@
 //! scenario or the command line is wrong (nothing ran); 3 the run could not complete.
 
 mod demo;
+mod isolate;
 mod progress;
 mod run;
 mod time;
@@ -34,6 +35,27 @@ enum Command {
     Explain(ExplainArgs),
     /// Run the seed's invoice system end to end, naive and fixed, and show what broke.
     Demo(DemoArgs),
+    /// Find which conditions are necessary for the bug: repeated trials with each condition
+    /// switched off, reproduction rates with 95% intervals, and a minimal set.
+    Isolate(IsolateArgs),
+}
+
+#[derive(Debug, Args)]
+struct IsolateArgs {
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+    /// Trials per group (baseline, each condition off, staging).
+    #[arg(long, default_value_t = 5)]
+    trials: u64,
+    /// Load per trial (default: 2s; the scenario's drain still follows).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    duration: Option<std::time::Duration>,
+    /// Directory that receives the isolation's trial directories.
+    #[arg(long, default_value = "reprod-runs")]
+    out: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +164,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Explain(args) => explain(&args),
         Command::Demo(args) => demo::main(args),
+        Command::Isolate(args) => isolate::main(args),
     })
 }
 

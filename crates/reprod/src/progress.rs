@@ -16,7 +16,12 @@ pub async fn show(
     clock: RunClock,
     planned_s: f64,
     mut done: watch::Receiver<bool>,
+    quiet: bool,
 ) {
+    if quiet {
+        let _ = done.changed().await;
+        return;
+    }
     let terminal = std::io::stderr().is_terminal();
     let every = if terminal {
         Duration::from_millis(500)

@@ -16,6 +16,19 @@ use reprod_services::{Bindings, Services};
 use tokio::sync::watch;
 
 use crate::RunArgs;
+
+/// Set while `isolate` runs trials: phase notes and the progress line stay quiet (problems are
+/// still reported).
+pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A progress note on stderr, unless [`QUIET`].
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        }
+    };
+}
 use crate::exit;
 
 /// Why a run could not complete.
@@ -165,7 +178,7 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
         eprintln!("reprod: {e}");
         exit::INCOMPLETE
     })?;
-    eprintln!("reprod: run {run_id} in {}", run_dir.display());
+    note!("reprod: run {run_id} in {}", run_dir.display());
     let database_url = database_url(scenario, &run_dir).map_err(|e| {
         eprintln!("reprod: {e}");
         exit::INCOMPLETE
@@ -190,7 +203,7 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
     let mut summary = summarize(scenario, &run_id, &run_dir, &conditions, &stats, &status);
     summary.dependencies = dependency_results(scenario, &history_path);
     if result.is_ok() && !scenario.invariants.is_empty() {
-        eprintln!(
+        note!(
             "reprod: checking {} invariant(s)",
             scenario.invariants.len()
         );
@@ -298,7 +311,7 @@ async fn drive(
             .filter_map(|s| Some((s.name.clone(), faults.sink_url(&s.name)?.to_string())))
             .collect(),
     };
-    eprintln!("reprod: starting services");
+    note!("reprod: starting services");
     let mut services = tokio::select! {
         started = Services::start(scenario, &bindings, clock, &recorder) => match started {
             Ok(services) => services,
@@ -332,9 +345,10 @@ async fn load(
         clock,
         scenario.duration.as_secs_f64(),
         progress_rx,
+        QUIET.load(std::sync::atomic::Ordering::Relaxed),
     ));
     let targets = services.all_targets().to_vec();
-    eprintln!(
+    note!(
         "reprod: load for up to {:?} (at most {} operations), conditions: {}",
         scenario.duration,
         scenario.max_ops,
@@ -370,9 +384,10 @@ async fn load(
     }
     // Background work the load caused (workers, outbox relays) gets `drain` to finish.
     if !scenario.drain.is_zero() {
-        eprintln!(
+        note!(
             "reprod: load done ({} operations); draining for {:?}",
-            stats.ops, scenario.drain
+            stats.ops,
+            scenario.drain
         );
         tokio::select! {
             _ = tokio::time::sleep(scenario.drain) => {}

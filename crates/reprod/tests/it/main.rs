@@ -5,5 +5,6 @@ mod support;
 
 mod cli;
 mod explain;
+mod isolate;
 mod lifecycle;
 mod runs;

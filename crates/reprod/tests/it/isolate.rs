@@ -1,0 +1,99 @@
+//! `reprod isolate` on the shipped scenario: the JSON contract, the fixed variant's baseline that
+//! never reproduces, and the naive variant's conditions told apart.
+
+use serde_json::Value;
+
+use crate::support::{TempDir, invoices, run, text};
+
+fn isolate(extra: &[&str]) -> (Option<i32>, Value, String) {
+    let out = TempDir::new();
+    let scenario = invoices();
+    let mut args = vec![
+        "isolate",
+        scenario.to_str().expect("utf-8"),
+        "--json",
+        "--out",
+        out.path().to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let output = run(&args);
+    let stdout = text(&output.stdout);
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", text(&output.stderr)));
+    (output.status.code(), json, text(&output.stderr))
+}
+
+#[test]
+fn isolate_says_when_the_baseline_never_reproduces() {
+    let (code, json, stderr) = isolate(&[
+        "--set",
+        "variant=fixed",
+        "--trials",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the baseline never reproduced in 2 trial(s)"),
+        "{stderr}"
+    );
+    assert_eq!(json["baseline"]["trials"], 2);
+    assert_eq!(json["baseline"]["failures"], 0);
+}
+
+#[test]
+fn isolate_tells_the_naive_conditions_apart() {
+    let (code, json, stderr) = isolate(&[
+        "--set",
+        "variant=naive",
+        "--trials",
+        "2",
+        "--duration",
+        "2s",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["baseline"]["failures"], 2, "{json}");
+    assert_eq!(
+        json["staging"]["failures"], 0,
+        "staging does not reproduce: {json}"
+    );
+    let conditions = json["conditions"].as_array().expect("conditions");
+    let names: Vec<&str> = conditions
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "overlap",
+            "slow_dependency",
+            "retries",
+            "hot_keys",
+            "instances"
+        ]
+    );
+    for c in conditions {
+        for field in ["trials", "failures", "necessary"] {
+            assert!(!c[field].is_null(), "{field} missing in {c}");
+        }
+    }
+    let rate = |c: &Value| c["key_rate"].as_f64().expect("key_rate");
+    let baseline_rate = json["baseline"]["key_rate"].as_f64().expect("rate");
+    assert!(
+        rate(&conditions[0]) < baseline_rate / 2.0,
+        "without overlap far fewer keys break: {json}"
+    );
+    let minimal: Vec<&str> = json["minimal"]
+        .as_array()
+        .expect("minimal")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(minimal.contains(&"overlap"), "{json}");
+    let command = json["command"].as_str().expect("command");
+    assert!(
+        command.contains("--set variant=naive --only ") && command.contains("overlap"),
+        "{command}"
+    );
+}
