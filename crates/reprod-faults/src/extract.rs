@@ -4,7 +4,40 @@
 use hyper::HeaderMap;
 use reprod_scenario::KeyExtract;
 
-/// The key named by `rule` in a request, if it has one.
+/// A key rule ready to apply: regular expressions compiled once.
+#[derive(Clone, Debug)]
+pub struct KeyRule {
+    rule: KeyExtract,
+    regex: Option<regex_lite::Regex>,
+}
+
+impl KeyRule {
+    /// Compiles `rule` (a path regex was validated when the scenario loaded).
+    pub fn new(rule: &KeyExtract) -> KeyRule {
+        let regex = match rule {
+            KeyExtract::PathRegex(p) => regex_lite::Regex::new(p).ok(),
+            _ => None,
+        };
+        KeyRule {
+            rule: rule.clone(),
+            regex,
+        }
+    }
+
+    /// The key this rule finds in a request, if any.
+    pub fn extract(&self, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+        match &self.regex {
+            Some(re) => re
+                .captures(path)?
+                .get(1)
+                .map(|m| percent_decode(m.as_str())),
+            None => extract_key(&self.rule, path, headers, body),
+        }
+    }
+}
+
+/// The key named by `rule` in a request, if it has one. Compiles a path regex on every call:
+/// use [`KeyRule`] where calls repeat.
 pub fn extract_key(
     rule: &KeyExtract,
     path: &str,
@@ -17,6 +50,11 @@ pub fn extract_key(
             .filter(|s| !s.is_empty())
             .nth(*i)
             .map(percent_decode),
+        KeyExtract::PathRegex(pattern) => regex_lite::Regex::new(pattern)
+            .ok()?
+            .captures(path)?
+            .get(1)
+            .map(|m| percent_decode(m.as_str())),
         KeyExtract::Header(name) => headers
             .get(name.as_str())?
             .to_str()

@@ -24,19 +24,21 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use reprod_history::{DependencyCallRecord, Event, Recorder, RunClock, SinkDeliveryRecord};
 use reprod_scenario::{
-    AmbiguousMode, DependencyMode, FaultKind, FaultRule, KeyExtract, Scenario, Template, Var,
+    AmbiguousMode, DependencyMode, FaultKind, FaultRule, Scenario, Template, Var,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use extract::extract_key;
+pub use extract::{KeyRule, extract_key};
 use latency::Sampler;
 
 /// Largest request body a dependency or sink reads.
 const MAX_BODY_BYTES: usize = 1 << 20;
 /// Bytes of a sink delivery body kept in the history.
 const KEPT_BODY_BYTES: usize = 1024;
+/// Idempotency keys a deduplicating sink remembers.
+const MAX_REMEMBERED_KEYS: usize = 1_000_000;
 /// Timeout of a proxied upstream exchange.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a hang (or a dropped answer) lasts at most before the connection is closed.
@@ -89,7 +91,9 @@ impl FaultLayer {
                     .collect(),
                 faults: dep.faults.clone(),
                 sampler: dep.latency.as_ref().map(Sampler::new),
-                key: dep.key.clone(),
+                key: dep.key.as_ref().map(KeyRule::new),
+                dedupe: false,
+                seen_keys: Mutex::default(),
                 idempotency_header: String::new(),
                 status: 200,
                 seed: mix(scenario.seed, 1_000 + index as u64),
@@ -114,7 +118,9 @@ impl FaultLayer {
                 faults: Vec::new(),
                 buckets: Vec::new(),
                 sampler: sink.latency.as_ref().map(Sampler::new),
-                key: sink.key.clone(),
+                key: sink.key.as_ref().map(KeyRule::new),
+                dedupe: sink.dedupe,
+                seen_keys: Mutex::default(),
                 idempotency_header: sink.idempotency_header.clone(),
                 status: sink.status,
                 seed: mix(scenario.seed, 2_000 + index as u64),
@@ -197,7 +203,11 @@ struct Endpoint {
     faults: Vec<FaultRule>,
     buckets: Vec<Mutex<Bucket>>,
     sampler: Option<Sampler>,
-    key: Option<KeyExtract>,
+    key: Option<KeyRule>,
+    /// Sinks only: answer a repeated idempotency key with the first answer.
+    dedupe: bool,
+    /// Idempotency keys seen (bounded), for `dedupe`.
+    seen_keys: Mutex<std::collections::HashSet<String>>,
     idempotency_header: String,
     status: u16,
     seed: u64,
@@ -323,7 +333,7 @@ impl Endpoint {
         let key = self
             .key
             .as_ref()
-            .and_then(|k| extract_key(k, parts.uri.path(), &parts.headers, &body));
+            .and_then(|k| k.extract(parts.uri.path(), &parts.headers, &body));
         let delay = self
             .sampler
             .as_ref()
@@ -335,14 +345,26 @@ impl Endpoint {
                     tokio::time::sleep(delay).await;
                 }
                 let kept = &body[..body.len().min(KEPT_BODY_BYTES)];
+                let idempotency_key = header(&self.idempotency_header);
+                let duplicate = self.dedupe
+                    && idempotency_key.as_ref().is_some_and(|k| {
+                        let mut seen = self.seen_keys.lock().unwrap_or_else(|p| p.into_inner());
+                        // Bounded like a provider's retention window: forget all past the cap.
+                        if seen.len() >= MAX_REMEMBERED_KEYS {
+                            seen.clear();
+                        }
+                        !seen.insert(k.clone())
+                    });
                 self.recorder
                     .record(Event::SinkDelivery(SinkDeliveryRecord {
                         sink: self.name.clone(),
                         traceparent,
                         key,
-                        idempotency_key: header(&self.idempotency_header),
+                        idempotency_key,
                         received_us,
                         status: i64::from(self.status),
+                        duplicate,
+                        headers: headers_text(&parts.headers),
                         body: String::from_utf8_lossy(kept).into_owned(),
                     }))
                     .await;
@@ -630,4 +652,17 @@ fn fault_label(kind: &FaultKind) -> String {
         } => "ambiguous delay".to_string(),
         FaultKind::Duplicate => "duplicate".to_string(),
     }
+}
+
+/// Request headers as `name: value` lines, at most 2 KiB, for the history.
+fn headers_text(headers: &hyper::HeaderMap) -> String {
+    let mut out = String::new();
+    for (name, value) in headers {
+        let line = format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes()));
+        if out.len() + line.len() > 2048 {
+            break;
+        }
+        out.push_str(&line);
+    }
+    out
 }

@@ -180,6 +180,10 @@ pub struct SinkDeliveryRecord {
     pub received_us: i64,
     /// Status answered.
     pub status: i64,
+    /// A deduplicating sink saw this idempotency key before.
+    pub duplicate: bool,
+    /// Request headers, `name: value` lines.
+    pub headers: String,
     /// Start of the body.
     pub body: String,
 }
@@ -344,7 +348,8 @@ CREATE TABLE dependency_calls (
 );
 CREATE TABLE sink_deliveries (
     delivery_id INTEGER PRIMARY KEY, sink TEXT NOT NULL, traceparent TEXT, trace_id TEXT, key TEXT,
-    idempotency_key TEXT, received_us INTEGER NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL
+    idempotency_key TEXT, received_us INTEGER NOT NULL, status INTEGER NOT NULL,
+    duplicate INTEGER NOT NULL DEFAULT 0, headers TEXT NOT NULL DEFAULT '', body TEXT NOT NULL
 );
 CREATE TABLE service_events (
     service TEXT NOT NULL, replica INTEGER NOT NULL, version TEXT NOT NULL, at_us INTEGER NOT NULL,
@@ -616,7 +621,8 @@ fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> rusqlite::Result<()>
         Event::SinkDelivery(s) => {
             tx.prepare_cached(
                 "INSERT INTO sink_deliveries (sink, traceparent, trace_id, key, idempotency_key,
-                 received_us, status, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 received_us, status, duplicate, headers, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 s.sink,
@@ -626,6 +632,8 @@ fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> rusqlite::Result<()>
                 s.idempotency_key,
                 s.received_us,
                 s.status,
+                s.duplicate,
+                s.headers,
                 s.body
             ])?;
         }

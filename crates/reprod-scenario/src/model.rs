@@ -483,6 +483,8 @@ pub enum Latency {
 pub enum KeyExtract {
     /// 0-based path segment (`/usage/{0}/...` is segment 1).
     PathSegment(usize),
+    /// The first capture group of a regular expression matched against the path.
+    PathRegex(String),
     /// JSON pointer into the body.
     JsonPointer(String),
     /// A header.
@@ -502,6 +504,9 @@ pub struct Sink {
     pub key: Option<KeyExtract>,
     /// Header that carries the idempotency key.
     pub idempotency_header: String,
+    /// Honour idempotency keys like a real provider: a repeated key gets the first answer and
+    /// is recorded as a duplicate.
+    pub dedupe: bool,
 }
 
 /// Something that must hold after the run.

@@ -204,6 +204,7 @@ pub struct RawLatency {
 #[serde(deny_unknown_fields)]
 pub struct RawKeyExtract {
     pub path_segment: Option<S<i64>>,
+    pub path_regex: Option<S<String>>,
     pub json: Option<S<String>>,
     pub header: Option<S<String>>,
 }
@@ -216,6 +217,7 @@ pub struct RawSink {
     pub latency: Option<RawLatency>,
     pub key: Option<RawKeyExtract>,
     pub idempotency_header: Option<S<String>>,
+    pub dedupe: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

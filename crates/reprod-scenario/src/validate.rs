@@ -986,31 +986,64 @@ fn latency(cx: &mut Cx<'_, '_>, l: &RawLatency) -> Option<Latency> {
 }
 
 fn key_extract(cx: &mut Cx<'_, '_>, k: &RawKeyExtract) -> Option<KeyExtract> {
-    match (&k.path_segment, &k.json, &k.header) {
-        (Some(seg), None, None) if *seg.get_ref() >= 0 => {
-            Some(KeyExtract::PathSegment(*seg.get_ref() as usize))
+    let set = [
+        k.path_segment.is_some(),
+        k.path_regex.is_some(),
+        k.json.is_some(),
+        k.header.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        cx.err(
+            0..0,
+            "key needs exactly one of path_segment, path_regex, json or header",
+            None,
+        );
+        return None;
+    }
+    if let Some(seg) = &k.path_segment {
+        if *seg.get_ref() < 0 {
+            cx.err(seg.span(), "key.path_segment must be 0 or more", None);
+            return None;
         }
-        (None, Some(ptr), None) if ptr.get_ref().starts_with('/') => {
-            Some(KeyExtract::JsonPointer(ptr.get_ref().clone()))
-        }
-        (None, None, Some(h)) => Some(KeyExtract::Header(h.get_ref().to_ascii_lowercase())),
-        (None, Some(ptr), None) => {
+        return Some(KeyExtract::PathSegment(*seg.get_ref() as usize));
+    }
+    if let Some(re) = &k.path_regex {
+        return match regex_lite::Regex::new(re.get_ref()) {
+            Ok(compiled) if compiled.captures_len() >= 2 => {
+                Some(KeyExtract::PathRegex(re.get_ref().clone()))
+            }
+            Ok(_) => {
+                cx.err(
+                    re.span(),
+                    "key.path_regex needs a capture group: the key is what the first group matches",
+                    Some("for example \"^/usage/([^/]+)/\""),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(
+                    re.span(),
+                    format!("key.path_regex is not a valid regular expression: {e}"),
+                    None,
+                );
+                None
+            }
+        };
+    }
+    if let Some(ptr) = &k.json {
+        if !ptr.get_ref().starts_with('/') {
             cx.err(
                 ptr.span(),
                 "key.json must be a JSON pointer starting with /",
                 Some("for example \"/invoiceId\""),
             );
-            None
+            return None;
         }
-        _ => {
-            cx.err(
-                0..0,
-                "key needs exactly one of path_segment (>= 0), json or header",
-                None,
-            );
-            None
-        }
+        return Some(KeyExtract::JsonPointer(ptr.get_ref().clone()));
     }
+    k.header
+        .as_ref()
+        .map(|h| KeyExtract::Header(h.get_ref().to_ascii_lowercase()))
 }
 
 fn dependency(cx: &mut Cx<'_, '_>, d: &RawDependency) -> Option<Dependency> {
@@ -1220,6 +1253,7 @@ fn sink(cx: &mut Cx<'_, '_>, s: &RawSink) -> Option<Sink> {
             || "idempotency-key".to_string(),
             |h| h.get_ref().to_ascii_lowercase(),
         ),
+        dedupe: s.dedupe.unwrap_or(false),
     })
 }
 

@@ -102,7 +102,7 @@ async fn stub_answers_with_its_body_latency_and_key() {
 name = "usage"
 stub = { status = 200, body = '{"totalCents": 4200, "account": "{key}"}' }
 latency = { fixed = "30ms" }
-key = { path_segment = 1 }
+key = { path_regex = "^/usage/([^/]+)/" }
 "#,
     )
     .await;
@@ -401,6 +401,7 @@ async fn sinks_record_every_delivery_with_key_and_idempotency_key() {
 name = "email"
 status = 202
 key = { json = "/accountId" }
+dedupe = true
 "#,
     )
     .await;
