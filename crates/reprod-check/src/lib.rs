@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use reprod_history::ViolationRecord;
 use reprod_report::InvariantResult;
-use reprod_scenario::{Invariant, InvariantKind, Scenario, SinkRule};
+use reprod_scenario::{Invariant, InvariantKind, RetryOn, Scenario, SinkRule};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Column, ConnectOptions, Connection, Row};
@@ -66,6 +66,12 @@ pub async fn check_all(
             } => {
                 let name = &scenario.sinks[*sink].name;
                 sink_rule(history, name, *rule, *same_idempotency_key_once, ok_keys)
+            }
+            InvariantKind::ResponsesAgree { pointer, caller } => {
+                responses_agree(history, pointer, caller.as_deref())
+            }
+            InvariantKind::NoStatus { statuses, caller } => {
+                no_status(history, statuses, caller.as_deref())
             }
         };
         record(&mut checked, invariant, outcome, found_us);
@@ -269,4 +275,112 @@ fn sink_rule(
         }
     }
     Ok(violations)
+}
+
+/// One answered attempt, as response invariants see it.
+struct Answer {
+    key: String,
+    op: i64,
+    status: i64,
+    body: Option<String>,
+}
+
+/// Answered attempts of `caller`'s operations (all callers when `None`), only 2xx ones when
+/// `only_success`.
+fn responses(
+    history: &Path,
+    caller: Option<&str>,
+    only_success: bool,
+) -> Result<Vec<Answer>, String> {
+    let conn = reprod_history::read::open(history).map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT o.key, o.op_id, a.status, a.response FROM attempts a JOIN ops o ON o.op_id = a.op_id
+             WHERE a.status IS NOT NULL AND (?1 IS NULL OR o.caller = ?1)
+               AND (?2 = 0 OR a.status BETWEEN 200 AND 299)
+             ORDER BY a.attempt_id",
+        )
+        .map_err(|e| e.to_string())?;
+    let rows = stmt
+        .query_map(rusqlite::params![caller, only_success], |r| {
+            Ok(Answer {
+                key: r.get(0)?,
+                op: r.get(1)?,
+                status: r.get(2)?,
+                body: r.get(3)?,
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
+/// Every successful response for one key carries the same value at `pointer`. Responses whose
+/// body was cut (the history keeps 512 bytes) or is not JSON are left out, not guessed at.
+fn responses_agree(
+    history: &Path,
+    pointer: &str,
+    caller: Option<&str>,
+) -> Result<Vec<Violation>, String> {
+    let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for Answer { key, body, .. } in responses(history, caller, true)? {
+        let Some(value) = body
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.pointer(pointer).cloned())
+        else {
+            continue;
+        };
+        let text = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        values.entry(key).or_default().insert(text);
+    }
+    Ok(values
+        .into_iter()
+        .filter(|(_, seen)| seen.len() > 1)
+        .map(|(key, seen)| Violation {
+            key,
+            detail: format!(
+                "{} different values at {pointer}: {}",
+                seen.len(),
+                seen.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        })
+        .collect())
+}
+
+/// No attempt answered a status in `statuses`.
+fn no_status(
+    history: &Path,
+    statuses: &RetryOn,
+    caller: Option<&str>,
+) -> Result<Vec<Violation>, String> {
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for Answer {
+        key, op, status, ..
+    } in responses(history, caller, false)?
+    {
+        if statuses.status(status as u16) {
+            per_key
+                .entry(key)
+                .or_default()
+                .push(format!("op {op} answered {status}"));
+        }
+    }
+    Ok(per_key
+        .into_iter()
+        .map(|(key, seen)| {
+            let more = if seen.len() > 3 {
+                format!(" and {} more", seen.len() - 3)
+            } else {
+                String::new()
+            };
+            Violation {
+                detail: format!(
+                    "{}{more}",
+                    seen.into_iter().take(3).collect::<Vec<_>>().join(", ")
+                ),
+                key,
+            }
+        })
+        .collect())
 }

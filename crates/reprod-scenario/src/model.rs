@@ -537,6 +537,20 @@ pub enum InvariantKind {
         /// Deliveries that share an idempotency key count once.
         same_idempotency_key_once: bool,
     },
+    /// All successful responses for one key agree on a field.
+    ResponsesAgree {
+        /// JSON pointer into the response body.
+        pointer: String,
+        /// Only this caller's operations (`None` = all).
+        caller: Option<String>,
+    },
+    /// No attempt answered one of these statuses.
+    NoStatus {
+        /// The statuses and classes that must not appear.
+        statuses: RetryOn,
+        /// Only this caller's operations (`None` = all).
+        caller: Option<String>,
+    },
 }
 
 /// Delivery-count rules per key.

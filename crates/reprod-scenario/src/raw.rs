@@ -229,6 +229,9 @@ pub struct RawInvariant {
     pub sink: Option<S<String>>,
     pub rule: Option<S<String>>,
     pub same_idempotency_key_once: Option<bool>,
+    pub agree: Option<S<String>>,
+    pub no_status: Option<S<Vec<S<toml::Value>>>>,
+    pub caller: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

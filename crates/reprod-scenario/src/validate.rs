@@ -1264,6 +1264,67 @@ fn invariant(
     has_db: bool,
 ) -> Option<Invariant> {
     let name = i.name.get_ref().clone();
+    let forms = [
+        i.sql.is_some(),
+        i.sink.is_some(),
+        i.agree.is_some(),
+        i.no_status.is_some(),
+    ];
+    if forms.iter().filter(|x| **x).count() != 1 {
+        cx.err(
+            i.name.span(),
+            format!("invariant {name:?} needs exactly one of sql, sink, agree or no_status"),
+            None,
+        );
+        return None;
+    }
+    let caller = i.caller.as_ref().map(|c| c.get_ref().clone());
+    if let Some(pointer) = &i.agree {
+        if !pointer.get_ref().starts_with('/') {
+            cx.err(
+                pointer.span(),
+                "agree must be a JSON pointer into the response, starting with /",
+                Some("for example \"/id\""),
+            );
+            return None;
+        }
+        return Some(Invariant {
+            name,
+            kind: InvariantKind::ResponsesAgree {
+                pointer: pointer.get_ref().clone(),
+                caller,
+            },
+        });
+    }
+    if let Some(list) = &i.no_status {
+        let mut statuses = RetryOn::default();
+        for item in list.get_ref() {
+            match item.get_ref() {
+                toml::Value::Integer(code) if (100..=599).contains(code) => {
+                    statuses.statuses.push(*code as u16)
+                }
+                toml::Value::String(s)
+                    if s.len() == 3
+                        && s.ends_with("xx")
+                        && s.starts_with(['1', '2', '3', '4', '5']) =>
+                {
+                    statuses.classes.push(u16::from(s.as_bytes()[0] - b'0'));
+                }
+                other => cx.err(
+                    item.span(),
+                    format!(
+                        "no_status item {} is neither a status nor a class like \"5xx\"",
+                        type_name(other)
+                    ),
+                    None,
+                ),
+            }
+        }
+        return Some(Invariant {
+            name,
+            kind: InvariantKind::NoStatus { statuses, caller },
+        });
+    }
     let kind = match (&i.sql, &i.sink) {
         (Some(sql), None) => {
             if !has_db {
@@ -1314,7 +1375,7 @@ fn invariant(
         _ => {
             cx.err(
                 i.name.span(),
-                format!("invariant {name:?} needs exactly one of sql or sink"),
+                format!("invariant {name:?} needs exactly one of sql, sink, agree or no_status"),
                 None,
             );
             return None;

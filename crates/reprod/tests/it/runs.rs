@@ -247,3 +247,58 @@ async fn naive_invoices_violate_on_postgres_too() {
         false
     );
 }
+
+/// Response invariants on top of the shipped scenario: all successful answers for one account
+/// carry one invoice id (the naive race hands out two), and no attempt got a 5xx.
+#[test]
+fn response_invariants_catch_two_ids_for_one_account() {
+    let dir = TempDir::new();
+    let mut text = std::fs::read_to_string(invoices()).expect("scenario");
+    text.push_str(
+        r#"
+[[invariant]]
+name = "one invoice id per account"
+agree = "/id"
+caller = "api"
+
+[[invariant]]
+name = "no 5xx"
+no_status = ["5xx"]
+"#,
+    );
+    let scenario = dir.write("invoices-plus.toml", &text);
+    let check = |variant: &str| {
+        let out = dir.path().join(variant);
+        let output = run(&[
+            "run",
+            scenario.to_str().expect("utf-8"),
+            "--set",
+            &format!("variant={variant}"),
+            "--duration",
+            "2s",
+            "--json",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ]);
+        let summary: Value = serde_json::from_slice(&output.stdout).expect("summary");
+        (output.status.code(), summary)
+    };
+    let (code, naive) = check("naive");
+    assert_eq!(code, Some(1));
+    let ids = invariant(&naive, "one invoice id per account");
+    assert_eq!(ids["held"], false, "{ids}");
+    assert!(
+        ids["examples"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2 different values at /id"),
+        "{ids}"
+    );
+    assert_eq!(invariant(&naive, "no 5xx")["held"], true);
+    let (code, fixed) = check("fixed");
+    assert_eq!(code, Some(0), "{fixed}");
+    assert_eq!(
+        invariant(&fixed, "one invoice id per account")["held"],
+        true
+    );
+}
