@@ -10,7 +10,7 @@
 pub mod explain;
 pub mod scratch;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -43,6 +43,58 @@ struct Violation {
     detail: String,
 }
 
+/// When each (invariant, key) violation was first seen during the run, µs since its start.
+pub type FirstSeen = HashMap<(String, String), i64>;
+
+/// Runs the SQL invariants that ask for it (`every`) while the run goes, until `stop` turns
+/// true; returns when each violating key was first seen. A check that fails mid-run (a busy
+/// database) is skipped: the check after the run is the one that decides.
+pub async fn watch(
+    scenario: &Scenario,
+    database_url: Option<&str>,
+    now_us: impl Fn() -> i64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> FirstSeen {
+    let mut first = FirstSeen::new();
+    let watched: Vec<(&Invariant, &str, &str, Duration)> = scenario
+        .invariants
+        .iter()
+        .filter_map(|i| match &i.kind {
+            InvariantKind::Sql {
+                query,
+                key_column,
+                every: Some(every),
+            } => Some((i, query.as_str(), key_column.as_str(), *every)),
+            _ => None,
+        })
+        .collect();
+    let (Some(url), Some(period)) = (database_url, watched.iter().map(|w| w.3).min()) else {
+        let _ = stop.wait_for(|s| *s).await;
+        return first;
+    };
+    let mut next_due: Vec<Duration> = watched.iter().map(|w| w.3).collect();
+    let mut elapsed = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return first,
+        }
+        elapsed += period;
+        for (i, (invariant, query, key_column, every)) in watched.iter().enumerate() {
+            if elapsed < next_due[i] {
+                continue;
+            }
+            next_due[i] = elapsed + *every;
+            if let Ok(violations) = sql(url, query, key_column).await {
+                let at = now_us();
+                for v in violations {
+                    first.entry((invariant.name.clone(), v.key)).or_insert(at);
+                }
+            }
+        }
+    }
+}
+
 /// Checks every invariant of `scenario`. `database_url` is the rendered database URL (if the
 /// scenario has one); `history` is the finished history file; `found_us` stamps the records.
 pub async fn check_all(
@@ -50,12 +102,15 @@ pub async fn check_all(
     database_url: Option<&str>,
     history: &Path,
     ok_keys: &BTreeSet<String>,
+    first_seen: &FirstSeen,
     found_us: i64,
 ) -> Checked {
     let mut checked = Checked::default();
     for invariant in &scenario.invariants {
         let outcome = match &invariant.kind {
-            InvariantKind::Sql { query, key_column } => match database_url {
+            InvariantKind::Sql {
+                query, key_column, ..
+            } => match database_url {
                 Some(url) => sql(url, query, key_column).await,
                 None => Err("the scenario has no [database]".to_string()),
             },
@@ -74,7 +129,7 @@ pub async fn check_all(
                 no_status(history, statuses, caller.as_deref())
             }
         };
-        record(&mut checked, invariant, outcome, found_us);
+        record(&mut checked, invariant, outcome, first_seen, found_us);
     }
     checked
 }
@@ -83,10 +138,21 @@ fn record(
     checked: &mut Checked,
     invariant: &Invariant,
     outcome: Result<Vec<Violation>, String>,
+    first_seen: &FirstSeen,
     found_us: i64,
 ) {
+    let seen = |key: &str| {
+        first_seen
+            .get(&(invariant.name.clone(), key.to_string()))
+            .copied()
+    };
     match outcome {
         Ok(violations) => {
+            let first_violation_s = violations
+                .iter()
+                .filter_map(|v| seen(&v.key))
+                .min()
+                .map(|us| us as f64 / 1e6);
             checked.results.push(InvariantResult {
                 name: invariant.name.clone(),
                 held: violations.is_empty(),
@@ -97,14 +163,15 @@ fn record(
                     .map(|v| format!("{}: {}", v.key, v.detail))
                     .collect(),
                 error: None,
+                first_violation_s,
             });
             checked
                 .violations
                 .extend(violations.into_iter().map(|v| ViolationRecord {
                     invariant: invariant.name.clone(),
+                    found_us: seen(&v.key).unwrap_or(found_us),
                     key: v.key,
                     detail: v.detail,
-                    found_us,
                 }));
         }
         Err(error) => checked.results.push(InvariantResult {
@@ -113,6 +180,7 @@ fn record(
             violations: 0,
             examples: Vec::new(),
             error: Some(error),
+            first_violation_s: None,
         }),
     }
 }

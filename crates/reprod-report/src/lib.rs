@@ -71,6 +71,9 @@ pub struct InvariantResult {
     /// Why it could not be checked, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Seconds into the run when a violation was first seen (invariants checked during the run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_violation_s: Option<f64>,
 }
 
 /// One threshold's verdict.
@@ -266,6 +269,9 @@ impl Summary {
                 let _ = write!(out, " — could not be checked: {e}");
             } else if !i.held {
                 let _ = write!(out, " — {} violating key(s)", i.violations);
+                if let Some(s) = i.first_violation_s {
+                    let _ = write!(out, ", the first seen {s:.1} s into the run");
+                }
             }
             let _ = writeln!(out);
             for ex in &i.examples {

@@ -527,6 +527,8 @@ pub enum InvariantKind {
         query: String,
         /// Column that names the key of each row.
         key_column: String,
+        /// Also check this often during the run, to learn when each violation first appeared.
+        every: Option<Duration>,
     },
     /// A delivery-count rule on a sink.
     Sink {

@@ -1279,6 +1279,9 @@ fn invariant(
         return None;
     }
     let caller = i.caller.as_ref().map(|c| c.get_ref().clone());
+    if let (Some(every), None) = (&i.every, &i.sql) {
+        cx.err(every.span(), "every applies to SQL invariants only", None);
+    }
     if let Some(pointer) = &i.agree {
         if !pointer.get_ref().starts_with('/') {
             cx.err(
@@ -1338,9 +1341,19 @@ fn invariant(
                 cx.err(i.name.span(), format!("invariant {name:?} needs key_column: the column that names each violating key"), None);
                 return None;
             };
+            let every = i.every.as_ref().and_then(|e| cx.duration(e, "every"));
+            if every.is_some_and(|e| e < Duration::from_millis(100)) {
+                let span = i.every.as_ref().map_or(0..0, |e| e.span());
+                cx.err(
+                    span,
+                    "every must be at least 100ms: each check is a query on the service's database",
+                    None,
+                );
+            }
             InvariantKind::Sql {
                 query: sql.get_ref().clone(),
                 key_column: key_column.get_ref().clone(),
+                every,
             }
         }
         (None, Some(sink)) => {

@@ -197,7 +197,7 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
         eprintln!("reprod: {e}");
     }
     let stats = match &result {
-        Ok(stats) => stats.clone(),
+        Ok((stats, _)) => stats.clone(),
         Err(_) => Stats::default(),
     };
     let mut summary = summarize(scenario, &run_id, &run_dir, &conditions, &stats, &status);
@@ -213,6 +213,10 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
             database_url.as_deref(),
             &history_path,
             &ok_keys,
+            result
+                .as_ref()
+                .map(|(_, first)| first)
+                .unwrap_or(&reprod_check::FirstSeen::new()),
             clock.now_us(),
         )
         .await;
@@ -293,13 +297,13 @@ async fn drive(
     database_url: Option<String>,
     clock: RunClock,
     recorder: Recorder,
-) -> Result<Stats, Incomplete> {
+) -> Result<(Stats, reprod_check::FirstSeen), Incomplete> {
     let faults = FaultLayer::start(scenario, clock, recorder.clone())
         .await
         .map_err(|e| Incomplete::Failed(e.to_string()))?;
     let bindings = Bindings {
         run_dir: run_dir.to_path_buf(),
-        database_url,
+        database_url: database_url.clone(),
         dependency_urls: scenario
             .dependencies
             .iter()
@@ -325,7 +329,22 @@ async fn drive(
             return Err(Incomplete::Interrupted);
         }
     };
-    let outcome = load(scenario, &mut services, clock, recorder).await;
+    // Invariants that ask for it are checked while load runs, to learn when each violation
+    // first appeared; the watcher stops when load and drain are over.
+    let (watch_stop, watch_stopped) = watch::channel(false);
+    let watcher = reprod_check::watch(
+        scenario,
+        database_url.as_deref(),
+        move || clock.now_us(),
+        watch_stopped,
+    );
+    let load_then_stop = async {
+        let outcome = load(scenario, &mut services, clock, recorder).await;
+        let _ = watch_stop.send(true);
+        outcome
+    };
+    let (outcome, first_seen) = tokio::join!(load_then_stop, watcher);
+    let outcome = outcome.map(|stats| (stats, first_seen));
     services.stop().await;
     faults.stop().await;
     outcome

@@ -40,6 +40,12 @@ fn naive_invoices_violate_both_invariants_and_exit_1() {
     let (code, summary, stderr) = json_run(&out, &["--set", "variant=naive", "--duration", "3s"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(summary["verdict"], "fail");
+    let first =
+        invariant(&summary, "one invoice per account and period")["first_violation_s"].as_f64();
+    assert!(
+        first.is_some_and(|s| s > 0.0 && s < 6.0),
+        "the first duplicate is seen during the load: {first:?}"
+    );
     for name in [
         "one invoice per account and period",
         "one email per invoice",
