@@ -206,7 +206,9 @@ async fn sql(url: &str, query: &str, key_column: &str) -> Result<Vec<Violation>,
                 .await
                 .map_err(|e| format!("the query failed: {e}"))?;
             let _ = conn.close().await;
-            rows.iter().map(|r| violation(r, key_column)).collect()
+            rows.iter()
+                .map(|r| violation(cells(r), key_column))
+                .collect()
         } else {
             let options =
                 PgConnectOptions::from_str(url).map_err(|e| format!("bad database URL: {e}"))?;
@@ -225,7 +227,9 @@ async fn sql(url: &str, query: &str, key_column: &str) -> Result<Vec<Violation>,
                 .map_err(|e| format!("the query failed: {e}"))?;
             let _ = tx.rollback().await;
             let _ = conn.close().await;
-            rows.iter().map(|r| violation(r, key_column)).collect()
+            rows.iter()
+                .map(|r| violation(cells(r), key_column))
+                .collect()
         }
     };
     match tokio::time::timeout(QUERY_TIMEOUT, run).await {
@@ -234,39 +238,29 @@ async fn sql(url: &str, query: &str, key_column: &str) -> Result<Vec<Violation>,
     }
 }
 
-fn violation<R>(row: &R, key_column: &str) -> Result<Violation, String>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let mut key = None;
-    let mut parts = Vec::new();
-    for (i, column) in row.columns().iter().enumerate() {
-        let value = cell(row, i);
-        if column.name() == key_column {
-            key = Some(value.clone());
-        }
-        parts.push(format!("{}={value}", column.name()));
-    }
+/// A returned row as a violation, keyed by its `key_column`.
+fn violation(cells: Vec<(String, String)>, key_column: &str) -> Result<Violation, String> {
+    let key = cells
+        .iter()
+        .find(|(name, _)| name == key_column)
+        .map(|(_, v)| v.clone());
     let key = key.ok_or_else(|| {
-        let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+        let names: Vec<&str> = cells.iter().map(|(n, _)| n.as_str()).collect();
         format!(
             "the query returns no column {key_column:?} (key_column); it returns: {}",
             names.join(", ")
         )
     })?;
-    Ok(Violation {
-        key,
-        detail: parts.join(", "),
-    })
+    let detail = cells
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Violation { key, detail })
 }
 
-/// A cell as text, whatever its type.
-fn cell<R>(row: &R, i: usize) -> String
+/// Every column of a row as (name, value as text), on either backend.
+fn cells<R>(row: &R) -> Vec<(String, String)>
 where
     R: Row,
     usize: sqlx::ColumnIndex<R>,
@@ -275,19 +269,27 @@ where
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    if let Ok(v) = row.try_get::<Option<String>, _>(i) {
-        return v.unwrap_or_else(|| "NULL".to_string());
-    }
-    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-        return v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
-    }
-    if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
-        return v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
-    }
-    if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
-        return v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
-    }
-    "?".to_string()
+    let text = |i: usize| -> String {
+        let shown = |v: Option<String>| v.unwrap_or_else(|| "NULL".to_string());
+        if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+            return shown(v);
+        }
+        if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+            return shown(v.map(|v| v.to_string()));
+        }
+        if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+            return shown(v.map(|v| v.to_string()));
+        }
+        if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
+            return shown(v.map(|v| v.to_string()));
+        }
+        "?".to_string()
+    };
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, column)| (column.name().to_string(), text(i)))
+        .collect()
 }
 
 /// Counts deliveries per key. With `same_idempotency_key_once`, deliveries that carry the same

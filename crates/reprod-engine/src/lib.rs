@@ -33,13 +33,7 @@ pub use schedule::{PlannedOp, Schedule};
 /// Bytes of each response body kept in the history.
 const KEPT_RESPONSE_BYTES: usize = 512;
 
-/// SplitMix64 of `seed` and `salt`: independent streams from one run seed.
-pub fn mix(seed: u64, salt: u64) -> u64 {
-    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use reprod_scenario::seed::mix;
 
 /// Counters the progress display reads while the run goes.
 #[derive(Debug, Default)]
@@ -648,16 +642,16 @@ fn hex(rng: &mut fastrand::Rng, bytes: usize) -> String {
 
 /// A version-4 UUID from `rng`.
 pub fn uuid(rng: &mut fastrand::Rng) -> String {
-    let hi = (rng.u64(..) & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000;
-    let lo = (rng.u64(..) & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
+    reprod_scenario::seed::uuid(rng.u64(..), rng.u64(..))
+}
+
+/// A scenario with one external service and `extra` (callers and more), for tests.
+#[cfg(test)]
+pub(crate) fn test_scenario(extra: &str) -> Scenario {
+    let text = format!(
+        "seed = 42\nduration = \"10s\"\n[[service]]\nname = \"svc\"\nurl = \"http://127.0.0.1:1\"\n{extra}"
+    );
+    reprod_scenario::parse("test.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[cfg(test)]
@@ -666,16 +660,14 @@ mod tests {
 
     #[test]
     fn requests_render_the_same_for_the_same_operation() {
-        let text = r#"
-[[service]]
-name = "svc"
-url = "http://127.0.0.1:1"
+        let s = test_scenario(
+            r#"
 [[caller]]
 name = "api"
 request = { method = "POST", path = "/x/{key}?op={op}&a={attempt}", body = '{"k": "{key}", "u": "{uuid}", "c": "{choice:a|b|c|d|e|f}", "i": "{idempotency_key}"}' }
 rate = 1
-"#;
-        let s = reprod_scenario::parse("t.toml", text, &[]).expect("valid");
+"#,
+        );
         let render_for = |op_id: u64| {
             let mut rng = fastrand::Rng::with_seed(mix(s.seed, op_id));
             let u = uuid(&mut rng);
@@ -707,17 +699,15 @@ rate = 1
 
     #[test]
     fn backoff_follows_the_policy() {
-        let text = r#"
-[[service]]
-name = "svc"
-url = "http://127.0.0.1:1"
+        let s = test_scenario(
+            r#"
 [[caller]]
 name = "api"
 request = { path = "/" }
 rate = 1
 retry = { attempts = 5, backoff = "exponential", base = "100ms", max = "1s", jitter = "none" }
-"#;
-        let s = reprod_scenario::parse("t.toml", text, &[]).expect("valid");
+"#,
+        );
         let c = &s.callers[0];
         let mut rng = fastrand::Rng::with_seed(1);
         let waits: Vec<u128> = (1..=5)

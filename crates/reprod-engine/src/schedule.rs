@@ -238,19 +238,7 @@ mod tests {
 
     use super::*;
 
-    fn scenario(extra: &str) -> Scenario {
-        let text = format!(
-            r#"
-seed = 42
-duration = "10s"
-[[service]]
-name = "svc"
-url = "http://127.0.0.1:1"
-{extra}
-"#
-        );
-        reprod_scenario::parse("test.toml", &text, &[]).expect("valid scenario")
-    }
+    use crate::test_scenario as scenario;
 
     const API: &str = r#"
 [[caller]]

@@ -217,13 +217,7 @@ struct Endpoint {
     client: Client,
 }
 
-/// SplitMix64 step: decorrelates seeds derived from one run seed.
-pub fn mix(seed: u64, salt: u64) -> u64 {
-    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use reprod_scenario::seed::mix;
 
 async fn serve(
     tasks: &mut JoinSet<()>,
@@ -609,29 +603,13 @@ fn render_stub(template: &Template, key: Option<&str>, rng: &mut fastrand::Rng) 
         .render(|var, out| {
             match var {
                 Var::Key => out.push_str(key.unwrap_or("")),
-                Var::Uuid => out.push_str(&uuid(rng)),
+                Var::Uuid => out.push_str(&reprod_scenario::seed::uuid(rng.u64(..), rng.u64(..))),
                 Var::Choice(options) => out.push_str(&options[rng.usize(..options.len())]),
                 _ => return false,
             }
             true
         })
         .unwrap_or_default()
-}
-
-/// A version-4 UUID from `rng`.
-pub fn uuid(rng: &mut fastrand::Rng) -> String {
-    let hi = rng.u64(..);
-    let lo = rng.u64(..);
-    let hi = (hi & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
-    let lo = (lo & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
 }
 
 /// How a fault is named in `dependency_calls.fault`.

@@ -13,6 +13,7 @@ mod conditions;
 mod error;
 mod model;
 mod raw;
+pub mod seed;
 mod template;
 mod units;
 mod validate;

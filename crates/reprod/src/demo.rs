@@ -15,20 +15,7 @@ const SCENARIO_NAME: &str = "scenarios/invoices.toml";
 const INVARIANT: &str = "one invoice per account and period";
 
 pub fn main(args: DemoArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("reprod: cannot start the async runtime: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
-    let code =
-        runtime.block_on(async move { tokio::spawn(demo(args)).await.unwrap_or(exit::INCOMPLETE) });
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    code
+    crate::run::on_runtime(demo(args))
 }
 
 async fn demo(args: DemoArgs) -> u8 {

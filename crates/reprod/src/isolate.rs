@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use reprod_scenario::{Condition, Scenario, Template, Var};
 use serde::Serialize;
@@ -119,23 +119,7 @@ pub fn main(args: IsolateArgs) -> u8 {
     let Some(scenario) = crate::load(&args.scenario) else {
         return exit::USAGE;
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("reprod: cannot start the async runtime: {e}");
-            return exit::INCOMPLETE;
-        }
-    };
-    let code = runtime.block_on(async move {
-        tokio::spawn(isolate(scenario, args))
-            .await
-            .unwrap_or(exit::INCOMPLETE)
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    code
+    crate::run::on_runtime(isolate(scenario, args))
 }
 
 /// How each trial gets fresh database state.

@@ -60,6 +60,14 @@ pub fn main(args: RunArgs) -> u8 {
         return exit::USAGE;
     };
     adjust(&mut scenario, &args);
+    on_runtime(async move { execute(&scenario, &args).await })
+}
+
+/// Runs `work` as one task on a multi-thread runtime and returns its exit code. One task on the
+/// workers rather than a future polled by `block_on` on the main thread: every operation it
+/// spawns would otherwise cost a cross-thread wake-up. Background tasks (servers, pumps) end
+/// with the runtime.
+pub fn on_runtime(work: impl std::future::Future<Output = u8> + Send + 'static) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,14 +78,8 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::INCOMPLETE;
         }
     };
-    // The whole run is one task on the runtime's workers: a future polled by `block_on` lives
-    // on the main thread, and every operation it spawned would cost a cross-thread wake-up.
-    let code = runtime.block_on(async move {
-        tokio::spawn(async move { execute(&scenario, &args).await })
-            .await
-            .unwrap_or(exit::INCOMPLETE)
-    });
-    // Background tasks (servers, pumps) end with the runtime.
+    let code =
+        runtime.block_on(async move { tokio::spawn(work).await.unwrap_or(exit::INCOMPLETE) });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
 }
