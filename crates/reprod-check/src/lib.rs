@@ -319,7 +319,7 @@ fn sink_rule(
     let mut violations = Vec::new();
     for (key, (unkeyed, keys, raw)) in &per_key {
         let effective = unkeyed + keys.len() as u64;
-        if effective > 1 {
+        if effective > 1 && rule != SinkRule::AtLeastOnce {
             let detail = if same_idempotency_key_once {
                 format!(
                     "{effective} distinct deliveries ({raw} received, {} idempotency key(s))",
@@ -334,7 +334,7 @@ fn sink_rule(
             });
         }
     }
-    if rule == SinkRule::ExactlyOnce {
+    if rule != SinkRule::AtMostOnce {
         for key in ok_keys {
             if !per_key.contains_key(key) {
                 violations.push(Violation {

@@ -562,6 +562,8 @@ pub enum SinkRule {
     ExactlyOnce,
     /// No key delivered twice.
     AtMostOnce,
+    /// Every key an operation completed ok for got at least one delivery.
+    AtLeastOnce,
 }
 
 /// Limits that fail the run.

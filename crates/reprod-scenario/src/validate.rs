@@ -1375,6 +1375,7 @@ fn invariant(
                     &[
                         ("exactly_once", SinkRule::ExactlyOnce),
                         ("at_most_once", SinkRule::AtMostOnce),
+                        ("at_least_once", SinkRule::AtLeastOnce),
                     ],
                 )?,
                 None => SinkRule::ExactlyOnce,

@@ -45,7 +45,7 @@ struct IsolateArgs {
     #[command(flatten)]
     scenario: ScenarioArgs,
     /// Trials per group (baseline, each condition off, staging).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 4)]
     trials: u64,
     /// Load per trial (default: 2s; the scenario's drain still follows).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]

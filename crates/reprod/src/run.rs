@@ -259,6 +259,16 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
             eprintln!("reprod: the run could not complete: {reason}");
             exit::INCOMPLETE
         }
+        Ok(_) if summary.invariants.iter().any(|i| i.error.is_some()) => {
+            for i in summary.invariants.iter().filter(|i| i.error.is_some()) {
+                eprintln!(
+                    "reprod: invariant {:?} could not be checked: {}",
+                    i.name,
+                    i.error.as_deref().unwrap_or_default()
+                );
+            }
+            exit::INCOMPLETE
+        }
         Ok(_) if summary.verdict == "pass" => exit::PASS,
         Ok(_) => exit::VIOLATED,
     };

@@ -308,3 +308,46 @@ no_status = ["5xx"]
         true
     );
 }
+
+/// Invariant SQL runs read-only: a query that tries to write is refused, named, and the run
+/// exits 3 because it could not complete its checks; the service's data is untouched.
+#[test]
+fn invariant_sql_that_writes_is_refused_and_the_run_exits_3() {
+    let dir = TempDir::new();
+    let mut toml = std::fs::read_to_string(invoices()).expect("scenario");
+    toml.push_str(
+        r#"
+[[invariant]]
+name = "sneaky cleanup"
+sql = "DELETE FROM invoices RETURNING account_id"
+key_column = "account_id"
+"#,
+    );
+    let scenario = dir.write("invoices-sneaky.toml", &toml);
+    let out = dir.path().join("runs");
+    let output = run(&[
+        "run",
+        scenario.to_str().expect("utf-8"),
+        "--set",
+        "variant=fixed",
+        "--duration",
+        "1s",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("invariant \"sneaky cleanup\" could not be checked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("readonly") || stderr.to_lowercase().contains("read-only"),
+        "{stderr}"
+    );
+    let db = rusqlite::Connection::open(run_dir(&out).join("invoices.db")).expect("service db");
+    let left: i64 = db
+        .query_row("SELECT COUNT(*) FROM invoices", [], |r| r.get(0))
+        .expect("count");
+    assert!(left > 0, "nothing was deleted");
+}
