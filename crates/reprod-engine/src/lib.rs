@@ -12,7 +12,6 @@
 #![deny(missing_docs)]
 
 mod hist;
-mod http;
 mod keys;
 mod schedule;
 
@@ -22,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reprod_history::{AttemptRecord, Event, OpRecord, Outcome, Recorder, RunClock};
+use reprod_http as http;
 use reprod_scenario::{Backoff, Balance, Caller, IdempotencyMode, Jitter, Scenario, Template, Var};
 use reprod_services::Target;
 use tokio::sync::{Semaphore, watch};
@@ -140,7 +140,10 @@ pub async fn run(input: Input<'_>) -> Stats {
     let mut pools: HashMap<String, Arc<http::Pool>> = HashMap::new();
     for target in targets.iter().flatten() {
         if !pools.contains_key(&target.url) {
-            pools.insert(target.url.clone(), Arc::new(pool_for(&target.url).await));
+            pools.insert(
+                target.url.clone(),
+                Arc::new(http::Pool::for_url(&target.url).await),
+            );
         }
     }
     let shared = Arc::new(Shared {
@@ -477,33 +480,6 @@ fn pick<'a>(
         Balance::Key => (fnv1a(key.as_bytes()) % n as u64) as usize,
     };
     (&caller.targets[i], &caller.pools[i])
-}
-
-/// A pool for `http://host[:port]`; a name that does not resolve gets a pool whose every
-/// connect fails, which the run records as connection errors.
-async fn pool_for(url: &str) -> http::Pool {
-    let authority = url
-        .strip_prefix("http://")
-        .unwrap_or(url)
-        .split('/')
-        .next()
-        .unwrap_or("");
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let addr = match tokio::net::lookup_host(&with_port).await {
-        Ok(mut addrs) => addrs.next(),
-        Err(_) => None,
-    };
-    http::Pool::new(
-        addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
-        authority.to_string(),
-    )
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

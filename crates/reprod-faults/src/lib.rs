@@ -79,7 +79,6 @@ impl FaultLayer {
         let mut tasks = JoinSet::new();
         let mut dependency_urls = BTreeMap::new();
         let mut sink_urls = BTreeMap::new();
-        let client = proxy_client();
         for (index, dep) in scenario.dependencies.iter().enumerate() {
             let endpoint = Arc::new(Endpoint {
                 name: dep.name.clone(),
@@ -100,7 +99,12 @@ impl FaultLayer {
                 calls: AtomicU64::new(0),
                 clock,
                 recorder: recorder.clone(),
-                client: client.clone(),
+                upstream: match &dep.mode {
+                    DependencyMode::Proxy { upstream } => {
+                        Some(reprod_http::Pool::for_url(upstream).await)
+                    }
+                    DependencyMode::Stub { .. } => None,
+                },
             });
             let addr = serve(
                 &mut tasks,
@@ -127,7 +131,7 @@ impl FaultLayer {
                 calls: AtomicU64::new(0),
                 clock,
                 recorder: recorder.clone(),
-                client: client.clone(),
+                upstream: None,
             });
             let addr = serve(&mut tasks, endpoint, stopped.clone(), "sink").await?;
             sink_urls.insert(sink.name.clone(), format!("http://{addr}"));
@@ -157,18 +161,6 @@ impl FaultLayer {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
-}
-
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-fn proxy_client() -> Client {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
 }
 
 #[derive(Debug)]
@@ -214,7 +206,8 @@ struct Endpoint {
     calls: AtomicU64,
     clock: RunClock,
     recorder: Recorder,
-    client: Client,
+    /// Pooled connections to the upstream of a proxy.
+    upstream: Option<reprod_http::Pool>,
 }
 
 use reprod_scenario::seed::mix;
@@ -422,11 +415,11 @@ impl Endpoint {
                         let rendered = render_stub(template, key.as_deref(), &mut rng);
                         respond(*status, headers, Bytes::from(rendered))
                     }
-                    DependencyMode::Proxy { upstream } => {
+                    DependencyMode::Proxy { .. } => {
                         if matches!(fault, Some(FaultKind::Duplicate)) {
-                            let _first = self.forward(upstream, &parts, &path, body.clone()).await;
+                            let _first = self.forward(&parts, &path, body.clone()).await;
                         }
-                        self.forward(upstream, &parts, &path, body).await
+                        self.forward(&parts, &path, body).await
                     }
                 };
                 let applied = Some(i64::from(response.status().as_u16()));
@@ -514,52 +507,63 @@ impl Endpoint {
 
     async fn forward(
         &self,
-        upstream: &str,
         parts: &hyper::http::request::Parts,
         path: &str,
         body: Bytes,
     ) -> Response<Full<Bytes>> {
-        let mut request = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("{upstream}{path}"));
-        for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name.as_str()) {
-                request = request.header(name, value);
-            }
-        }
-        let Ok(request) = request.body(Full::new(body)) else {
-            return respond(
+        use std::io::Write as _;
+        let unreachable = || {
+            respond(
                 502,
                 &[],
-                Bytes::from_static(b"{\"error\":\"bad upstream request\"}"),
-            );
+                Bytes::from_static(b"{\"error\":\"upstream unreachable\"}"),
+            )
         };
-        let exchange = async {
-            let response = self.client.request(request).await.ok()?;
-            let (parts, body) = response.into_parts();
-            let bytes = Limited::new(body, MAX_BODY_BYTES)
-                .collect()
-                .await
-                .ok()?
-                .to_bytes();
-            Some((parts, bytes))
+        let Some(pool) = &self.upstream else {
+            return unreachable();
         };
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
-            Ok(Some((parts, bytes))) => {
-                let mut response = Response::new(Full::new(bytes));
-                *response.status_mut() = parts.status;
-                for (name, value) in &parts.headers {
-                    if !is_hop_by_hop(name.as_str()) {
-                        response.headers_mut().append(name, value.clone());
+        let mut request = Vec::with_capacity(256 + body.len());
+        let _ = write!(
+            request,
+            "{} {path} HTTP/1.1\r\nhost: {}\r\n",
+            parts.method,
+            pool.host()
+        );
+        for (name, value) in &parts.headers {
+            if !is_hop_by_hop(name.as_str()) {
+                request.extend_from_slice(name.as_str().as_bytes());
+                request.extend_from_slice(b": ");
+                request.extend_from_slice(value.as_bytes());
+                request.extend_from_slice(b"\r\n");
+            }
+        }
+        let _ = write!(request, "content-length: {}\r\n\r\n", body.len());
+        request.extend_from_slice(&body);
+        let head_only = parts.method == hyper::Method::HEAD;
+        match tokio::time::timeout(
+            UPSTREAM_TIMEOUT,
+            pool.exchange_with(&request, head_only, true),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => {
+                let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+                *response.status_mut() =
+                    StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                for (name, value) in &answer.headers {
+                    if is_hop_by_hop(&name.to_ascii_lowercase()) {
+                        continue;
+                    }
+                    if let (Ok(n), Ok(v)) = (
+                        hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                        hyper::header::HeaderValue::from_bytes(value),
+                    ) {
+                        response.headers_mut().append(n, v);
                     }
                 }
                 response
             }
-            _ => respond(
-                502,
-                &[],
-                Bytes::from_static(b"{\"error\":\"upstream unreachable\"}"),
-            ),
+            _ => unreachable(),
         }
     }
 }

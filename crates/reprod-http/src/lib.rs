@@ -1,4 +1,4 @@
-//! A lean HTTP/1.1 client: one keep-alive connection per in-flight attempt, taken from and
+//! reprod's lean HTTP/1.1 client: one keep-alive connection per in-flight attempt, taken from and
 //! returned to a per-target pool, with the attempt's own task doing the I/O.
 //!
 //! A general-purpose client (hyper's pooled client) runs each connection in a task of its own
@@ -6,6 +6,9 @@
 //! the socket work. A load generator sends the same simple requests millions of times, so the
 //! engine writes them itself: one `write` of a request built in one buffer, `read`s until the
 //! response is complete (Content-Length, chunked, or until close), parsing with `httparse`.
+//! The load engine sends attempts with it and the fault layer forwards proxied calls with it.
+
+#![deny(missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -41,6 +44,8 @@ pub struct Response {
     pub retry_after: Option<Duration>,
     /// The body (up to [`MAX_BODY_BYTES`]).
     pub body: Vec<u8>,
+    /// The headers, when asked for (`keep_headers`).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 struct Conn {
@@ -72,6 +77,33 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             connect_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// A pool for `http://host[:port]`; a name that does not resolve gets a pool whose every
+    /// connect fails, which callers record as connection errors.
+    pub async fn for_url(url: &str) -> Pool {
+        let authority = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = match tokio::net::lookup_host(&with_port).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(_) => None,
+        };
+        Pool::new(
+            addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            authority.to_string(),
+        )
     }
 
     /// The `Host` header value.
@@ -106,8 +138,21 @@ impl Pool {
     /// connection that the server closed while idle is replaced once, as long as not a byte of
     /// response came back (the request was not processed).
     pub async fn exchange(&self, request: &[u8], head_only: bool) -> Result<Response, HttpError> {
+        self.exchange_with(request, head_only, false).await
+    }
+
+    /// [`Pool::exchange`], also returning the response headers when `keep_headers`.
+    pub async fn exchange_with(
+        &self,
+        request: &[u8],
+        head_only: bool,
+        keep_headers: bool,
+    ) -> Result<Response, HttpError> {
         if let Some(conn) = self.take() {
-            match self.round_trip(conn, request, head_only).await {
+            match self
+                .round_trip(conn, request, head_only, keep_headers)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(Failure {
                     untouched: true, ..
@@ -116,7 +161,7 @@ impl Pool {
             }
         }
         let conn = self.connect().await?;
-        self.round_trip(conn, request, head_only)
+        self.round_trip(conn, request, head_only, keep_headers)
             .await
             .map_err(|f| f.error)
     }
@@ -126,6 +171,7 @@ impl Pool {
         mut conn: Conn,
         request: &[u8],
         head_only: bool,
+        keep_headers: bool,
     ) -> Result<Response, Failure> {
         if let Err(e) = conn.stream.write_all(request).await {
             return Err(Failure::untouched(format!("sending: {e}")));
@@ -134,6 +180,7 @@ impl Pool {
         // attempt's future (and so every spawned operation) several KiB larger.
         let mut buf = std::mem::take(&mut conn.leftover);
         // Head.
+        let mut kept_headers = Vec::new();
         let (status, head_len, framing, keep_alive, retry_after) = loop {
             if !buf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -146,6 +193,13 @@ impl Pool {
                             continue;
                         }
                         let info = head_info(&parsed, head_only);
+                        if keep_headers {
+                            kept_headers = parsed
+                                .headers
+                                .iter()
+                                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                                .collect();
+                        }
                         break (status, len, info.0, info.1, info.2);
                     }
                     Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
@@ -209,6 +263,7 @@ impl Pool {
             status,
             retry_after,
             body,
+            headers: kept_headers,
         })
     }
 }
