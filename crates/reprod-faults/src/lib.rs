@@ -305,13 +305,7 @@ impl Endpoint {
             Ok(collected) => collected.to_bytes(),
             Err(_) => Bytes::new(),
         };
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| header_text(&parts.headers, name);
         let traceparent = header("traceparent");
         let path = parts.uri.path_and_query().map_or_else(
             || parts.uri.path().to_string(),
@@ -466,16 +460,10 @@ impl Endpoint {
         now_us: i64,
         rng: &mut fastrand::Rng,
     ) -> Option<&FaultKind> {
+        let header = |name: &str| header_text(&parts.headers, name);
         for (rule, bucket) in self.faults.iter().zip(&self.buckets) {
             let in_window = now_us >= rule.from.as_micros() as i64
                 && rule.to.is_none_or(|to| now_us < to.as_micros() as i64);
-            let header = |name: &str| {
-                parts
-                    .headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
             if !in_window
                 || !rule
                     .matcher
@@ -647,4 +635,12 @@ fn headers_text(headers: &hyper::HeaderMap) -> String {
         out.push_str(&line);
     }
     out
+}
+
+/// A header's value as text, when present and valid UTF-8.
+fn header_text(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }

@@ -3,24 +3,11 @@
 
 use serde_json::Value;
 
-use crate::support::{TempDir, invoices, run, text};
+use crate::support::{TempDir, invoices, run_json};
 
 fn isolate(extra: &[&str]) -> (Option<i32>, Value, String) {
     let out = TempDir::new();
-    let scenario = invoices();
-    let mut args = vec![
-        "isolate",
-        scenario.to_str().expect("utf-8"),
-        "--json",
-        "--out",
-        out.path().to_str().expect("utf-8"),
-    ];
-    args.extend_from_slice(extra);
-    let output = run(&args);
-    let stdout = text(&output.stdout);
-    let json = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", text(&output.stderr)));
-    (output.status.code(), json, text(&output.stderr))
+    run_json("isolate", &invoices(), out.path(), extra)
 }
 
 #[test]

@@ -4,27 +4,10 @@
 
 use serde_json::Value;
 
-use crate::support::{PgDb, TempDir, invoices, run, run_dir, scalar, text};
+use crate::support::{PgDb, TempDir, invoices, run, run_dir, run_json, scalar, text};
 
 fn json_run(out: &TempDir, extra: &[&str]) -> (Option<i32>, Value, String) {
-    let scenario = invoices();
-    let mut args = vec![
-        "run",
-        scenario.to_str().expect("utf-8"),
-        "--json",
-        "--out",
-        out.path().to_str().expect("utf-8"),
-    ];
-    args.extend_from_slice(extra);
-    let output = run(&args);
-    let stdout = text(&output.stdout);
-    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "--json printed no summary ({e}):\n{stdout}\nstderr:\n{}",
-            text(&output.stderr)
-        )
-    });
-    (output.status.code(), summary, text(&output.stderr))
+    run_json("run", &invoices(), out.path(), extra)
 }
 
 fn invariant<'a>(summary: &'a Value, name: &str) -> &'a Value {

@@ -69,6 +69,33 @@ pub fn run(args: &[&str]) -> Output {
     reprod(args).output().expect("run reprod")
 }
 
+/// Runs `reprod SUBCOMMAND SCENARIO --json --out OUT EXTRA...` and parses what it prints:
+/// (exit code, the JSON, stderr).
+pub fn run_json(
+    subcommand: &str,
+    scenario: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec![
+        subcommand,
+        scenario.to_str().expect("utf-8"),
+        "--json",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let output = run(&args);
+    let stdout = text(&output.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json printed no JSON ({e}):\n{stdout}\nstderr:\n{}",
+            text(&output.stderr)
+        )
+    });
+    (output.status.code(), json, text(&output.stderr))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
