@@ -122,6 +122,14 @@ pub async fn check_all(
                 let name = &scenario.sinks[*sink].name;
                 sink_rule(history, name, *rule, *same_idempotency_key_once, ok_keys)
             }
+            InvariantKind::Counter {
+                query,
+                key_column,
+                caller,
+            } => match database_url {
+                Some(url) => counter(url, query, key_column, history, caller.as_deref()).await,
+                None => Err("the scenario has no [database]".to_string()),
+            },
             InvariantKind::ResponsesAgree { pointer, caller } => {
                 responses_agree(history, pointer, caller.as_deref())
             }
@@ -453,4 +461,69 @@ fn no_status(
             }
         })
         .collect())
+}
+
+/// Jepsen's counter check, per key: the value the database holds must lie between the number of
+/// operations confirmed ok and the number attempted (ok + ambiguous). Ambiguous operations only
+/// widen the bound; they are never a violation by themselves.
+async fn counter(
+    url: &str,
+    query: &str,
+    key_column: &str,
+    history: &Path,
+    caller: Option<&str>,
+) -> Result<Vec<Violation>, String> {
+    let bounds: BTreeMap<String, (i64, i64)> = {
+        let conn = reprod_history::read::open(history).map_err(|e| e.to_string())?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT key, SUM(outcome = 'ok'), SUM(outcome IN ('ok', 'ambiguous')) FROM ops
+                 WHERE ?1 IS NULL OR caller = ?1 GROUP BY key",
+            )
+            .map_err(|e| e.to_string())?;
+        stmt.query_map(rusqlite::params![caller], |r| {
+            Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
+        })
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?
+    };
+    let mut values: BTreeMap<String, i64> = BTreeMap::new();
+    for row in sql(url, query, key_column).await? {
+        // The row's detail is "col=value, ..."; the value column is the one that is not the key.
+        let value = row
+            .detail
+            .split(", ")
+            .filter_map(|part| part.split_once('='))
+            .find(|(col, _)| *col != key_column)
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "the counter query must return {key_column} and one integer column; got {}",
+                    row.detail
+                )
+            })?;
+        values.insert(row.key, value);
+    }
+    let mut violations = Vec::new();
+    for (key, (confirmed, attempted)) in &bounds {
+        let value = values.get(key).copied().unwrap_or(0);
+        if value < *confirmed || value > *attempted {
+            violations.push(Violation {
+                key: key.clone(),
+                detail: format!(
+                    "value {value} outside [{confirmed}, {attempted}]: {confirmed} operation(s) confirmed ok, {attempted} possibly applied"
+                ),
+            });
+        }
+    }
+    for (key, value) in values {
+        if !bounds.contains_key(&key) && value != 0 {
+            violations.push(Violation {
+                detail: format!("value {value} for a key no operation touched"),
+                key,
+            });
+        }
+    }
+    Ok(violations)
 }

@@ -539,6 +539,16 @@ pub enum InvariantKind {
         /// Deliveries that share an idempotency key count once.
         same_idempotency_key_once: bool,
     },
+    /// Jepsen's counter check: a query returns (key, value) and each value must lie between the
+    /// operations confirmed ok and those attempted (ok + ambiguous) on that key.
+    Counter {
+        /// The query: the key column and the value column (`key_column`, `value`).
+        query: String,
+        /// Column that names the key.
+        key_column: String,
+        /// Only this caller's operations count (`None` = all).
+        caller: Option<String>,
+    },
     /// All successful responses for one key agree on a field.
     ResponsesAgree {
         /// JSON pointer into the response body.

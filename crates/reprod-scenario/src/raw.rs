@@ -230,6 +230,7 @@ pub struct RawInvariant {
     pub rule: Option<S<String>>,
     pub same_idempotency_key_once: Option<bool>,
     pub agree: Option<S<String>>,
+    pub counter: Option<S<String>>,
     pub every: Option<S<String>>,
     pub no_status: Option<S<Vec<S<toml::Value>>>>,
     pub caller: Option<S<String>>,

@@ -1269,14 +1269,42 @@ fn invariant(
         i.sink.is_some(),
         i.agree.is_some(),
         i.no_status.is_some(),
+        i.counter.is_some(),
     ];
     if forms.iter().filter(|x| **x).count() != 1 {
         cx.err(
             i.name.span(),
-            format!("invariant {name:?} needs exactly one of sql, sink, agree or no_status"),
+            format!(
+                "invariant {name:?} needs exactly one of sql, sink, agree, no_status or counter"
+            ),
             None,
         );
         return None;
+    }
+    if let Some(query) = &i.counter {
+        if !has_db {
+            cx.err(
+                query.span(),
+                format!("invariant {name:?} is a counter query but the scenario has no [database]"),
+                None,
+            );
+        }
+        let Some(key_column) = &i.key_column else {
+            cx.err(
+                i.name.span(),
+                format!("invariant {name:?} needs key_column: the column that names each key"),
+                None,
+            );
+            return None;
+        };
+        return Some(Invariant {
+            name,
+            kind: InvariantKind::Counter {
+                query: query.get_ref().clone(),
+                key_column: key_column.get_ref().clone(),
+                caller: i.caller.as_ref().map(|c| c.get_ref().clone()),
+            },
+        });
     }
     let caller = i.caller.as_ref().map(|c| c.get_ref().clone());
     if let (Some(every), None) = (&i.every, &i.sql) {

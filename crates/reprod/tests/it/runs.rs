@@ -334,3 +334,49 @@ key_column = "account_id"
         .expect("count");
     assert!(left > 0, "nothing was deleted");
 }
+
+/// Jepsen's counter check on real data: every reconcile request the worker caller sent enqueued
+/// one job per account, so each account's job count lies between its confirmed and attempted
+/// reconcile operations; a query that doubles the count falls outside and is reported.
+#[test]
+fn counter_invariants_bound_values_by_confirmed_and_attempted_operations() {
+    let dir = TempDir::new();
+    let mut toml = std::fs::read_to_string(invoices()).expect("scenario");
+    toml.push_str(
+        r#"
+[[invariant]]
+name = "one job per reconcile request"
+counter = "SELECT account_id, COUNT(*) AS jobs FROM jobs GROUP BY account_id"
+key_column = "account_id"
+caller = "worker"
+
+[[invariant]]
+name = "doubled on purpose"
+counter = "SELECT account_id, COUNT(*) * 2 AS jobs FROM jobs GROUP BY account_id"
+key_column = "account_id"
+caller = "worker"
+"#,
+    );
+    let scenario = dir.write("invoices-counter.toml", &toml);
+    let (code, summary, stderr) = run_json(
+        "run",
+        &scenario,
+        &dir.path().join("runs"),
+        &["--set", "variant=fixed", "--duration", "3s"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        invariant(&summary, "one job per reconcile request")["held"],
+        true,
+        "{summary}"
+    );
+    let doubled = invariant(&summary, "doubled on purpose");
+    assert_eq!(doubled["held"], false);
+    assert!(
+        doubled["examples"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("value 2 outside [1, 1]"),
+        "{doubled}"
+    );
+}
