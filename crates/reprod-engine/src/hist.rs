@@ -13,7 +13,6 @@ pub struct Histogram {
     total: u64,
     max: u64,
     min: u64,
-    sum: u128,
 }
 
 impl Default for Histogram {
@@ -23,7 +22,6 @@ impl Default for Histogram {
             total: 0,
             max: 0,
             min: u64::MAX,
-            sum: 0,
         }
     }
 }
@@ -57,18 +55,6 @@ impl Histogram {
         self.total += 1;
         self.max = self.max.max(us);
         self.min = self.min.min(us);
-        self.sum += u128::from(us);
-    }
-
-    /// Adds another histogram's counts.
-    pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.total += other.total;
-        self.max = self.max.max(other.max);
-        self.min = self.min.min(other.min);
-        self.sum += other.sum;
     }
 
     /// Values counted.
@@ -79,15 +65,6 @@ impl Histogram {
     /// Largest value, 0 when empty.
     pub fn max(&self) -> u64 {
         self.max
-    }
-
-    /// Mean, 0 when empty.
-    pub fn mean(&self) -> f64 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.sum as f64 / self.total as f64
-        }
     }
 
     /// The value at quantile `q` (0..=1), 0 when empty; never above the true max.

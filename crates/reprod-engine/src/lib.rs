@@ -50,8 +50,6 @@ pub struct Live {
     pub attempts: AtomicU64,
     /// Attempts after the first.
     pub retries: AtomicU64,
-    /// Operations dispatched.
-    pub dispatched: AtomicU64,
     /// Latencies since the display last took them.
     pub window: Mutex<Histogram>,
 }
@@ -81,8 +79,6 @@ pub struct Stats {
     pub last_intended_us: i64,
     /// When load generation ended (all operations done), µs.
     pub load_end_us: i64,
-    /// Whether the run was stopped before the schedule was done.
-    pub interrupted: bool,
     /// Scheduled operations never sent because the run's time was up: the generator (or the
     /// `max_in_flight` bound) could not keep up with the schedule.
     pub unsent: u64,
@@ -122,7 +118,8 @@ struct Shared {
     clock: RunClock,
     recorder: Recorder,
     live: Arc<Live>,
-    totals: Mutex<Stats>,
+    /// Latency and lag of every operation; the counts live in `live` alone.
+    timings: Mutex<Timings>,
     key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -167,11 +164,10 @@ pub async fn run(input: Input<'_>) -> Stats {
         clock,
         recorder,
         live,
-        totals: Mutex::new(Stats::default()),
+        timings: Mutex::new(Timings::default()),
         key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
     });
     let limit = Arc::new(Semaphore::new(scenario.max_in_flight));
-    let mut interrupted = false;
     let mut first_intended = None;
     let mut last_intended = 0;
     // The run is bounded in wall-clock time too: an operation that could not be sent within a
@@ -187,7 +183,6 @@ pub async fn run(input: Input<'_>) -> Stats {
     let mut unsent = 0;
     while let Some(op) = schedule.next() {
         if *stop.borrow() {
-            interrupted = true;
             break;
         }
         if clock.now_us() > deadline_us {
@@ -205,14 +200,13 @@ pub async fn run(input: Input<'_>) -> Stats {
         if at > tokio::time::Instant::now().into_std() {
             tokio::select! {
                 _ = tokio::time::sleep_until(at.into()) => {}
-                _ = stop.changed() => { interrupted = true; break; }
+                _ = stop.changed() => break,
             }
         }
         let permit = tokio::select! {
             permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = stop.changed() => { interrupted = true; break; }
+            _ = stop.changed() => break,
         };
-        shared.live.dispatched.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::clone(&shared);
         let op_stop = stop.clone();
         tokio::spawn(async move {
@@ -225,17 +219,30 @@ pub async fn run(input: Input<'_>) -> Stats {
         .acquire_many(scenario.max_in_flight as u32)
         .await
         .expect("semaphore is never closed");
-    let mut stats = shared
-        .totals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    stats.first_intended_us = first_intended.unwrap_or(0);
-    stats.last_intended_us = last_intended;
-    stats.load_end_us = clock.now_us();
-    stats.interrupted = interrupted || *stop.borrow();
-    stats.unsent = unsent;
-    stats
+    let timings = std::mem::take(&mut *shared.timings.lock().unwrap_or_else(|p| p.into_inner()));
+    let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let live = &shared.live;
+    Stats {
+        ops: count(&live.done),
+        ok: count(&live.ok),
+        failed: count(&live.failed),
+        ambiguous: count(&live.ambiguous),
+        attempts: count(&live.attempts),
+        retries: count(&live.retries),
+        latency: timings.latency,
+        lag: timings.lag,
+        first_intended_us: first_intended.unwrap_or(0),
+        last_intended_us: last_intended,
+        load_end_us: clock.now_us(),
+        unsent,
+    }
+}
+
+/// Per-operation timings, kept in fixed-size histograms.
+#[derive(Debug, Default)]
+struct Timings {
+    latency: Histogram,
+    lag: Histogram,
 }
 
 /// How one attempt ended.
@@ -415,15 +422,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .record(latency_us);
-    let mut t = shared.totals.lock().unwrap_or_else(|p| p.into_inner());
-    t.ops += 1;
-    match outcome {
-        Outcome::Ok => t.ok += 1,
-        Outcome::Failed => t.failed += 1,
-        Outcome::Ambiguous => t.ambiguous += 1,
-    }
-    t.attempts += u64::from(attempts);
-    t.retries += u64::from(attempts.saturating_sub(1));
+    let mut t = shared.timings.lock().unwrap_or_else(|p| p.into_inner());
     t.latency.record(latency_us);
     t.lag.record(lag_us);
 }
@@ -432,7 +431,6 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
 /// floor of one so a small run can still retry.
 fn budget_allows(caller: &CallerRt) -> bool {
     let Some(budget) = caller.spec.retry.budget else {
-        caller.retries_used.fetch_add(1, Ordering::Relaxed);
         return true;
     };
     let ops = caller.ops_started.load(Ordering::Relaxed) as f64;

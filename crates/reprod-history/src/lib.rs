@@ -36,11 +36,6 @@ impl RunClock {
         }
     }
 
-    /// A clock whose zero is `start`.
-    pub fn from_instant(start: Instant) -> RunClock {
-        RunClock { start }
-    }
-
     /// Microseconds elapsed since the start.
     pub fn now_us(&self) -> i64 {
         self.start.elapsed().as_micros() as i64
@@ -49,11 +44,6 @@ impl RunClock {
     /// The `Instant` at `us` microseconds after the start.
     pub fn instant_at(&self, us: i64) -> Instant {
         self.start + Duration::from_micros(us.max(0) as u64)
-    }
-
-    /// The start.
-    pub fn start_instant(&self) -> Instant {
-        self.start
     }
 }
 
@@ -296,11 +286,6 @@ impl Recorder {
     pub fn try_record(&self, event: Event) {
         let _ = self.tx.try_send(Msg::Event(event));
     }
-
-    /// Records from a thread that is not async.
-    pub fn record_blocking(&self, event: Event) {
-        let _ = self.tx.blocking_send(Msg::Event(event));
-    }
 }
 
 /// The writer side: owns the thread; [`History::finish`] flushes and indexes.
@@ -452,11 +437,6 @@ impl History {
         })
         .await;
         joined.map_err(|e| HistoryError::WriterGone(e.to_string()))?
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -220,11 +220,6 @@ impl Services {
         Ok(services)
     }
 
-    /// The replicas of service `index` (scenario order).
-    pub fn targets(&self, index: usize) -> &[Target] {
-        &self.targets[index]
-    }
-
     /// Every service's replicas, in scenario order.
     pub fn all_targets(&self) -> &[Vec<Target>] {
         &self.targets
