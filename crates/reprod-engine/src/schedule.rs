@@ -106,11 +106,26 @@ impl CallerGen {
     }
 
     fn generate_arrival(&mut self, t: i64) {
+        let arrival = self.arrivals;
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut seq = self.pending_seq;
+        self.draw_arrival(t, |at, key| {
+            seq += 1;
+            pending.push(Reverse((at, seq, key, arrival)));
+        });
+        self.pending = pending;
+        self.pending_seq = seq;
+    }
+
+    /// Draws the arrival at `t` (its key and its overlap offsets) and hands each of its
+    /// operations that starts within the run to `each` as (time, key index); then moves on to
+    /// the next arrival. The one place that consumes the caller's RNG, so counting the rest of
+    /// a schedule draws exactly what generating it would.
+    fn draw_arrival(&mut self, t: i64, mut each: impl FnMut(i64, u64)) {
         let key = match self.arrival {
             Arrival::Batch { .. } => self.arrivals,
             _ => self.sampler.sample(&mut self.rng),
         };
-        let arrival = self.arrivals;
         for j in 0..self.k {
             let offset = if j == 0 || self.window_us == 0 {
                 0
@@ -119,13 +134,31 @@ impl CallerGen {
             };
             let at = t + offset;
             if at < self.end_us {
-                self.pending_seq += 1;
-                self.pending
-                    .push(Reverse((at, self.pending_seq, key, arrival)));
+                each(at, key);
             }
         }
         self.arrivals += 1;
         self.next_arrival = self.arrival_time(self.arrivals, Some(t));
+    }
+
+    /// How many operations this caller has left, and the intended start of the latest,
+    /// without building them.
+    fn count_rest(&mut self) -> (u64, i64) {
+        let mut count = self.pending.len() as u64;
+        let mut last = self
+            .pending
+            .iter()
+            .map(|Reverse((at, ..))| *at)
+            .max()
+            .unwrap_or(i64::MIN);
+        self.pending.clear();
+        while let Some(t) = self.next_arrival {
+            self.draw_arrival(t, |at, _| {
+                count += 1;
+                last = last.max(at);
+            });
+        }
+        (count, last + self.delay_us)
     }
 
     /// Next op of this caller in time order: (time, key index, arrival number).
@@ -182,6 +215,40 @@ impl Schedule {
             max_ops: scenario.max_ops,
         }
     }
+
+    fn planned(&self, caller: usize, group: u64, key_index: u64, at_us: i64) -> PlannedOp {
+        PlannedOp {
+            op_id: self.emitted,
+            caller,
+            seq: self.seqs[caller],
+            group,
+            key_index,
+            at_us,
+            queue_delay_us: self.callers[caller].delay_us,
+        }
+    }
+
+    /// Consumes the rest of the schedule, returning how many operations it still held and the
+    /// intended start of the latest (`None` when it held none, or when `max_ops` cut it). Much
+    /// cheaper than iterating: a run cut short at full speed may leave millions.
+    pub fn count_rest(&mut self) -> (u64, Option<i64>) {
+        let mut count = self.heads.len() as u64;
+        let mut last = self.heads.iter().map(|Reverse((at, ..))| *at).max();
+        self.heads.clear();
+        for caller in &mut self.callers {
+            let (n, at) = caller.count_rest();
+            if n > 0 {
+                count += n;
+                last = last.max(Some(at));
+            }
+        }
+        let left = self.max_ops.saturating_sub(self.emitted);
+        // Cut by `max_ops`, the latest of those left is not known without ordering them.
+        let last = last.filter(|_| count > 0 && count <= left);
+        let count = count.min(left);
+        self.emitted += count;
+        (count, last)
+    }
 }
 
 impl Iterator for Schedule {
@@ -201,6 +268,11 @@ impl Iterator for Schedule {
         // Run-wide group ids in order of first appearance; entries are dropped once all k
         // operations of a group were emitted, so the map stays as small as the overlap.
         let k = self.callers[caller].k;
+        if k == 1 {
+            // Every arrival is a group of its own: no bookkeeping.
+            self.next_group += 1;
+            return Some(self.planned(caller, self.next_group, key_index, at));
+        }
         let entry = self.groups.entry((caller, arrival));
         let group = match entry {
             std::collections::hash_map::Entry::Occupied(mut o) => {
@@ -214,21 +286,11 @@ impl Iterator for Schedule {
             }
             std::collections::hash_map::Entry::Vacant(v) => {
                 self.next_group += 1;
-                if k > 1 {
-                    v.insert(self.next_group << 8 | u64::from(k - 1));
-                }
+                v.insert(self.next_group << 8 | u64::from(k - 1));
                 self.next_group
             }
         };
-        Some(PlannedOp {
-            op_id: self.emitted,
-            caller,
-            seq: self.seqs[caller],
-            group,
-            key_index,
-            at_us: at,
-            queue_delay_us: self.callers[caller].delay_us,
-        })
+        Some(self.planned(caller, group, key_index, at))
     }
 }
 
@@ -250,6 +312,32 @@ keys = { count = 50, distribution = "zipf", s = 1.1 }
 overlap = { k = 3, window = "20ms" }
 delay = "5ms"
 "#;
+
+    #[test]
+    fn counting_the_rest_matches_iterating_it() {
+        let two_callers = format!(
+            "{API}\n[[caller]]\nname = \"worker\"\nrequest = {{ path = \"/y\" }}\nrate = 50\ndelay = \"1s\"\n"
+        );
+        for (text, taken) in [(API, 0), (API, 777), (two_callers.as_str(), 500)] {
+            let s = scenario(text);
+            let mut counted = Schedule::new(&s);
+            let mut iterated = Schedule::new(&s);
+            for _ in 0..taken {
+                assert_eq!(counted.next(), iterated.next());
+            }
+            let rest: Vec<PlannedOp> = iterated.collect();
+            assert!(rest.len() > 100);
+            let (n, last) = counted.count_rest();
+            assert_eq!(n, rest.len() as u64);
+            assert_eq!(last, rest.iter().map(|op| op.at_us).max());
+            assert_eq!(counted.next(), None);
+        }
+        let mut capped = scenario(API);
+        capped.max_ops = 1000;
+        let mut counted = Schedule::new(&capped);
+        let _ = counted.by_ref().take(400).count();
+        assert_eq!(counted.count_rest(), (600, None));
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
