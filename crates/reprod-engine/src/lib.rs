@@ -107,6 +107,9 @@ struct CallerRt {
     /// One connection pool per target, same order.
     pools: Vec<Arc<http::Pool>>,
     balance: Balance,
+    /// Whether a request template uses `{uuid}`: drawing and formatting one per operation is
+    /// skipped otherwise.
+    uses_uuid: bool,
     round_robin: AtomicUsize,
     ops_started: AtomicU64,
     retries_used: AtomicU64,
@@ -156,6 +159,13 @@ pub async fn run(input: Input<'_>) -> Stats {
                     .map(|t| Arc::clone(&pools[&t.url]))
                     .collect(),
                 balance: scenario.services[c.service].balance,
+                uses_uuid: {
+                    let r = &c.request;
+                    let uuid = |v: &Var| *v == Var::Uuid;
+                    r.path.uses(uuid)
+                        || r.body.as_ref().is_some_and(|b| b.uses(uuid))
+                        || r.headers.iter().any(|(_, h)| h.uses(uuid))
+                },
                 round_robin: AtomicUsize::new(0),
                 ops_started: AtomicU64::new(0),
                 retries_used: AtomicU64::new(0),
@@ -186,12 +196,9 @@ pub async fn run(input: Input<'_>) -> Stats {
             break;
         }
         if clock.now_us() > deadline_us {
-            unsent = 1;
-            last_intended = op.at_us;
-            for rest in schedule.by_ref() {
-                unsent += 1;
-                last_intended = rest.at_us;
-            }
+            let (rest, last) = schedule.count_rest();
+            unsent = 1 + rest;
+            last_intended = last.unwrap_or(op.at_us);
             break;
         }
         first_intended.get_or_insert(op.at_us);
@@ -257,7 +264,13 @@ enum AttemptEnd {
 async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>) {
     let caller = &shared.callers[op.caller];
     let spec = &caller.spec;
-    let key = format!("{}{}", spec.keys.prefix, op.key_index);
+    let key = {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(spec.keys.prefix.len() + 20);
+        key.push_str(&spec.keys.prefix);
+        let _ = write!(key, "{}", op.key_index);
+        key
+    };
     let _key_guard = match &shared.key_locks {
         Some(locks) => {
             let lock = Arc::clone(
@@ -273,8 +286,12 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
     };
     let op_seed = mix(shared.seed, op.op_id.wrapping_add(1 << 32));
     let mut rng = fastrand::Rng::with_seed(op_seed);
-    let trace_id = hex(&mut rng, 16);
-    let op_uuid = uuid(&mut rng);
+    let trace_id = trace_id(&mut rng);
+    let op_uuid = if caller.uses_uuid {
+        uuid(&mut rng)
+    } else {
+        String::new()
+    };
     let op_idempotency = (spec.idempotency.mode == IdempotencyMode::PerOp).then(|| uuid(&mut rng));
     caller.ops_started.fetch_add(1, Ordering::Relaxed);
 
@@ -286,7 +303,13 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
     for n in 1..=spec.retry.attempts {
         attempts = n;
         let (target, pool) = pick(caller, &key, &mut rng);
-        let traceparent = format!("00-{trace_id}-{}-01", hex(&mut rng, 8));
+        let mut traceparent = String::with_capacity(55);
+        traceparent.push_str("00-");
+        traceparent.push_str(&trace_id);
+        traceparent.push('-');
+        // The span id, never all zeros.
+        reprod_scenario::seed::push_hex(&mut traceparent, rng.u64(..).max(1), 16);
+        traceparent.push_str("-01");
         let idempotency_key = match spec.idempotency.mode {
             IdempotencyMode::None => None,
             IdempotencyMode::PerOp => op_idempotency.clone(),
@@ -602,15 +625,12 @@ async fn send(
     }
 }
 
-fn hex(rng: &mut fastrand::Rng, bytes: usize) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        let _ = write!(s, "{:02x}", rng.u8(..));
-    }
-    if s.bytes().all(|b| b == b'0') {
-        s.replace_range(s.len() - 1.., "1");
-    }
+/// A random W3C trace id: 32 hex digits, never all zeros.
+fn trace_id(rng: &mut fastrand::Rng) -> String {
+    let mut s = String::with_capacity(32);
+    let (hi, lo) = (rng.u64(..), rng.u64(..));
+    reprod_scenario::seed::push_hex(&mut s, hi, 16);
+    reprod_scenario::seed::push_hex(&mut s, if hi == 0 { lo.max(1) } else { lo }, 16);
     s
 }
 
