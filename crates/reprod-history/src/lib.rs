@@ -348,7 +348,6 @@ CREATE TABLE violations (
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS ops_key ON ops (key);
 CREATE INDEX IF NOT EXISTS attempts_op ON attempts (op_id);
-CREATE INDEX IF NOT EXISTS attempts_trace ON attempts (trace_id);
 CREATE INDEX IF NOT EXISTS dependency_calls_trace ON dependency_calls (trace_id);
 CREATE INDEX IF NOT EXISTS dependency_calls_key ON dependency_calls (key);
 CREATE INDEX IF NOT EXISTS sink_deliveries_trace ON sink_deliveries (trace_id);
@@ -441,7 +440,7 @@ impl History {
 }
 
 fn write_loop(
-    mut conn: Connection,
+    conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
     path: &Path,
 ) -> Result<WriterStats, HistoryError> {
@@ -450,6 +449,7 @@ fn write_loop(
         source,
     };
     let mut stats = WriterStats::default();
+    let mut inserts = Inserts::prepare(&conn).map_err(fail)?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut closed = false;
     while !closed {
@@ -467,12 +467,15 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let tx = conn.transaction().map_err(fail)?;
         let last_batch = batch.len();
-        insert_batch(&tx, &batch).map_err(fail)?;
+        inserts.begin.raw_execute().map_err(fail)?;
+        if let Err(e) = insert_batch(&conn, &mut inserts, &batch) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(fail(e));
+        }
+        inserts.commit.raw_execute().map_err(fail)?;
         stats.events += batch.len() as u64;
         batch.clear();
-        tx.commit().map_err(fail)?;
         stats.batches += 1;
         // A writer parked on the channel is woken by every send: a futex syscall per event at
         // high rates. Sleeping briefly after a small batch lets events accumulate instead, so
@@ -503,6 +506,54 @@ fn multi_row_insert(table: &str, columns: &str, rows: usize) -> String {
     )
 }
 
+/// The writer's statements, prepared once: `BEGIN`, `COMMIT` and, for each table, one statement for a full
+/// chunk of [`ROWS_PER_INSERT`] rows and one for a single row. Looking statements up in
+/// rusqlite's cache would hash their SQL (thousands of characters) on every chunk.
+struct Inserts<'conn> {
+    begin: rusqlite::Statement<'conn>,
+    commit: rusqlite::Statement<'conn>,
+    ops: [rusqlite::Statement<'conn>; 2],
+    attempts: [rusqlite::Statement<'conn>; 2],
+}
+
+impl<'conn> Inserts<'conn> {
+    fn prepare(conn: &'conn Connection) -> rusqlite::Result<Inserts<'conn>> {
+        let both = |table, columns| -> rusqlite::Result<[rusqlite::Statement<'conn>; 2]> {
+            Ok([
+                conn.prepare(&multi_row_insert(table, columns, ROWS_PER_INSERT))?,
+                conn.prepare(&multi_row_insert(table, columns, 1))?,
+            ])
+        };
+        Ok(Inserts {
+            begin: conn.prepare("BEGIN")?,
+            commit: conn.prepare("COMMIT")?,
+            ops: both("ops", OP_COLUMNS)?,
+            attempts: both("attempts", ATTEMPT_COLUMNS)?,
+        })
+    }
+
+    /// The statement for a chunk from [`statement_chunks`].
+    fn pick<'a>(
+        statements: &'a mut [rusqlite::Statement<'conn>; 2],
+        rows: usize,
+    ) -> &'a mut rusqlite::Statement<'conn> {
+        &mut statements[usize::from(rows != ROWS_PER_INSERT)]
+    }
+}
+
+/// Binds `values` as row `row` (0-based) of a multi-row `INSERT`.
+fn bind_row(
+    statement: &mut rusqlite::Statement<'_>,
+    row: usize,
+    values: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<()> {
+    let first = row * values.len() + 1;
+    for (i, value) in values.iter().enumerate() {
+        statement.raw_bind_parameter(first + i, value)?;
+    }
+    Ok(())
+}
+
 /// Full chunks of [`ROWS_PER_INSERT`], then single rows: two statement shapes per table, so the
 /// statement cache never thrashes on odd remainders.
 fn statement_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
@@ -511,69 +562,73 @@ fn statement_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     full.chain(rest.chunks(1))
 }
 
-fn insert_batch(tx: &rusqlite::Transaction<'_>, batch: &[Event]) -> rusqlite::Result<()> {
-    use rusqlite::ToSql;
+fn insert_batch(
+    conn: &Connection,
+    inserts: &mut Inserts<'_>,
+    batch: &[Event],
+) -> rusqlite::Result<()> {
     let mut ops = Vec::new();
     let mut attempts = Vec::new();
     for event in batch {
         match event {
             Event::Op(o) => ops.push(o),
             Event::Attempt(a) => attempts.push(a),
-            other => insert(tx, other)?,
+            other => insert(conn, other)?,
         }
     }
     for chunk in statement_chunks(&ops) {
-        let outcomes: Vec<&'static str> = chunk.iter().map(|o| o.outcome.as_str()).collect();
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 13);
-        for (o, outcome) in chunk.iter().zip(&outcomes) {
-            values.extend([
-                &o.op_id as &dyn ToSql,
-                &o.caller,
-                &o.key,
-                &o.seq,
-                &o.group_id,
-                &o.intended_start_us,
-                &o.queue_delay_us,
-                &o.started_us,
-                &o.done_us,
-                outcome,
-                &o.attempts,
-                &o.status,
-                &o.trace_id,
-            ]);
+        let statement = Inserts::pick(&mut inserts.ops, chunk.len());
+        for (row, o) in chunk.iter().enumerate() {
+            bind_row(
+                statement,
+                row,
+                &[
+                    &o.op_id,
+                    &o.caller,
+                    &o.key,
+                    &o.seq,
+                    &o.group_id,
+                    &o.intended_start_us,
+                    &o.queue_delay_us,
+                    &o.started_us,
+                    &o.done_us,
+                    &o.outcome.as_str(),
+                    &o.attempts,
+                    &o.status,
+                    &o.trace_id,
+                ],
+            )?;
         }
-        tx.prepare_cached(&multi_row_insert("ops", OP_COLUMNS, chunk.len()))?
-            .execute(values.as_slice())?;
+        statement.raw_execute()?;
     }
     for chunk in statement_chunks(&attempts) {
-        let trace_ids: Vec<&str> = chunk
-            .iter()
-            .map(|a| trace_id_of(&a.traceparent).unwrap_or_default())
-            .collect();
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 12);
-        for (a, trace_id) in chunk.iter().zip(&trace_ids) {
-            values.extend([
-                &a.op_id as &dyn ToSql,
-                &a.n,
-                &a.traceparent,
-                trace_id,
-                &a.instance,
-                &a.version,
-                &a.idempotency_key,
-                &a.sent_us,
-                &a.done_us,
-                &a.status,
-                &a.error,
-                &a.response,
-            ]);
+        let statement = Inserts::pick(&mut inserts.attempts, chunk.len());
+        for (row, a) in chunk.iter().enumerate() {
+            bind_row(
+                statement,
+                row,
+                &[
+                    &a.op_id,
+                    &a.n,
+                    &a.traceparent,
+                    &trace_id_of(&a.traceparent).unwrap_or_default(),
+                    &a.instance,
+                    &a.version,
+                    &a.idempotency_key,
+                    &a.sent_us,
+                    &a.done_us,
+                    &a.status,
+                    &a.error,
+                    &a.response,
+                ],
+            )?;
         }
-        tx.prepare_cached(&multi_row_insert("attempts", ATTEMPT_COLUMNS, chunk.len()))?
-            .execute(values.as_slice())?;
+        statement.raw_execute()?;
     }
     Ok(())
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, event: &Event) -> rusqlite::Result<()> {
+fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
     match event {
         // Batched by `insert_batch`.
         Event::Op(_) | Event::Attempt(_) => {}
