@@ -146,6 +146,8 @@ pub struct DependencyCallRecord {
     pub delay_us: i64,
     /// Fault injected, `None` when none.
     pub fault: Option<String>,
+    /// Index (0-based, in file order) of the dependency's `[[dependency.fault]]` rule that fired.
+    pub fault_rule: Option<i64>,
     /// Status sent back, `None` when none was.
     pub status: Option<i64>,
     /// What the stub or upstream answered before any fault (`None` when it was never
@@ -328,8 +330,8 @@ CREATE TABLE attempts (
 CREATE TABLE dependency_calls (
     call_id INTEGER PRIMARY KEY, dependency TEXT NOT NULL, traceparent TEXT, trace_id TEXT,
     key TEXT, method TEXT NOT NULL, path TEXT NOT NULL, received_us INTEGER NOT NULL,
-    delay_us INTEGER NOT NULL, fault TEXT, status INTEGER, applied_status INTEGER,
-    done_us INTEGER NOT NULL
+    delay_us INTEGER NOT NULL, fault TEXT, fault_rule INTEGER, status INTEGER,
+    applied_status INTEGER, done_us INTEGER NOT NULL
 );
 CREATE TABLE sink_deliveries (
     delivery_id INTEGER PRIMARY KEY, sink TEXT NOT NULL, traceparent TEXT, trace_id TEXT, key TEXT,
@@ -635,8 +637,8 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
         Event::DependencyCall(c) => {
             tx.prepare_cached(
                 "INSERT INTO dependency_calls (dependency, traceparent, trace_id, key, method, path,
-                 received_us, delay_us, fault, status, applied_status, done_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 received_us, delay_us, fault, fault_rule, status, applied_status, done_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 c.dependency,
@@ -648,6 +650,7 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
                 c.received_us,
                 c.delay_us,
                 c.fault,
+                c.fault_rule,
                 c.status,
                 c.applied_status,
                 c.done_us
@@ -737,6 +740,7 @@ mod tests {
                 received_us: 12,
                 delay_us: 5,
                 fault: None,
+                fault_rule: None,
                 status: Some(200),
                 applied_status: Some(200),
                 done_us: 18,

@@ -175,15 +175,15 @@ from = "400ms"
     let recorded = rows(
         history,
         &d,
-        "SELECT key, fault, status, applied_status FROM dependency_calls ORDER BY call_id",
+        "SELECT key, fault, fault_rule, status, applied_status FROM dependency_calls ORDER BY call_id",
     )
     .await;
     assert_eq!(
         recorded,
         [
-            "acct_bad|error 503|503|NULL",
-            "acct_ok|NULL|200|200",
-            "acct_ok|error 500|500|NULL"
+            "acct_bad|error 503|0|503|NULL",
+            "acct_ok|NULL|NULL|200|200",
+            "acct_ok|error 500|1|500|NULL"
         ]
     );
 }
