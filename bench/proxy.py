@@ -3,8 +3,10 @@
 
 Pass-through: oha drives bench-server directly, through reprod's dependency proxy (bench-proxy,
 recording its history as in a run), and through nginx as a reverse proxy (keep-alive upstream),
-at 1 and 16 connections for --seconds each. Reported: median latency added over direct, and
-throughput relative to direct.
+at 1 and 16 connections for --seconds each. Reported: median latency added over direct,
+throughput relative to direct, and the CPU the proxy itself spent per request (user + system,
+from /proc, the proxy's threads and, for nginx, its worker process) -- on a 2-core machine the
+client, the proxy and the upstream share the CPU, so throughput mostly says who is cheapest.
 
 Fidelity: 10,000 calls (200 connections) to a stub shaped p50 20 ms / p95 150 ms / p99 400 ms;
 requested vs achieved percentiles as the client saw them.
@@ -84,6 +86,27 @@ http {{
     sys.exit("nginx did not start")
 
 
+def cpu_seconds(pid):
+    """User + system CPU of process `pid` and its child processes, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def oha(url, connections, seconds=None, total=None):
     argv = ["oha", "--no-tui", "--output-format", "json", "-c", str(connections)]
     argv += ["-z", f"{seconds}s"] if seconds else ["-n", str(total)]
@@ -103,18 +126,24 @@ def main():
     nginx, nginx_url, prefix = start_nginx(upstream)
     try:
         print(f"pass-through, {args.seconds} s per cell; {os.cpu_count()} cores\n")
-        print("| target | connections | median µs | added µs | p99 µs | requests/s | vs direct |")
-        print("|---|---|---|---|---|---|---|")
+        print("| target | connections | median µs | added µs | p99 µs | requests/s | vs direct | proxy CPU µs/req |")
+        print("|---|---|---|---|---|---|---|---|")
+        targets = (("direct", upstream, None), ("reprod proxy", proxy_url, proxy.pid),
+                   ("nginx", nginx_url, nginx.pid))
         for c in (1, 16):
             direct = None
-            for name, url in (("direct", upstream), ("reprod proxy", proxy_url), ("nginx", nginx_url)):
+            for name, url, pid in targets:
+                before = cpu_seconds(pid) if pid else 0.0
                 d = oha(url, c, seconds=args.seconds)
+                spent = cpu_seconds(pid) - before if pid else 0.0
                 p50 = d["latencyPercentiles"]["p50"] * 1e6
                 p99 = d["latencyPercentiles"]["p99"] * 1e6
                 rps = d["summary"]["requestsPerSec"]
+                n = sum(d.get("statusCodeDistribution", {}).values())
+                cpu = f"{spent / n * 1e6:.1f}" if pid and n else "-"
                 if direct is None:
                     direct = (p50, rps)
-                print(f"| {name} | {c} | {p50:.0f} | {p50 - direct[0]:+.0f} | {p99:.0f} | {rps:,.0f} | {rps / direct[1]:.2f}x |", flush=True)
+                print(f"| {name} | {c} | {p50:.0f} | {p50 - direct[0]:+.0f} | {p99:.0f} | {rps:,.0f} | {rps / direct[1]:.2f}x | {cpu} |", flush=True)
     finally:
         for p in (proxy, server):
             p.stdin.close() if p.stdin else None
