@@ -263,6 +263,8 @@ pub enum HistoryError {
 }
 
 /// What travels to the writer thread.
+// `Close` is sent once per run; boxing the event instead would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Msg {
     Event(Event),
