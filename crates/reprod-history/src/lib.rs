@@ -701,6 +701,71 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn many_operations_are_written_in_full_and_partial_chunks() {
+        let dir = std::env::temp_dir().join(format!("reprod-history-many-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("history.sqlite");
+        let info = RunInfo {
+            run_id: "r".into(),
+            scenario: "s".into(),
+            scenario_path: "s.toml".into(),
+            seed: 1,
+            started_at: String::new(),
+            conditions: String::new(),
+            params: String::new(),
+        };
+        let (history, recorder) = History::create(&path, &info).expect("create");
+        for op in 1..=1_000_i64 {
+            let traceparent = format!("00-{op:032x}-{:016x}-01", op + 1);
+            recorder
+                .record(Event::Attempt(AttemptRecord {
+                    op_id: op,
+                    n: 1,
+                    traceparent,
+                    instance: "svc/0".into(),
+                    version: String::new(),
+                    idempotency_key: None,
+                    sent_us: op,
+                    done_us: op + 1,
+                    status: Some(200),
+                    error: None,
+                    response: Some("{}".into()),
+                }))
+                .await;
+            recorder
+                .record(Event::Op(OpRecord {
+                    op_id: op,
+                    caller: "api".into(),
+                    key: format!("k{}", op % 7),
+                    seq: op,
+                    group_id: op,
+                    intended_start_us: op,
+                    queue_delay_us: 0,
+                    started_us: op,
+                    done_us: op + 1,
+                    outcome: Outcome::Ok,
+                    attempts: 1,
+                    status: Some(200),
+                    trace_id: format!("{op:032x}"),
+                }))
+                .await;
+        }
+        history.finish("completed", 2_000).await.expect("finish");
+        let conn = Connection::open(&path).expect("open");
+        let joined: (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), SUM(o.op_id = a.op_id), COUNT(DISTINCT a.attempt_id)
+                 FROM ops o JOIN attempts a ON a.trace_id = o.trace_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("join");
+        assert_eq!(joined, (1_000, 1_000, 1_000));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn events_are_readable_after_finish_and_joinable_by_trace() {
         let dir = std::env::temp_dir().join(format!("reprod-history-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
