@@ -700,22 +700,29 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn many_operations_are_written_in_full_and_partial_chunks() {
-        let dir = std::env::temp_dir().join(format!("reprod-history-many-{}", std::process::id()));
+    /// A fresh history in a directory of its own: (directory, file, history, recorder).
+    fn new_history(name: &str) -> (PathBuf, PathBuf, History, Recorder) {
+        let dir =
+            std::env::temp_dir().join(format!("reprod-history-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("history.sqlite");
         let info = RunInfo {
-            run_id: "r".into(),
+            run_id: "r1".into(),
             scenario: "s".into(),
             scenario_path: "s.toml".into(),
-            seed: 1,
-            started_at: String::new(),
-            conditions: String::new(),
+            seed: 7,
+            started_at: "2026-11-25T00:00:00Z".into(),
+            conditions: "overlap".into(),
             params: String::new(),
         };
         let (history, recorder) = History::create(&path, &info).expect("create");
+        (dir, path, history, recorder)
+    }
+
+    #[tokio::test]
+    async fn many_operations_are_written_in_full_and_partial_chunks() {
+        let (dir, path, history, recorder) = new_history("many");
         for op in 1..=1_000_i64 {
             let traceparent = format!("00-{op:032x}-{:016x}-01", op + 1);
             recorder
@@ -767,20 +774,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_readable_after_finish_and_joinable_by_trace() {
-        let dir = std::env::temp_dir().join(format!("reprod-history-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("history.sqlite");
-        let info = RunInfo {
-            run_id: "r1".into(),
-            scenario: "s".into(),
-            scenario_path: "s.toml".into(),
-            seed: 7,
-            started_at: "2026-11-25T00:00:00Z".into(),
-            conditions: "overlap".into(),
-            params: String::new(),
-        };
-        let (history, recorder) = History::create(&path, &info).expect("create");
+        let (dir, path, history, recorder) = new_history("test");
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         recorder
             .record(Event::Attempt(AttemptRecord {
