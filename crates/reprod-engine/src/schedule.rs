@@ -143,22 +143,17 @@ impl CallerGen {
 
     /// How many operations this caller has left, and the intended start of the latest,
     /// without building them.
-    fn count_rest(&mut self) -> (u64, i64) {
+    fn count_rest(&mut self) -> (u64, Option<i64>) {
         let mut count = self.pending.len() as u64;
-        let mut last = self
-            .pending
-            .iter()
-            .map(|Reverse((at, ..))| *at)
-            .max()
-            .unwrap_or(i64::MIN);
+        let mut last = self.pending.iter().map(|Reverse((at, ..))| *at).max();
         self.pending.clear();
         while let Some(t) = self.next_arrival {
             self.draw_arrival(t, |at, _| {
                 count += 1;
-                last = last.max(at);
+                last = last.max(Some(at));
             });
         }
-        (count, last + self.delay_us)
+        (count, last.map(|at| at + self.delay_us))
     }
 
     /// Next op of this caller in time order: (time, key index, arrival number).
@@ -237,14 +232,12 @@ impl Schedule {
         self.heads.clear();
         for caller in &mut self.callers {
             let (n, at) = caller.count_rest();
-            if n > 0 {
-                count += n;
-                last = last.max(Some(at));
-            }
+            count += n;
+            last = last.max(at);
         }
         let left = self.max_ops.saturating_sub(self.emitted);
         // Cut by `max_ops`, the latest of those left is not known without ordering them.
-        let last = last.filter(|_| count > 0 && count <= left);
+        let last = last.filter(|_| count <= left);
         let count = count.min(left);
         self.emitted += count;
         (count, last)
