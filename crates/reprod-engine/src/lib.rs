@@ -159,13 +159,7 @@ pub async fn run(input: Input<'_>) -> Stats {
                     .map(|t| Arc::clone(&pools[&t.url]))
                     .collect(),
                 balance: scenario.services[c.service].balance,
-                uses_uuid: {
-                    let r = &c.request;
-                    let uuid = |v: &Var| *v == Var::Uuid;
-                    r.path.uses(uuid)
-                        || r.body.as_ref().is_some_and(|b| b.uses(uuid))
-                        || r.headers.iter().any(|(_, h)| h.uses(uuid))
-                },
+                uses_uuid: c.request.uses(|v| *v == Var::Uuid),
                 round_robin: AtomicUsize::new(0),
                 ops_started: AtomicU64::new(0),
                 retries_used: AtomicU64::new(0),

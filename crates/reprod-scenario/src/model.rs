@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::template::Template;
+use crate::template::{Template, Var};
 
 /// A loaded, validated scenario.
 #[derive(Clone, Debug)]
@@ -141,6 +141,15 @@ pub struct RequestTemplate {
     pub headers: Vec<(String, Template)>,
     /// Body, sent with `content-type: application/json` unless a header says otherwise.
     pub body: Option<Template>,
+}
+
+impl RequestTemplate {
+    /// Whether the path, a header or the body has a placeholder that satisfies `pred`.
+    pub fn uses(&self, pred: impl Fn(&Var) -> bool) -> bool {
+        self.path.uses(&pred)
+            || self.headers.iter().any(|(_, h)| h.uses(&pred))
+            || self.body.as_ref().is_some_and(|b| b.uses(&pred))
+    }
 }
 
 /// Arrival process of a caller.
