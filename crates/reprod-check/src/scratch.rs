@@ -8,13 +8,8 @@ use sqlx::{ConnectOptions, Connection};
 
 /// Creates database `name` on the server `admin_url` points at; returns its URL.
 pub async fn create(admin_url: &str, name: &str) -> Result<String, String> {
-    check_name(name)?;
-    let mut conn = connect(admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| format!("cannot create database {name}: {e}"))?;
-    let _ = conn.close().await;
+    let sql = format!("CREATE DATABASE \"{name}\"");
+    administer(admin_url, name, "create", &sql).await?;
     let mut url = url::Url::parse(admin_url).map_err(|e| format!("bad database URL: {e}"))?;
     url.set_path(&format!("/{name}"));
     Ok(url.to_string())
@@ -22,14 +17,21 @@ pub async fn create(admin_url: &str, name: &str) -> Result<String, String> {
 
 /// Drops database `name` (and the connections still open to it).
 pub async fn drop(admin_url: &str, name: &str) -> Result<(), String> {
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    administer(admin_url, name, "drop", &sql).await
+}
+
+/// Checks `name`, then runs `sql` (which does `verb` to database `name`) on its own connection.
+async fn administer(admin_url: &str, name: &str, verb: &str, sql: &str) -> Result<(), String> {
     check_name(name)?;
     let mut conn = connect(admin_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+    let done = sqlx::query(sql)
         .execute(&mut conn)
         .await
-        .map_err(|e| format!("cannot drop database {name}: {e}"))?;
+        .map(|_| ())
+        .map_err(|e| format!("cannot {verb} database {name}: {e}"));
     let _ = conn.close().await;
-    Ok(())
+    done
 }
 
 async fn connect(admin_url: &str) -> Result<PgConnection, String> {
