@@ -102,6 +102,9 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
             }
         )));
     }
+    // The timelines read by key and trace id. A history that cannot be written (a read-only
+    // copy) is read without indexes: the same answers, found more slowly.
+    let _ = reprod_history::read::index(&history);
     let conn = Connection::open_with_flags(&history, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| ExplainError(format!("cannot open {}: {e}", history.display())))?;
     let q = |e: rusqlite::Error| ExplainError(format!("reading {}: {e}", history.display()));

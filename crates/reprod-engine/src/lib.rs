@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reprod_history::{AttemptRecord, Event, OpRecord, Outcome, Recorder, RunClock};
+use reprod_history::ids::{self, TraceId};
+use reprod_history::{AttemptRecord, Event, Name, OpRecord, Outcome, Recorder, RunClock, Snippet};
 use reprod_http as http;
 use reprod_scenario::{Backoff, Balance, Caller, IdempotencyMode, Jitter, Scenario, Template, Var};
 use reprod_services::Target;
@@ -50,8 +51,20 @@ pub struct Live {
     pub attempts: AtomicU64,
     /// Attempts after the first.
     pub retries: AtomicU64,
-    /// Latencies since the display last took them.
-    pub window: Mutex<Histogram>,
+    /// Latency and lag of every operation, and the latencies since the display last took
+    /// them: one lock per operation for all three.
+    timings: Mutex<Timings>,
+}
+
+impl Live {
+    /// The latencies recorded since the last call.
+    pub fn take_window(&self) -> Histogram {
+        std::mem::take(&mut self.lock_timings().window)
+    }
+
+    fn lock_timings(&self) -> std::sync::MutexGuard<'_, Timings> {
+        self.timings.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What the engine measured.
@@ -103,13 +116,21 @@ pub struct Input<'a> {
 
 struct CallerRt {
     spec: Caller,
+    /// The caller's and its key prefix's names in the history.
+    name: Name,
+    key_prefix: Name,
     targets: Vec<Target>,
+    /// Each target's instance and version names in the history, same order.
+    target_names: Vec<(Name, Name)>,
     /// One connection pool per target, same order.
     pools: Vec<Arc<http::Pool>>,
     balance: Balance,
     /// Whether a request template uses `{uuid}`: drawing and formatting one per operation is
     /// skipped otherwise.
     uses_uuid: bool,
+    /// Whether anything needs an operation's key as text (a template, balancing by key, key
+    /// locks); the history records it as prefix and number.
+    needs_key: bool,
     round_robin: AtomicUsize,
     ops_started: AtomicU64,
     retries_used: AtomicU64,
@@ -121,8 +142,6 @@ struct Shared {
     clock: RunClock,
     recorder: Recorder,
     live: Arc<Live>,
-    /// Latency and lag of every operation; the counts live in `live` alone.
-    timings: Mutex<Timings>,
     key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -135,7 +154,7 @@ pub async fn run(input: Input<'_>) -> Stats {
         clock,
         recorder,
         live,
-        mut stop,
+        stop,
     } = input;
     let mut pools: HashMap<String, Arc<http::Pool>> = HashMap::new();
     for target in targets.iter().flatten() {
@@ -153,13 +172,22 @@ pub async fn run(input: Input<'_>) -> Stats {
             .iter()
             .map(|c| CallerRt {
                 spec: c.clone(),
+                name: recorder.name(&c.name),
+                key_prefix: recorder.name(&c.keys.prefix),
                 targets: targets[c.service].clone(),
+                target_names: targets[c.service]
+                    .iter()
+                    .map(|t| (recorder.name(&t.instance), recorder.name(&t.version)))
+                    .collect(),
                 pools: targets[c.service]
                     .iter()
                     .map(|t| Arc::clone(&pools[&t.url]))
                     .collect(),
                 balance: scenario.services[c.service].balance,
                 uses_uuid: c.request.uses(|v| *v == Var::Uuid),
+                needs_key: c.request.uses(|v| *v == Var::Key)
+                    || scenario.services[c.service].balance == Balance::Key
+                    || scenario.serialize_keys,
                 round_robin: AtomicUsize::new(0),
                 ops_started: AtomicU64::new(0),
                 retries_used: AtomicU64::new(0),
@@ -168,12 +196,9 @@ pub async fn run(input: Input<'_>) -> Stats {
         clock,
         recorder,
         live,
-        timings: Mutex::new(Timings::default()),
         key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
     });
     let limit = Arc::new(Semaphore::new(scenario.max_in_flight));
-    let mut first_intended = None;
-    let mut last_intended = 0;
     // The run is bounded in wall-clock time too: an operation that could not be sent within a
     // second of the end of the schedule is not sent at all, and counted.
     let max_delay_us = scenario
@@ -183,44 +208,28 @@ pub async fn run(input: Input<'_>) -> Stats {
         .max()
         .unwrap_or(0);
     let deadline_us = scenario.duration.as_micros() as i64 + max_delay_us + 1_000_000;
-    let mut schedule = Schedule::new(scenario);
-    let mut unsent = 0;
-    while let Some(op) = schedule.next() {
-        if *stop.borrow() {
-            break;
-        }
-        if clock.now_us() > deadline_us {
-            let (rest, last) = schedule.count_rest();
-            unsent = 1 + rest;
-            last_intended = last.unwrap_or(op.at_us);
-            break;
-        }
-        first_intended.get_or_insert(op.at_us);
-        last_intended = op.at_us;
-        let at = clock.instant_at(op.at_us);
-        if at > tokio::time::Instant::now().into_std() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {}
-                _ = stop.changed() => break,
-            }
-        }
-        let permit = tokio::select! {
-            permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = stop.changed() => break,
-        };
-        let shared = Arc::clone(&shared);
-        let op_stop = stop.clone();
-        tokio::spawn(async move {
-            run_op(&shared, op, op_stop).await;
-            drop(permit);
-        });
-    }
+    // The dispatcher is a task of its own: it is woken for every operation that ends while
+    // the in-flight bound is reached, and whatever awaits `run` (a select over interrupts and
+    // service deaths) should not be polled that often.
+    let dispatcher = tokio::spawn(dispatch(
+        Schedule::new(scenario),
+        Arc::clone(&shared),
+        Arc::clone(&limit),
+        stop,
+        deadline_us,
+    ));
+    let dispatched = match dispatcher.await {
+        Ok(dispatched) => dispatched,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels it.
+        Err(_) => Dispatched::default(),
+    };
     // Every in-flight operation holds a permit; having them all back means all have ended.
     let _all = limit
         .acquire_many(scenario.max_in_flight as u32)
         .await
         .expect("semaphore is never closed");
-    let timings = std::mem::take(&mut *shared.timings.lock().unwrap_or_else(|p| p.into_inner()));
+    let timings = std::mem::take(&mut *shared.live.lock_timings());
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let live = &shared.live;
     Stats {
@@ -232,11 +241,67 @@ pub async fn run(input: Input<'_>) -> Stats {
         retries: count(&live.retries),
         latency: timings.latency,
         lag: timings.lag,
-        first_intended_us: first_intended.unwrap_or(0),
-        last_intended_us: last_intended,
+        first_intended_us: dispatched.first_intended_us.unwrap_or(0),
+        last_intended_us: dispatched.last_intended_us,
         load_end_us: clock.now_us(),
-        unsent,
+        unsent: dispatched.unsent,
     }
+}
+
+/// What dispatching the schedule did.
+#[derive(Debug, Default)]
+struct Dispatched {
+    first_intended_us: Option<i64>,
+    last_intended_us: i64,
+    unsent: u64,
+}
+
+/// Starts every scheduled operation at its time (or as soon after as the in-flight bound
+/// allows) until the schedule ends, `stop`, or `deadline_us`.
+async fn dispatch(
+    mut schedule: Schedule,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    deadline_us: i64,
+) -> Dispatched {
+    let clock = shared.clock;
+    let mut done = Dispatched::default();
+    while let Some(op) = schedule.next() {
+        if *stop.borrow() {
+            break;
+        }
+        if clock.now_us() > deadline_us {
+            let (rest, last) = schedule.count_rest();
+            done.unsent = 1 + rest;
+            done.last_intended_us = last.unwrap_or(op.at_us);
+            break;
+        }
+        done.first_intended_us.get_or_insert(op.at_us);
+        done.last_intended_us = op.at_us;
+        let at = clock.instant_at(op.at_us);
+        if at > tokio::time::Instant::now().into_std() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        // A free permit needs no waiting, and no waiting on `stop` beside it.
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore is never closed"),
+                _ = stop.changed() => break,
+            },
+        };
+        let shared = Arc::clone(&shared);
+        let op_stop = stop.clone();
+        tokio::spawn(async move {
+            run_op(&shared, op, op_stop).await;
+            drop(permit);
+        });
+    }
+    done
 }
 
 /// Per-operation timings, kept in fixed-size histograms.
@@ -244,6 +309,7 @@ pub async fn run(input: Input<'_>) -> Stats {
 struct Timings {
     latency: Histogram,
     lag: Histogram,
+    window: Histogram,
 }
 
 /// How one attempt ended.
@@ -258,12 +324,14 @@ enum AttemptEnd {
 async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>) {
     let caller = &shared.callers[op.caller];
     let spec = &caller.spec;
-    let key = {
+    let key = if caller.needs_key {
         use std::fmt::Write as _;
         let mut key = String::with_capacity(spec.keys.prefix.len() + 20);
         key.push_str(&spec.keys.prefix);
         let _ = write!(key, "{}", op.key_index);
         key
+    } else {
+        String::new()
     };
     let _key_guard = match &shared.key_locks {
         Some(locks) => {
@@ -280,7 +348,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
     };
     let op_seed = mix(shared.seed, op.op_id.wrapping_add(1 << 32));
     let mut rng = fastrand::Rng::with_seed(op_seed);
-    let trace_id = trace_id(&mut rng);
+    let trace_id = TraceId::from_words(rng.u64(..), rng.u64(..));
     let op_uuid = if caller.uses_uuid {
         uuid(&mut rng)
     } else {
@@ -290,20 +358,17 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
     caller.ops_started.fetch_add(1, Ordering::Relaxed);
 
     let mut started_us = None;
+    let mut done_us = 0;
     let mut outcome = Outcome::Failed;
     let mut ambiguous_seen = false;
     let mut last_status = None;
     let mut attempts = 0;
     for n in 1..=spec.retry.attempts {
         attempts = n;
-        let (target, pool) = pick(caller, &key, &mut rng);
-        let mut traceparent = String::with_capacity(55);
-        traceparent.push_str("00-");
-        traceparent.push_str(&trace_id);
-        traceparent.push('-');
+        let target = pick(caller, &key, &mut rng);
+        let pool = &caller.pools[target];
         // The span id, never all zeros.
-        reprod_scenario::seed::push_hex(&mut traceparent, rng.u64(..).max(1), 16);
-        traceparent.push_str("-01");
+        let span_id = rng.u64(..).max(1);
         let idempotency_key = match spec.idempotency.mode {
             IdempotencyMode::None => None,
             IdempotencyMode::PerOp => op_idempotency.clone(),
@@ -319,7 +384,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             // Same choices on every attempt of an operation: a retry resends the same request.
             choice_seed: mix(op_seed, 7),
         };
-        let request = build_request(spec, pool.host(), &vars, &traceparent);
+        let request = build_request(spec, pool.host(), &vars, trace_id, span_id);
         let sent_us = shared.clock.now_us();
         started_us.get_or_insert(sent_us);
         shared.live.attempts.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +404,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             }
             Err(e) => (AttemptEnd::Transport(e), None),
         };
-        let done_us = shared.clock.now_us();
+        done_us = shared.clock.now_us();
         let (status, error) = match &end {
             AttemptEnd::Status(s, _) => (Some(i64::from(*s)), None),
             AttemptEnd::Timeout => (
@@ -351,22 +416,23 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             AttemptEnd::Stopped => (None, Some("interrupted".to_string())),
         };
         last_status = status;
-        shared
-            .recorder
-            .record(Event::Attempt(AttemptRecord {
+        let (instance, version) = caller.target_names[target];
+        if let Some(slot) = shared.recorder.reserve().await {
+            slot.record(Event::Attempt(AttemptRecord {
                 op_id: op.op_id as i64,
                 n: i64::from(n),
-                traceparent,
-                instance: target.instance.clone(),
-                version: target.version.clone(),
+                trace_id,
+                span_id,
+                instance,
+                version,
                 idempotency_key,
                 sent_us,
                 done_us,
                 status,
                 error,
                 response,
-            }))
-            .await;
+            }));
+        }
         let on = &spec.retry.on;
         let (retryable, retry_after) = match end {
             AttemptEnd::Status(s, _) if (200..300).contains(&s) => {
@@ -402,18 +468,19 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => break,
         }
+        // Waiting for the next attempt is part of the operation.
+        done_us = shared.clock.now_us();
     }
     if outcome != Outcome::Ok && ambiguous_seen {
         outcome = Outcome::Ambiguous;
     }
-    let done_us = shared.clock.now_us();
     let started_us = started_us.unwrap_or(done_us);
-    shared
-        .recorder
-        .record(Event::Op(OpRecord {
+    if let Some(slot) = shared.recorder.reserve().await {
+        slot.record(Event::Op(OpRecord {
             op_id: op.op_id as i64,
-            caller: spec.name.clone(),
-            key,
+            caller: caller.name,
+            key_prefix: caller.key_prefix,
+            key_index: op.key_index,
             seq: op.seq as i64,
             group_id: op.group as i64,
             intended_start_us: op.at_us,
@@ -424,8 +491,8 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             attempts: i64::from(attempts),
             status: last_status,
             trace_id,
-        }))
-        .await;
+        }));
+    }
     let latency_us = (done_us - op.at_us).max(0) as u64;
     let lag_us = (started_us - op.at_us).max(0) as u64;
     let live = &shared.live;
@@ -435,12 +502,9 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
         Outcome::Failed => live.failed.fetch_add(1, Ordering::Relaxed),
         Outcome::Ambiguous => live.ambiguous.fetch_add(1, Ordering::Relaxed),
     };
-    live.window
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .record(latency_us);
-    let mut t = shared.timings.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = live.lock_timings();
     t.latency.record(latency_us);
+    t.window.record(latency_us);
     t.lag.record(lag_us);
 }
 
@@ -483,18 +547,14 @@ fn backoff(
     }
 }
 
-fn pick<'a>(
-    caller: &'a CallerRt,
-    key: &str,
-    rng: &mut fastrand::Rng,
-) -> (&'a Target, &'a http::Pool) {
+/// The index of the target (and pool) an attempt goes to.
+fn pick(caller: &CallerRt, key: &str, rng: &mut fastrand::Rng) -> usize {
     let n = caller.targets.len();
-    let i = match caller.balance {
+    match caller.balance {
         Balance::RoundRobin => caller.round_robin.fetch_add(1, Ordering::Relaxed) % n,
         Balance::Random => rng.usize(..n),
         Balance::Key => (fnv1a(key.as_bytes()) % n as u64) as usize,
-    };
-    (&caller.targets[i], &caller.pools[i])
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -546,9 +606,10 @@ fn build_request(
     spec: &Caller,
     host: &str,
     vars: &Vars<'_>,
-    traceparent: &str,
+    trace_id: TraceId,
+    span_id: u64,
 ) -> Result<Vec<u8>, String> {
-    use std::io::Write as _;
+    use std::fmt::Write as _;
     let mut choices = fastrand::Rng::with_seed(vars.choice_seed);
     let path = render(&spec.request.path, vars, &mut choices);
     let body = spec
@@ -556,18 +617,25 @@ fn build_request(
         .body
         .as_ref()
         .map(|t| render(t, vars, &mut choices));
-    let mut out = Vec::with_capacity(256 + body.as_ref().map_or(0, String::len));
+    let mut out = String::with_capacity(256 + body.as_ref().map_or(0, String::len));
     let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
     if !clean(&path) || path.contains(' ') {
         return Err(format!(
             "the rendered path {path:?} contains spaces or line breaks"
         ));
     }
-    let _ = write!(
-        out,
-        "{} {path} HTTP/1.1\r\nhost: {host}\r\ntraceparent: {traceparent}\r\nx-retry-attempt: {}\r\n",
-        spec.request.method, vars.attempt
-    );
+    for part in [
+        &spec.request.method,
+        " ",
+        &path,
+        " HTTP/1.1\r\nhost: ",
+        host,
+    ] {
+        out.push_str(part);
+    }
+    out.push_str("\r\ntraceparent: ");
+    ids::push_traceparent(&mut out, trace_id, span_id);
+    let _ = write!(out, "\r\nx-retry-attempt: {}\r\n", vars.attempt);
     let mut has_content_type = false;
     for (name, value) in &spec.request.headers {
         has_content_type |= name == "content-type";
@@ -585,17 +653,17 @@ fn build_request(
     match &body {
         Some(body) => {
             if !has_content_type {
-                out.extend_from_slice(b"content-type: application/json\r\n");
+                out.push_str("content-type: application/json\r\n");
             }
             let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
-            out.extend_from_slice(body.as_bytes());
+            out.push_str(body);
         }
         None if matches!(spec.request.method.as_str(), "POST" | "PUT" | "PATCH") => {
-            out.extend_from_slice(b"content-length: 0\r\n\r\n");
+            out.push_str("content-length: 0\r\n\r\n");
         }
-        None => out.extend_from_slice(b"\r\n"),
+        None => out.push_str("\r\n"),
     }
-    Ok(out)
+    Ok(out.into_bytes())
 }
 
 async fn send(
@@ -604,12 +672,12 @@ async fn send(
     head_only: bool,
     timeout: Duration,
     stop: &mut watch::Receiver<bool>,
-) -> (AttemptEnd, Option<String>) {
+) -> (AttemptEnd, Option<Snippet>) {
     tokio::select! {
         result = tokio::time::timeout(timeout, pool.exchange(request, head_only)) => match result {
             Ok(Ok(response)) => {
                 let kept = &response.body[..response.body.len().min(KEPT_RESPONSE_BYTES)];
-                (AttemptEnd::Status(response.status, response.retry_after), Some(String::from_utf8_lossy(kept).into_owned()))
+                (AttemptEnd::Status(response.status, response.retry_after), Some(Snippet::new(&String::from_utf8_lossy(kept))))
             }
             Ok(Err(http::HttpError::Connect(e))) => (AttemptEnd::Connect(e), None),
             Ok(Err(http::HttpError::Transport(e))) => (AttemptEnd::Transport(e), None),
@@ -619,18 +687,9 @@ async fn send(
     }
 }
 
-/// A random W3C trace id: 32 hex digits, never all zeros.
-fn trace_id(rng: &mut fastrand::Rng) -> String {
-    let mut s = String::with_capacity(32);
-    let (hi, lo) = (rng.u64(..), rng.u64(..));
-    reprod_scenario::seed::push_hex(&mut s, hi, 16);
-    reprod_scenario::seed::push_hex(&mut s, if hi == 0 { lo.max(1) } else { lo }, 16);
-    s
-}
-
 /// A version-4 UUID from `rng`.
 pub fn uuid(rng: &mut fastrand::Rng) -> String {
-    reprod_scenario::seed::uuid(rng.u64(..), rng.u64(..))
+    ids::uuid(rng.u64(..), rng.u64(..))
 }
 
 /// A scenario with one external service and `extra` (callers and more), for tests.

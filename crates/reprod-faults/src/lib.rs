@@ -290,7 +290,9 @@ impl CallGuard<'_> {
             record.status = status;
             record.applied_status = applied_status;
             record.done_us = self.clock.now_us();
-            self.recorder.record(Event::DependencyCall(record)).await;
+            self.recorder
+                .record(Event::DependencyCall(Box::new(record)))
+                .await;
         }
     }
 }
@@ -300,7 +302,8 @@ impl Drop for CallGuard<'_> {
         if let Some(mut record) = self.record.take() {
             record.done_us = self.clock.now_us();
             record.fault = Some(record.fault.unwrap_or_else(|| "caller_gone".to_string()));
-            self.recorder.try_record(Event::DependencyCall(record));
+            self.recorder
+                .try_record(Event::DependencyCall(Box::new(record)));
         }
     }
 }
@@ -350,7 +353,7 @@ impl Endpoint {
                         !seen.insert(k.clone())
                     });
                 self.recorder
-                    .record(Event::SinkDelivery(SinkDeliveryRecord {
+                    .record(Event::SinkDelivery(Box::new(SinkDeliveryRecord {
                         sink: self.name.clone(),
                         traceparent,
                         key,
@@ -360,7 +363,7 @@ impl Endpoint {
                         duplicate,
                         headers: headers_text(&parts.headers),
                         body: String::from_utf8_lossy(kept).into_owned(),
-                    }))
+                    })))
                     .await;
                 Ok(respond(self.status, &[], Bytes::from_static(b"{}")))
             }
@@ -611,7 +614,7 @@ fn render_stub(template: &Template, key: Option<&str>, rng: &mut fastrand::Rng) 
         .render(|var, out| {
             match var {
                 Var::Key => out.push_str(key.unwrap_or("")),
-                Var::Uuid => out.push_str(&reprod_scenario::seed::uuid(rng.u64(..), rng.u64(..))),
+                Var::Uuid => out.push_str(&reprod_history::ids::uuid(rng.u64(..), rng.u64(..))),
                 Var::Choice(options) => out.push_str(&options[rng.usize(..options.len())]),
                 _ => return false,
             }

@@ -379,14 +379,14 @@ async fn start_replica(
     })?;
     let pid = child.id().unwrap_or(0);
     let event = |at_us, event: &str, detail: String| {
-        Event::Service(ServiceEventRecord {
+        Event::Service(Box::new(ServiceEventRecord {
             service: spec.service.to_string(),
             replica: i64::from(spec.replica),
             version: spec.version.to_string(),
             at_us,
             event: event.to_string(),
             detail,
-        })
+        }))
     };
     recorder
         .record(event(
@@ -492,14 +492,14 @@ async fn start_replica(
     let tail_for_death = Arc::clone(&tail);
     tokio::spawn(async move {
         let record = |at_us, event: &str, detail: String| {
-            Event::Service(ServiceEventRecord {
+            Event::Service(Box::new(ServiceEventRecord {
                 service: service.clone(),
                 replica: i64::from(replica),
                 version: version.clone(),
                 at_us,
                 event: event.to_string(),
                 detail,
-            })
+            }))
         };
         tokio::select! {
             status = child.wait() => {

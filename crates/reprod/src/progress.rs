@@ -39,7 +39,7 @@ pub async fn show(
         let finished = live.done.load(Ordering::Relaxed);
         let rate = (finished - last_done) as f64 / (now - last_at).max(1e-3);
         (last_done, last_at) = (finished, now);
-        let window = std::mem::take(&mut *live.window.lock().unwrap_or_else(|p| p.into_inner()));
+        let window = live.take_window();
         let line = line(&live, &window, now, planned_s, rate);
         let mut err = std::io::stderr().lock();
         if terminal {

@@ -113,18 +113,21 @@ fn naive_invoices_violate_both_invariants_and_exit_1() {
         1
     );
     assert!(scalar(&history, "SELECT COUNT(*) FROM attempts") >= ops);
-    // Every usage call joins back to the attempt whose request caused it, by trace.
+    // Every usage call joins back to the operation (and so the attempts) whose request caused
+    // it, by trace id.
     let calls = scalar(
         &history,
         "SELECT COUNT(*) FROM dependency_calls WHERE dependency = 'usage'",
     );
     let joined = scalar(
         &history,
-        "SELECT COUNT(*) FROM dependency_calls d WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.trace_id = d.trace_id)",
+        "SELECT COUNT(*) FROM dependency_calls d WHERE EXISTS (
+             SELECT 1 FROM ops o JOIN attempts a USING (op_id)
+             WHERE o.trace_id = d.trace_id AND substr(a.traceparent, 4, 32) = d.trace_id)",
     );
     assert!(
         calls > 0 && joined == calls,
-        "{joined} of {calls} usage calls joined to an attempt"
+        "{joined} of {calls} usage calls joined to an operation and its attempt"
     );
     assert!(
         scalar(
