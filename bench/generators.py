@@ -2,8 +2,9 @@
 """Generator efficiency: reprod vs wrk vs oha against the same minimal HTTP server, in one run.
 
 For each tool and mode it reports requests sent, achieved rate, generator CPU per request
-(user + system time of the generator process and its threads, from wait4) and peak RSS. reprod
-records its full history (SQLite) while it runs; wrk and oha record nothing.
+(user + system time of the generator process and its threads, from wait4, and the two parts)
+and peak RSS. reprod records its full history (SQLite) while it runs; wrk and oha record
+nothing.
 
 Modes:
   max   -- as fast as possible over 50 connections (reprod: an open-model rate far above
@@ -42,7 +43,8 @@ def start_server():
 
 
 def measure(argv, sample_rss=None):
-    """Runs argv to completion; returns (stdout, cpu seconds, peak RSS MiB, rss samples)."""
+    """Runs argv to completion; returns (stdout, (user, system) CPU seconds, peak RSS MiB,
+    rss samples, exit code)."""
     out = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
     samples = []
@@ -59,7 +61,7 @@ def measure(argv, sample_rss=None):
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
-    return out.read(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, samples, proc.returncode
+    return out.read(), (usage.ru_utime, usage.ru_stime), usage.ru_maxrss / 1024, samples, proc.returncode
 
 
 def reprod_scenario(url, rate, in_flight, seconds):
@@ -125,8 +127,9 @@ def run_oha(url, seconds, rate=None):
 
 def row(tool, mode, n, elapsed, cpu, rss):
     rate = n / elapsed if elapsed else 0
-    us = cpu / n * 1e6 if n else float("nan")
-    print(f"| {tool:<6} | {mode:<9} | {n:>9} | {rate:>10.0f} | {us:>12.1f} | {rss:>8.1f} |", flush=True)
+    user, system = (t / n * 1e6 if n else float("nan") for t in cpu)
+    print(f"| {tool:<6} | {mode:<9} | {n:>9} | {rate:>10.0f} | {user + system:>10.1f} | "
+          f"{user:>5.1f} | {system:>5.1f} | {rss:>8.1f} |", flush=True)
 
 
 def main():
@@ -141,8 +144,8 @@ def main():
     server, url = start_server()
     try:
         print(f"target: bench-server at {url}; {args.seconds} s per run; {os.cpu_count()} cores\n")
-        print("| tool   | mode      | requests  | achieved/s | CPU µs/req   | peak MiB |")
-        print("|--------|-----------|-----------|------------|--------------|----------|")
+        print("| tool   | mode      | requests  | achieved/s | CPU µs/req | user  | sys   | peak MiB |")
+        print("|--------|-----------|-----------|------------|------------|-------|-------|----------|")
         n, el, cpu, rss, _, _ = run_reprod(url, 1_000_000, args.seconds)
         row("reprod", "max", n, el, cpu, rss)
         row("wrk", "max", *run_wrk(url, args.seconds))
@@ -150,8 +153,8 @@ def main():
         n, el, cpu, rss, _, summary = run_reprod(url, 5000, args.seconds)
         row("reprod", "5000/s", n, el, cpu, rss)
         print(f"|        |           | lag p99 {summary['schedule_lag_ms']['p99']:.2f} ms, "
-              f"offered {summary['offered_rps']:.0f}/s |              |          |")
-        print(f"| wrk    | 5000/s    |       n/a (wrk cannot pace a fixed rate)                   |")
+              f"offered {summary['offered_rps']:.0f}/s |            |       |       |          |")
+        print(f"| wrk    | 5000/s    |       n/a (wrk cannot pace a fixed rate)                                   |")
         row("oha", "5000/s", *run_oha(url, args.seconds, rate=5000))
         if not args.skip_soak:
             print(f"\nsoak: reprod at 2000/s for {args.soak} s, RSS every 10 s")
@@ -161,7 +164,7 @@ def main():
                 later = [m for t, m in samples if t >= 30]
                 if later:
                     print(f"  after 30 s: min {min(later):.1f} MiB, max {max(later):.1f} MiB; "
-                          f"{n} requests, {cpu / n * 1e6:.1f} µs CPU each")
+                          f"{n} requests, {sum(cpu) / n * 1e6:.1f} µs CPU each")
     finally:
         server.kill()
         server.wait()
