@@ -584,7 +584,16 @@ pub struct Vars<'a> {
 
 /// Renders a request template for one attempt.
 pub fn render(t: &Template, vars: &Vars<'_>, choices: &mut fastrand::Rng) -> String {
-    t.render(|var, out| {
+    let mut out = String::new();
+    render_into(&mut out, t, vars, choices);
+    out
+}
+
+/// [`render`], appending to `out`.
+fn render_into(out: &mut String, t: &Template, vars: &Vars<'_>, choices: &mut fastrand::Rng) {
+    // Scenario validation only lets request placeholders into request templates, so every
+    // one renders.
+    let _ = t.render_into(out, |var, out| {
         match var {
             Var::Key => out.push_str(vars.key),
             Var::Op => out.push_str(&vars.op.to_string()),
@@ -596,9 +605,7 @@ pub fn render(t: &Template, vars: &Vars<'_>, choices: &mut fastrand::Rng) -> Str
             _ => return false,
         }
         true
-    })
-    // Scenario validation only lets request placeholders into request templates.
-    .unwrap_or_default()
+    });
 }
 
 /// The request bytes of one attempt: request line, headers, body.
@@ -611,28 +618,27 @@ fn build_request(
 ) -> Result<Vec<u8>, String> {
     use std::fmt::Write as _;
     let mut choices = fastrand::Rng::with_seed(vars.choice_seed);
-    let path = render(&spec.request.path, vars, &mut choices);
+    let mut out = String::with_capacity(256);
+    out.push_str(&spec.request.method);
+    out.push(' ');
+    // The path is rendered in place; the body (after it in the draws) once the path is.
+    let path_start = out.len();
+    render_into(&mut out, &spec.request.path, vars, &mut choices);
     let body = spec
         .request
         .body
         .as_ref()
         .map(|t| render(t, vars, &mut choices));
-    let mut out = String::with_capacity(256 + body.as_ref().map_or(0, String::len));
+    out.reserve(body.as_ref().map_or(0, String::len));
     let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
-    if !clean(&path) || path.contains(' ') {
+    let path = &out[path_start..];
+    if !clean(path) || path.contains(' ') {
         return Err(format!(
             "the rendered path {path:?} contains spaces or line breaks"
         ));
     }
-    for part in [
-        &spec.request.method,
-        " ",
-        &path,
-        " HTTP/1.1\r\nhost: ",
-        host,
-    ] {
-        out.push_str(part);
-    }
+    out.push_str(" HTTP/1.1\r\nhost: ");
+    out.push_str(host);
     out.push_str("\r\ntraceparent: ");
     ids::push_traceparent(&mut out, trace_id, span_id);
     let _ = write!(out, "\r\nx-retry-attempt: {}\r\n", vars.attempt);

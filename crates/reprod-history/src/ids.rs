@@ -37,14 +37,25 @@ pub fn push_traceparent(out: &mut String, trace: TraceId, span_id: u64) {
 
 /// Appends the low `digits` (at most 16) hex digits of `value`, lowercase, zero-padded.
 pub fn push_hex(out: &mut String, value: u64, digits: u32) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0; 16];
-    for (i, digit) in text.iter_mut().enumerate() {
-        *digit = DIGITS[((value >> (60 - 4 * i)) & 0xF) as usize];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(value.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     // Hex digits are ASCII.
     out.push_str(std::str::from_utf8(&text[16 - digits.min(16) as usize..]).unwrap_or_default());
 }
+
+/// The two hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xF]];
+        byte += 1;
+    }
+    pairs
+};
 
 /// A version-4 UUID made of two random words.
 pub fn uuid(hi: u64, lo: u64) -> String {

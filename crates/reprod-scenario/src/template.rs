@@ -161,19 +161,29 @@ impl Template {
     }
 
     /// Renders with `value` supplying each placeholder; `Err` names the first one it could not.
-    pub fn render(&self, mut value: impl FnMut(&Var, &mut String) -> bool) -> Result<String, Var> {
+    pub fn render(&self, value: impl FnMut(&Var, &mut String) -> bool) -> Result<String, Var> {
         let mut out = String::new();
+        self.render_into(&mut out, value)?;
+        Ok(out)
+    }
+
+    /// [`Template::render`], appending to `out` (on `Err`, `out` holds a partial rendering).
+    pub fn render_into(
+        &self,
+        out: &mut String,
+        mut value: impl FnMut(&Var, &mut String) -> bool,
+    ) -> Result<(), Var> {
         for seg in &self.segments {
             match seg {
                 Segment::Lit(s) => out.push_str(s),
                 Segment::Var(v) => {
-                    if !value(v, &mut out) {
+                    if !value(v, out) {
                         return Err(v.clone());
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
