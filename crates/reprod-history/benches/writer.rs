@@ -37,24 +37,25 @@ fn main() {
     println!("{ops} operations, one attempt each; CPU µs per operation\n");
     println!("| writer                 | record |  index | total | wall s |");
     println!("|------------------------|--------|--------|-------|--------|");
-    if wanted("direct") {
-        let path = dir.join("direct.sqlite");
-        let figures = measure(
-            || direct(&path, ops),
-            || reprod_history::read::index(&path).expect("index"),
-        );
-        row("direct SQLite (ref)", ops, figures);
-    }
-    if wanted("history") {
-        let path = dir.join("history.sqlite");
-        let figures = measure(
-            || recorder(&path, ops),
-            || reprod_history::read::index(&path).expect("index"),
-        );
-        row("reprod History", ops, figures);
+    let writers: [(&str, &str, Writer); 2] = [
+        ("direct", "direct SQLite (ref)", direct),
+        ("history", "reprod History", recorder),
+    ];
+    for (name, label, record) in writers {
+        if wanted(name) {
+            let path = dir.join(format!("{name}.sqlite"));
+            let figures = measure(
+                || record(&path, ops),
+                || reprod_history::read::index(&path).expect("index"),
+            );
+            row(label, ops, figures);
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Writes `OPS` operations into a new file.
+type Writer = fn(&Path, i64);
 
 /// CPU seconds of recording, of indexing, and wall seconds of recording.
 type Figures = (f64, f64, f64);
