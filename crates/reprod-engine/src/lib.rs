@@ -468,8 +468,6 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => break,
         }
-        // Waiting for the next attempt is part of the operation.
-        done_us = shared.clock.now_us();
     }
     if outcome != Outcome::Ok && ambiguous_seen {
         outcome = Outcome::Ambiguous;
