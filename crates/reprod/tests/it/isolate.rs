@@ -77,10 +77,20 @@ fn isolate_tells_the_naive_conditions_apart() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(minimal.contains(&"overlap"), "{json}");
+    // The naive race needs two requests on one account at once. Overlap is what usually
+    // supplies them, but it amplifies rather than being necessary (retries and hot keys put
+    // requests on one key together too), so the greedy search may drop it when one trial
+    // without it still reproduces: seen once in several runs. The minimal set must keep
+    // something that makes same-key concurrency.
+    assert!(
+        ["overlap", "retries", "hot_keys"]
+            .iter()
+            .any(|c| minimal.contains(c)),
+        "{json}"
+    );
     let command = json["command"].as_str().expect("command");
     assert!(
-        command.contains("--set variant=naive --only ") && command.contains("overlap"),
-        "{command}"
+        command.ends_with(&format!("--set variant=naive --only {}", minimal.join(","))),
+        "the command reruns the minimal set: {command}"
     );
 }
