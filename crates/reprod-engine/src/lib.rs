@@ -119,8 +119,7 @@ struct CallerRt {
     /// The caller's and its key prefix's names in the history.
     name: Name,
     key_prefix: Name,
-    targets: Vec<Target>,
-    /// Each target's instance and version names in the history, same order.
+    /// Each target's instance and version names in the history.
     target_names: Vec<(Name, Name)>,
     /// One connection pool per target, same order.
     pools: Vec<Arc<http::Pool>>,
@@ -174,7 +173,6 @@ pub async fn run(input: Input<'_>) -> Stats {
                 spec: c.clone(),
                 name: recorder.name(&c.name),
                 key_prefix: recorder.name(&c.keys.prefix),
-                targets: targets[c.service].clone(),
                 target_names: targets[c.service]
                     .iter()
                     .map(|t| (recorder.name(&t.instance), recorder.name(&t.version)))
@@ -229,7 +227,11 @@ pub async fn run(input: Input<'_>) -> Stats {
         .acquire_many(scenario.max_in_flight as u32)
         .await
         .expect("semaphore is never closed");
-    let timings = std::mem::take(&mut *shared.live.lock_timings());
+    // The progress display keeps its window; the run's totals are taken.
+    let (latency, lag) = {
+        let mut t = shared.live.lock_timings();
+        (std::mem::take(&mut t.latency), std::mem::take(&mut t.lag))
+    };
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let live = &shared.live;
     Stats {
@@ -239,8 +241,8 @@ pub async fn run(input: Input<'_>) -> Stats {
         ambiguous: count(&live.ambiguous),
         attempts: count(&live.attempts),
         retries: count(&live.retries),
-        latency: timings.latency,
-        lag: timings.lag,
+        latency,
+        lag,
         first_intended_us: dispatched.first_intended_us.unwrap_or(0),
         last_intended_us: dispatched.last_intended_us,
         load_end_us: clock.now_us(),
@@ -547,7 +549,7 @@ fn backoff(
 
 /// The index of the target (and pool) an attempt goes to.
 fn pick(caller: &CallerRt, key: &str, rng: &mut fastrand::Rng) -> usize {
-    let n = caller.targets.len();
+    let n = caller.pools.len();
     match caller.balance {
         Balance::RoundRobin => caller.round_robin.fetch_add(1, Ordering::Relaxed) % n,
         Balance::Random => rng.usize(..n),

@@ -272,11 +272,11 @@ pub struct ViolationRecord {
 }
 
 /// Anything recorded.
-#[derive(Clone, Debug)]
 ///
 /// Operations and attempts, one or two per request, travel by value; the other records are
 /// boxed, so that every event is only as large as those two (each event is moved several times
 /// on its way to the writer).
+#[derive(Clone, Debug)]
 pub enum Event {
     /// An operation ended.
     Op(OpRecord),
@@ -400,7 +400,7 @@ impl Slot<'_> {
     }
 }
 
-/// The writer side: owns the thread; [`History::finish`] flushes and indexes.
+/// The writer side: owns the thread; [`History::finish`] flushes and marks the run's end.
 #[derive(Debug)]
 pub struct History {
     path: PathBuf,

@@ -16,9 +16,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use reprod_scenario::{Condition, Scenario};
 
-/// mimalloc instead of glibc's allocator: the engine allocates on one worker thread and the
-/// history writer frees on another, which glibc pays for with arena locks and consolidation
-/// (measured: about a tenth of the generator's CPU at full rate; see bench/generators.py).
+/// mimalloc instead of glibc's allocator: the engine's worker threads and the history writer
+/// allocate and free concurrently, which glibc pays for with arena locks and consolidation
+/// (measured when adopted, while records still carried heap text from the engine to the writer:
+/// about a tenth of the generator's CPU at full rate; see bench/generators.py).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
