@@ -7,13 +7,18 @@
 //! key, trace id, idempotency keys, body choices, retry jitter, replica choice — comes from an
 //! RNG seeded by the run seed and the operation id, so it does not depend on timing.
 //!
+//! Operations run on long-lived runner tasks that take them from the schedule in turn
+//! (`runner`), and wait on the run's stop through a flag rather than a channel (`stop`).
+//!
 //! The engine knows nothing of the fault layer; both only emit history events.
 
 #![deny(missing_docs)]
 
 mod hist;
 mod keys;
+mod runner;
 mod schedule;
+mod stop;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,7 +30,10 @@ use reprod_history::{AttemptRecord, Event, Name, OpRecord, Outcome, Recorder, Ru
 use reprod_http as http;
 use reprod_scenario::{Backoff, Balance, Caller, IdempotencyMode, Jitter, Scenario, Template, Var};
 use reprod_services::Target;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
+
+use runner::{Runner, Stopped};
+use stop::StopSignal;
 
 pub use hist::Histogram;
 pub use keys::KeySampler;
@@ -142,10 +150,12 @@ struct Shared {
     recorder: Recorder,
     live: Arc<Live>,
     key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    pool: runner::Pool,
 }
 
 /// Runs every caller's schedule to its end (or until `stop`), then waits for in-flight
-/// operations.
+/// operations. Operations run on runners (the `runner` module), at most `max_in_flight` at
+/// once.
 pub async fn run(input: Input<'_>) -> Stats {
     let Input {
         scenario,
@@ -153,7 +163,7 @@ pub async fn run(input: Input<'_>) -> Stats {
         clock,
         recorder,
         live,
-        stop,
+        mut stop,
     } = input;
     let mut pools: HashMap<String, Arc<http::Pool>> = HashMap::new();
     for target in targets.iter().flatten() {
@@ -164,6 +174,15 @@ pub async fn run(input: Input<'_>) -> Stats {
             );
         }
     }
+    // The run is bounded in wall-clock time too: an operation that could not be sent within a
+    // second of the end of the schedule is not sent at all, and counted.
+    let max_delay_us = scenario
+        .callers
+        .iter()
+        .map(|c| c.delay.as_micros() as i64)
+        .max()
+        .unwrap_or(0);
+    let signal = Arc::new(StopSignal::default());
     let shared = Arc::new(Shared {
         seed: scenario.seed,
         callers: scenario
@@ -195,43 +214,34 @@ pub async fn run(input: Input<'_>) -> Stats {
         recorder,
         live,
         key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
+        pool: runner::Pool::new(
+            Schedule::new(scenario),
+            scenario.duration.as_micros() as i64 + max_delay_us + 1_000_000,
+            Arc::clone(&signal),
+            scenario.max_in_flight,
+        ),
     });
-    let limit = Arc::new(Semaphore::new(scenario.max_in_flight));
-    // The run is bounded in wall-clock time too: an operation that could not be sent within a
-    // second of the end of the schedule is not sent at all, and counted.
-    let max_delay_us = scenario
-        .callers
-        .iter()
-        .map(|c| c.delay.as_micros() as i64)
-        .max()
-        .unwrap_or(0);
-    let deadline_us = scenario.duration.as_micros() as i64 + max_delay_us + 1_000_000;
-    // The dispatcher is a task of its own: it is woken for every operation that ends while
-    // the in-flight bound is reached, and whatever awaits `run` (a select over interrupts and
-    // service deaths) should not be polled that often.
-    let dispatcher = tokio::spawn(dispatch(
-        Schedule::new(scenario),
-        Arc::clone(&shared),
-        Arc::clone(&limit),
-        stop,
-        deadline_us,
-    ));
-    let dispatched = match dispatcher.await {
-        Ok(dispatched) => dispatched,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Only a runtime shutting down cancels it.
-        Err(_) => Dispatched::default(),
-    };
-    // Every in-flight operation holds a permit; having them all back means all have ended.
-    let _all = limit
-        .acquire_many(scenario.max_in_flight as u32)
-        .await
-        .expect("semaphore is never closed");
+    // The caller's stop arrives on a watch channel; runners wait on the cheaper signal.
+    let bridge = tokio::spawn({
+        let signal = Arc::clone(&signal);
+        async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+            signal.set();
+        }
+    });
+    runner::Pool::start(&shared);
+    shared.pool.join().await;
+    bridge.abort();
     // The progress display keeps its window; the run's totals are taken.
     let (latency, lag) = {
         let mut t = shared.live.lock_timings();
         (std::mem::take(&mut t.latency), std::mem::take(&mut t.lag))
     };
+    let dispatched = shared.pool.dispatched();
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let live = &shared.live;
     Stats {
@@ -248,62 +258,6 @@ pub async fn run(input: Input<'_>) -> Stats {
         load_end_us: clock.now_us(),
         unsent: dispatched.unsent,
     }
-}
-
-/// What dispatching the schedule did.
-#[derive(Debug, Default)]
-struct Dispatched {
-    first_intended_us: Option<i64>,
-    last_intended_us: i64,
-    unsent: u64,
-}
-
-/// Starts every scheduled operation at its time (or as soon after as the in-flight bound
-/// allows) until the schedule ends, `stop`, or `deadline_us`.
-async fn dispatch(
-    mut schedule: Schedule,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    deadline_us: i64,
-) -> Dispatched {
-    let clock = shared.clock;
-    let mut done = Dispatched::default();
-    while let Some(op) = schedule.next() {
-        if *stop.borrow() {
-            break;
-        }
-        if clock.now_us() > deadline_us {
-            let (rest, last) = schedule.count_rest();
-            done.unsent = 1 + rest;
-            done.last_intended_us = last.unwrap_or(op.at_us);
-            break;
-        }
-        done.first_intended_us.get_or_insert(op.at_us);
-        done.last_intended_us = op.at_us;
-        let at = clock.instant_at(op.at_us);
-        if at > tokio::time::Instant::now().into_std() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {}
-                _ = stop.changed() => break,
-            }
-        }
-        // A free permit needs no waiting, and no waiting on `stop` beside it.
-        let permit = match Arc::clone(&limit).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore is never closed"),
-                _ = stop.changed() => break,
-            },
-        };
-        let shared = Arc::clone(&shared);
-        let op_stop = stop.clone();
-        tokio::spawn(async move {
-            run_op(&shared, op, op_stop).await;
-            drop(permit);
-        });
-    }
-    done
 }
 
 /// Per-operation timings, kept in fixed-size histograms.
@@ -323,7 +277,7 @@ enum AttemptEnd {
     Stopped,
 }
 
-async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>) {
+async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     let caller = &shared.callers[op.caller];
     let spec = &caller.spec;
     let key = if caller.needs_key {
@@ -395,14 +349,10 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
         }
         let (end, response) = match request {
             Ok(request) => {
-                send(
-                    pool,
-                    &request,
-                    spec.request.method == "HEAD",
-                    spec.timeout,
-                    &mut stop,
-                )
-                .await
+                // The timeout counts from the send time just read: no second clock read.
+                let deadline = shared.clock.instant_at(sent_us) + spec.timeout;
+                let head_only = spec.request.method == "HEAD";
+                send(rt, pool, &request, head_only, deadline.into()).await
             }
             Err(e) => (AttemptEnd::Transport(e), None),
         };
@@ -462,13 +412,16 @@ async fn run_op(shared: &Shared, op: PlannedOp, mut stop: watch::Receiver<bool>)
                 (false, None)
             }
         };
-        if !retryable || n == spec.retry.attempts || *stop.borrow() || !budget_allows(caller) {
+        if !retryable || n == spec.retry.attempts || rt.stop.is_set() || !budget_allows(caller) {
             break;
         }
         let wait = backoff(spec, n, retry_after, &mut rng);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => break,
+        if rt
+            .sleep_until(tokio::time::Instant::now() + wait)
+            .await
+            .is_err()
+        {
+            break;
         }
     }
     if outcome != Outcome::Ok && ambiguous_seen {
@@ -673,23 +626,24 @@ fn build_request(
 }
 
 async fn send(
+    rt: &mut Runner,
     pool: &http::Pool,
     request: &[u8],
     head_only: bool,
-    timeout: Duration,
-    stop: &mut watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
 ) -> (AttemptEnd, Option<Snippet>) {
-    tokio::select! {
-        result = tokio::time::timeout(timeout, pool.exchange(request, head_only)) => match result {
-            Ok(Ok(response)) => {
-                let kept = &response.body[..response.body.len().min(KEPT_RESPONSE_BYTES)];
-                (AttemptEnd::Status(response.status, response.retry_after), Some(Snippet::new(&String::from_utf8_lossy(kept))))
-            }
-            Ok(Err(http::HttpError::Connect(e))) => (AttemptEnd::Connect(e), None),
-            Ok(Err(http::HttpError::Transport(e))) => (AttemptEnd::Transport(e), None),
-            Err(_) => (AttemptEnd::Timeout, None),
-        },
-        _ = stop.changed() => (AttemptEnd::Stopped, None),
+    match rt.within(deadline, pool.exchange(request, head_only)).await {
+        Ok(Some(Ok(response))) => {
+            let kept = &response.body[..response.body.len().min(KEPT_RESPONSE_BYTES)];
+            (
+                AttemptEnd::Status(response.status, response.retry_after),
+                Some(Snippet::new(&String::from_utf8_lossy(kept))),
+            )
+        }
+        Ok(Some(Err(http::HttpError::Connect(e)))) => (AttemptEnd::Connect(e), None),
+        Ok(Some(Err(http::HttpError::Transport(e)))) => (AttemptEnd::Transport(e), None),
+        Ok(None) => (AttemptEnd::Timeout, None),
+        Err(Stopped) => (AttemptEnd::Stopped, None),
     }
 }
 
