@@ -519,9 +519,10 @@ impl History {
         ))
     }
 
-    /// Writes everything recorded so far, stops the writer (later events are dropped) and marks
-    /// the run `status`. Runs the blocking parts off the async threads. The tables are not
-    /// indexed here: [`read::index`] does that for whoever reads by key first.
+    /// Writes everything recorded so far, stops the writer (later events are dropped), marks the
+    /// run `status` and leaves the file in rollback-journal mode, one file with nothing beside it.
+    /// Runs the blocking parts off the async threads. The tables are not indexed here:
+    /// [`read::index`] does that for whoever reads by key first.
     pub async fn finish(
         mut self,
         status: &str,
@@ -548,6 +549,14 @@ impl History {
                 params![status, ended_at_us],
             )
             .map_err(fail)?;
+            // WAL lets readers look while the run writes; once it is written, a rollback
+            // journal makes the file whole on its own. Readers of a WAL file create `-wal` and
+            // `-shm` files beside it, and a read-only reader (summary, checks, explain) cannot
+            // remove them when it closes. Best effort: with another connection open (someone
+            // reading the history right now), the file stays in WAL mode, which is as correct.
+            let _ = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+                r.get::<_, String>(0)
+            });
             Ok(stats)
         })
         .await;
@@ -1021,6 +1030,13 @@ mod tests {
         let _still_held = recorder;
         let stats = history.finish("completed", 30).await.expect("finish");
         assert_eq!(stats.events, 2);
+        // A read-only reader leaves no `-wal` or `-shm` file behind it.
+        let _ = read::dependency_delays(&path).expect("read");
+        let beside: Vec<String> = std::fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(beside, ["history.sqlite"]);
 
         read::index(&path).expect("index");
         read::index(&path).expect("indexing twice is harmless");
