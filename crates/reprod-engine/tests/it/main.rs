@@ -81,20 +81,25 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `caller` (a `[[caller]]` table and run settings) against the test server, stopping
-/// after `stop_after` if given; returns what the engine measured and the finished history.
-async fn run(
-    dir: &TempDir,
-    url: &str,
-    settings: &str,
-    stop_after: Option<Duration>,
-) -> (Stats, PathBuf) {
-    let text = format!("seed = 3\n{settings}\n[[service]]\nname = \"svc\"\nurl = \"{url}\"\n");
-    let (settings, callers) = text.split_once("[[caller]]").expect("a caller");
-    let text = format!("{settings}\n[[caller]]{callers}");
+/// What one engine run against the test server left.
+struct Ran {
+    stats: Stats,
+    history: PathBuf,
+    gauge: Arc<Gauge>,
+    _dir: TempDir,
+}
+
+/// Runs a scenario of `settings` and one caller against a fresh test server, stopping after
+/// `stop_after` if given, and finishes its history.
+async fn run(name: &str, settings: &str, caller: &str, stop_after: Option<Duration>) -> Ran {
+    let dir = TempDir::new(name);
+    let (url, gauge) = serve().await;
+    let text = format!(
+        "seed = 3\n{settings}\n[[service]]\nname = \"svc\"\nurl = \"{url}\"\n[[caller]]\n{caller}"
+    );
     let scenario =
         reprod_scenario::parse("test.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.0.join("history.sqlite");
+    let history = dir.0.join("history.sqlite");
     let info = RunInfo {
         run_id: "test".into(),
         scenario: scenario.name.clone(),
@@ -104,9 +109,9 @@ async fn run(
         conditions: String::new(),
         params: String::new(),
     };
-    let (history, recorder) = History::create(&path, &info).expect("history");
+    let (writer, recorder) = History::create(&history, &info).expect("history");
     let targets = vec![vec![Target {
-        url: url.to_string(),
+        url,
         instance: "svc/0".into(),
         version: "v1".into(),
     }]];
@@ -126,8 +131,13 @@ async fn run(
         stop,
     })
     .await;
-    history.finish("completed", 0).await.expect("finish");
-    (stats, path)
+    writer.finish("completed", 0).await.expect("finish");
+    Ran {
+        stats,
+        history,
+        gauge,
+        _dir: dir,
+    }
 }
 
 fn query(path: &Path, sql: &str) -> Vec<Vec<String>> {
@@ -158,19 +168,21 @@ fn count(path: &Path, sql: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_in_flight_never_exceed_max_in_flight() {
-    let dir = TempDir::new("in-flight");
-    let (url, gauge) = serve().await;
     // 100 operations of 20 ms at 500/s: four at a time can do 200/s, so the bound is reached
     // and operations start late rather than beside the others.
-    let (stats, history) = run(
-        &dir,
-        &url,
-        "duration = \"200ms\"\nmax_in_flight = 4\n[[caller]]\nname = \"load\"\nrequest = { path = \"/slow\" }\nrate = 500\n",
+    let ran = run(
+        "in-flight",
+        r#"duration = "200ms"
+max_in_flight = 4"#,
+        r#"name = "load"
+request = { path = "/slow" }
+rate = 500"#,
         None,
     )
     .await;
+    let (stats, history) = (&ran.stats, &ran.history);
     assert_eq!(
-        gauge.max.load(Ordering::SeqCst),
+        ran.gauge.max.load(Ordering::SeqCst),
         4,
         "the bound is reached, never passed"
     );
@@ -181,49 +193,54 @@ async fn operations_in_flight_never_exceed_max_in_flight() {
         stats.lag.max()
     );
     assert_eq!(
-        count(&history, "SELECT COUNT(*) FROM ops WHERE outcome = 'ok'"),
+        count(history, "SELECT COUNT(*) FROM ops WHERE outcome = 'ok'"),
         100
     );
     assert_eq!(
-        count(&history, "SELECT COUNT(*) FROM attempts WHERE status = 200"),
+        count(history, "SELECT COUNT(*) FROM attempts WHERE status = 200"),
         100
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_that_cannot_start_before_the_deadline_are_counted_not_sent() {
-    let dir = TempDir::new("deadline");
-    let (url, _) = serve().await;
     // 100 operations of 20 ms one at a time need 2 s; the run may take 0.5 s and a second more.
-    let (stats, history) = run(
-        &dir,
-        &url,
-        "duration = \"500ms\"\nmax_in_flight = 1\n[[caller]]\nname = \"load\"\nrequest = { path = \"/slow\" }\nrate = 200\n",
+    let ran = run(
+        "deadline",
+        r#"duration = "500ms"
+max_in_flight = 1"#,
+        r#"name = "load"
+request = { path = "/slow" }
+rate = 200"#,
         None,
     )
     .await;
+    let stats = &ran.stats;
     assert!(stats.unsent > 0 && stats.ops > 0, "{stats:?}");
     assert_eq!(stats.ops + stats.unsent, 100);
-    assert_eq!(count(&history, "SELECT COUNT(*) FROM ops"), stats.ops);
+    assert_eq!(count(&ran.history, "SELECT COUNT(*) FROM ops"), stats.ops);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_time_out_retry_after_backoff_and_end_ambiguous() {
-    let dir = TempDir::new("timeouts");
-    let (url, _) = serve().await;
-    let (stats, history) = run(
-        &dir,
-        &url,
-        "duration = \"100ms\"\n[[caller]]\nname = \"load\"\nrequest = { path = \"/hang\" }\nrate = 20\ntimeout = \"50ms\"\nretry = { attempts = 3, backoff = \"constant\", base = \"10ms\", jitter = \"none\", on = [\"timeout\"] }\n",
+    let ran = run(
+        "timeouts",
+        r#"duration = "100ms""#,
+        r#"name = "load"
+request = { path = "/hang" }
+rate = 20
+timeout = "50ms"
+retry = { attempts = 3, backoff = "constant", base = "10ms", jitter = "none", on = ["timeout"] }"#,
         None,
     )
     .await;
+    let (stats, history) = (&ran.stats, &ran.history);
     assert_eq!(
         (stats.ops, stats.ambiguous, stats.attempts, stats.retries),
         (2, 2, 6, 4)
     );
     let attempts = query(
-        &history,
+        history,
         "SELECT op_id, n, sent_us, done_us, status, error FROM attempts ORDER BY op_id, n",
     );
     assert_eq!(attempts.len(), 6);
@@ -245,7 +262,7 @@ async fn attempts_time_out_retry_after_backoff_and_end_ambiguous() {
     }
     assert_eq!(
         count(
-            &history,
+            history,
             "SELECT COUNT(*) FROM ops WHERE outcome = 'ambiguous' AND attempts = 3"
         ),
         2
@@ -254,17 +271,19 @@ async fn attempts_time_out_retry_after_backoff_and_end_ambiguous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_interrupts_attempts_in_flight_and_sends_nothing_more() {
-    let dir = TempDir::new("stop");
-    let (url, gauge) = serve().await;
     // Every attempt would wait 30 s for an answer that never comes; the stop ends them.
     let started = std::time::Instant::now();
-    let (stats, history) = run(
-        &dir,
-        &url,
-        "duration = \"10s\"\n[[caller]]\nname = \"load\"\nrequest = { path = \"/hang\" }\nrate = 50\ntimeout = \"30s\"\n",
+    let ran = run(
+        "stop",
+        r#"duration = "10s""#,
+        r#"name = "load"
+request = { path = "/hang" }
+rate = 50
+timeout = "30s""#,
         Some(Duration::from_millis(300)),
     )
     .await;
+    let (stats, history) = (&ran.stats, &ran.history);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the stop ended the run early"
@@ -277,11 +296,11 @@ async fn stopping_interrupts_attempts_in_flight_and_sends_nothing_more() {
     assert_eq!(stats.unsent, 0, "a stopped run counts nothing as unsent");
     assert_eq!(
         count(
-            &history,
+            history,
             "SELECT COUNT(*) FROM attempts WHERE error = 'interrupted'"
         ),
         stats.attempts
     );
-    assert_eq!(count(&history, "SELECT COUNT(*) FROM ops"), stats.ops);
-    assert!(gauge.max.load(Ordering::SeqCst) as u64 <= stats.attempts);
+    assert_eq!(count(history, "SELECT COUNT(*) FROM ops"), stats.ops);
+    assert!(ran.gauge.max.load(Ordering::SeqCst) as u64 <= stats.attempts);
 }
