@@ -134,10 +134,19 @@ impl Pool {
         }
     }
 
-    /// Starts one more runner, counted idle from now.
+    /// Starts one more runner, counted idle from now, unless `max` are started already.
     pub(crate) fn start(shared: &Arc<Shared>) {
         let pool = &shared.pool;
-        pool.started.fetch_add(1, Ordering::Relaxed);
+        // One check-and-count, so that two runners going in flight at once cannot both start
+        // the last one allowed.
+        let counted = pool
+            .started
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < pool.max).then_some(n + 1)
+            });
+        if counted.is_err() {
+            return;
+        }
         pool.idle.fetch_add(1, Ordering::AcqRel);
         let handle = tokio::spawn(runner(Arc::clone(shared)));
         lock(&pool.handles).push(handle);
@@ -206,9 +215,7 @@ async fn runner(shared: Arc<Shared>) {
         // The next operation is free to take.
         pool.turn.notify_one();
         // Going in flight: if no runner is left to take the next operation, start one.
-        if pool.idle.fetch_sub(1, Ordering::AcqRel) == 1
-            && pool.started.load(Ordering::Relaxed) < pool.max
-        {
+        if pool.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
             Pool::start(&shared);
         }
         crate::run_op(&shared, op, &mut rt).await;
