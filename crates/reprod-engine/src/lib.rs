@@ -71,8 +71,14 @@ impl Live {
     }
 
     fn lock_timings(&self) -> std::sync::MutexGuard<'_, Timings> {
-        self.timings.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.timings)
     }
+}
+
+/// Locks `m`, using the data of a lock a panicking holder poisoned as it is: the engine's locks
+/// guard counters, histograms and lists, and the panic itself reaches `run`'s caller.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the engine measured.
@@ -291,14 +297,8 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     };
     let _key_guard = match &shared.key_locks {
         Some(locks) => {
-            let lock = Arc::clone(
-                locks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(key.clone())
-                    .or_default(),
-            );
-            Some(lock.lock_owned().await)
+            let key_lock = Arc::clone(lock(locks).entry(key.clone()).or_default());
+            Some(key_lock.lock_owned().await)
         }
         None => None,
     };

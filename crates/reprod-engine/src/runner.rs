@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::stop::{StopSignal, StopWait};
-use crate::{PlannedOp, Schedule, Shared};
+use crate::{PlannedOp, Schedule, Shared, lock};
 
 /// The runners of one run and the schedule they share.
 pub(crate) struct Pool {
@@ -175,10 +175,6 @@ impl Pool {
     pub(crate) fn dispatched(&self) -> Dispatched {
         std::mem::take(&mut lock(&self.dispatch).done)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Takes operations from the schedule and runs them, one at a time, until it ends.

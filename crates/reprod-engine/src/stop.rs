@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use crate::lock;
+
 /// Set once, when the run must stop; wakes every runner waiting on it.
 #[derive(Debug, Default)]
 pub(crate) struct StopSignal {
@@ -29,13 +31,9 @@ impl StopSignal {
     pub(crate) fn set(&self) {
         self.stopped.store(true, Ordering::Release);
         // A waiter that registers after this lock sees the flag when it checks it next.
-        for waker in self.lock().iter() {
+        for waker in lock(&self.wakers).iter() {
             waker.wake_by_ref();
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waker>> {
-        self.wakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -72,10 +70,10 @@ impl StopWait {
             Some((_, known)) if known.will_wake(waker) => {}
             Some((index, known)) => {
                 known.clone_from(waker);
-                self.signal.lock()[*index] = waker.clone();
+                lock(&self.signal.wakers)[*index] = waker.clone();
             }
             None => {
-                let mut wakers = self.signal.lock();
+                let mut wakers = lock(&self.signal.wakers);
                 wakers.push(waker.clone());
                 self.registered = Some((wakers.len() - 1, waker.clone()));
             }
@@ -118,7 +116,7 @@ mod tests {
             assert!(stopped);
         }
         assert!(
-            signal.lock().len() <= 3,
+            lock(&signal.wakers).len() <= 3,
             "one registration per waiting task"
         );
     }
