@@ -60,6 +60,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    layer.set_load_start(0);
     println!(
         "listening on {}",
         layer.dependency_url("d").unwrap_or_default()

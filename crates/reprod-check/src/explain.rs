@@ -269,20 +269,43 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
             format!("{sink} delivery caused by {}{idem}", label(&trace)),
         ));
     }
-    let mut stmt = conn.prepare(
-        "SELECT invariant, detail, found_us FROM violations WHERE key = ?1 ORDER BY rowid",
-    )?;
+    // Histories written before `found_by` existed say nothing of who found a violation.
+    let mut stmt = conn
+        .prepare(
+            "SELECT invariant, detail, found_us, found_by = 'mid_run' FROM violations
+             WHERE key = ?1 ORDER BY found_us, rowid",
+        )
+        .or_else(|_| {
+            conn.prepare(
+                "SELECT invariant, detail, found_us, 0 FROM violations WHERE key = ?1
+                 ORDER BY found_us, rowid",
+            )
+        })?;
     let rows = stmt.query_map(params![key], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, i64>(2)?,
+            r.get::<_, bool>(3)?,
         ))
     })?;
-    let mut violations = Vec::new();
+    let mut seen_during = Vec::new();
+    let mut found_after = Vec::new();
     for row in rows {
-        let (inv, detail, found) = row?;
-        violations.push((found, "violation", format!("violated {inv:?}: {detail}")));
+        let (inv, detail, found, mid_run) = row?;
+        if mid_run {
+            seen_during.push((
+                found,
+                "violation",
+                format!("violated {inv:?}, first seen by the check during the run: {detail}"),
+            ));
+        } else {
+            found_after.push((
+                found,
+                "violation",
+                format!("violated {inv:?} (found by the final check): {detail}"),
+            ));
+        }
     }
     raw.sort_by_key(|(t, _, _)| *t);
     if raw.len() > MAX_TIMELINE {
@@ -291,8 +314,16 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         let last = raw.last().map_or(0, |(t, _, _)| *t);
         raw.push((last, "more", format!("… {more} more events")));
     }
-    // Violations are found after the run; they close the timeline whatever their time.
-    raw.extend(violations);
+    // A violation seen during the run takes its place in time; one found only by the check
+    // after the run closes the timeline, at the check's time (after everything else).
+    raw.extend(seen_during);
+    raw.sort_by_key(|(t, _, _)| *t);
+    let end = raw.last().map_or(0, |(t, _, _)| *t);
+    raw.extend(
+        found_after
+            .into_iter()
+            .map(|(t, k, text)| (t.max(end), k, text)),
+    );
     let start = raw.first().map_or(0, |(t, _, _)| *t);
     Ok(raw
         .into_iter()
@@ -514,8 +545,14 @@ impl Explanation {
                 self.status
             );
         }
-        if self.invariants.is_empty() {
+        if self.invariants.is_empty() && self.status == "completed" {
             let _ = writeln!(out, "no invariant was violated in run {}", self.run_id);
+        } else if self.invariants.is_empty() {
+            let _ = writeln!(
+                out,
+                "no violation was found in what run {} recorded before it stopped ({}): that is no pass, the run did not test everything it planned",
+                self.run_id, self.status
+            );
         }
         for (name, n) in &self.invariants {
             let _ = writeln!(out, "{name:?} was violated for {n} key(s)");

@@ -9,6 +9,7 @@
 
 pub mod explain;
 pub mod scratch;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -34,6 +35,9 @@ pub struct Checked {
     pub results: Vec<InvariantResult>,
     /// Every violating key, for the history.
     pub violations: Vec<ViolationRecord>,
+    /// What the reader should know about how the checks ran (once each): privileges that could
+    /// not be dropped, for example.
+    pub notes: BTreeSet<String>,
 }
 
 /// A violating row or key.
@@ -85,7 +89,7 @@ pub async fn watch(
                 continue;
             }
             next_due[i] = elapsed + *every;
-            if let Ok(violations) = sql(url, query, key_column).await {
+            if let Ok((violations, _)) = sql(url, query, key_column).await {
                 let at = now_us();
                 for v in violations {
                     first.entry((invariant.name.clone(), v.key)).or_insert(at);
@@ -104,6 +108,7 @@ pub async fn check_all(
     ok_keys: &BTreeSet<String>,
     first_seen: &FirstSeen,
     found_us: i64,
+    load_start_us: i64,
 ) -> Checked {
     let mut checked = Checked::default();
     for invariant in &scenario.invariants {
@@ -111,7 +116,10 @@ pub async fn check_all(
             InvariantKind::Sql {
                 query, key_column, ..
             } => match database_url {
-                Some(url) => sql(url, query, key_column).await,
+                Some(url) => sql(url, query, key_column).await.map(|(rows, note)| {
+                    checked.notes.extend(note);
+                    rows
+                }),
                 None => Err("the scenario has no [database]".to_string()),
             },
             InvariantKind::Sink {
@@ -137,7 +145,13 @@ pub async fn check_all(
                 no_status(history, statuses, caller.as_deref())
             }
         };
-        record(&mut checked, invariant, outcome, first_seen, found_us);
+        record(
+            &mut checked,
+            invariant,
+            outcome,
+            first_seen,
+            (found_us, load_start_us),
+        );
     }
     checked
 }
@@ -147,7 +161,7 @@ fn record(
     invariant: &Invariant,
     outcome: Result<Vec<Violation>, String>,
     first_seen: &FirstSeen,
-    found_us: i64,
+    (found_us, load_start_us): (i64, i64),
 ) {
     let seen = |key: &str| {
         first_seen
@@ -160,7 +174,7 @@ fn record(
                 .iter()
                 .filter_map(|v| seen(&v.key))
                 .min()
-                .map(|us| us as f64 / 1e6);
+                .map(|us| (us - load_start_us) as f64 / 1e6);
             checked.results.push(InvariantResult {
                 name: invariant.name.clone(),
                 held: violations.is_empty(),
@@ -172,12 +186,14 @@ fn record(
                     .collect(),
                 error: None,
                 first_violation_s,
+                partial: false,
             });
             checked
                 .violations
                 .extend(violations.into_iter().map(|v| ViolationRecord {
                     invariant: invariant.name.clone(),
                     found_us: seen(&v.key).unwrap_or(found_us),
+                    seen_mid_run: seen(&v.key).is_some(),
                     key: v.key,
                     detail: v.detail,
                 }));
@@ -189,14 +205,31 @@ fn record(
             examples: Vec::new(),
             error: Some(error),
             first_violation_s: None,
+            partial: false,
         }),
     }
 }
 
-/// Runs `query` read-only; every row is a violation keyed by `key_column`.
-async fn sql(url: &str, query: &str, key_column: &str) -> Result<Vec<Violation>, String> {
-    let run = async {
-        if url.starts_with("sqlite:") {
+/// Runs `query` read-only; every row is a violation keyed by `key_column`. Returns the rows
+/// and, on PostgreSQL, a note when privileges could not be dropped.
+///
+/// Layers, each of which alone stops what it can: the query must parse as one read statement
+/// (`reprod_scenario::sql_guard`, checked when the scenario loaded and again here); SQLite opens
+/// the file read-only with `query_only`; PostgreSQL runs it in a `READ ONLY` transaction as the
+/// least privileged role the server offers (`pg_read_all_data`, when the user may take it) with
+/// a server-side `statement_timeout`, and a query still running at reprod's deadline is
+/// cancelled on the server, not left behind.
+async fn sql(
+    url: &str,
+    query: &str,
+    key_column: &str,
+) -> Result<(Vec<Violation>, Option<String>), String> {
+    reprod_scenario::sql_guard::check_read_only(
+        query,
+        reprod_scenario::sql_guard::Backend::of_url(url),
+    )?;
+    if url.starts_with("sqlite:") {
+        let run = async {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| format!("bad database URL: {e}"))?
                 .read_only(true)
@@ -216,33 +249,97 @@ async fn sql(url: &str, query: &str, key_column: &str) -> Result<Vec<Violation>,
             let _ = conn.close().await;
             rows.iter()
                 .map(|r| violation(cells(r), key_column))
-                .collect()
-        } else {
-            let options =
-                PgConnectOptions::from_str(url).map_err(|e| format!("bad database URL: {e}"))?;
-            let mut conn: PgConnection = options
-                .connect()
-                .await
-                .map_err(|e| format!("cannot reach the database: {e}"))?;
-            let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
-            sqlx::query("SET TRANSACTION READ ONLY")
+                .collect::<Result<Vec<_>, _>>()
+        };
+        return match tokio::time::timeout(QUERY_TIMEOUT, run).await {
+            Ok(result) => result.map(|rows| (rows, None)),
+            Err(_) => Err(format!("the query did not finish within {QUERY_TIMEOUT:?}")),
+        };
+    }
+    postgres_sql(url, query, key_column).await
+}
+
+/// [`sql`] on PostgreSQL.
+async fn postgres_sql(
+    url: &str,
+    query: &str,
+    key_column: &str,
+) -> Result<(Vec<Violation>, Option<String>), String> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| format!("bad database URL: {e}"))?;
+    let mut conn: PgConnection = tokio::time::timeout(QUERY_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| format!("cannot reach the database within {QUERY_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot reach the database: {e}"))?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timeout_ms = QUERY_TIMEOUT.as_millis();
+    let run = async {
+        let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+        for setup in [
+            "SET TRANSACTION READ ONLY".to_string(),
+            format!("SET LOCAL statement_timeout = {timeout_ms}"),
+            "SAVEPOINT reprod_role".to_string(),
+        ] {
+            sqlx::query(&setup)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| e.to_string())?;
-            let rows = sqlx::query(query)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| format!("the query failed: {e}"))?;
-            let _ = tx.rollback().await;
-            let _ = conn.close().await;
-            rows.iter()
-                .map(|r| violation(cells(r), key_column))
-                .collect()
         }
+        let note = match sqlx::query("SET LOCAL ROLE pg_read_all_data")
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => None,
+            Err(e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT reprod_role")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Some(format!(
+                    "invariant queries ran with the connecting user's own privileges (in a read-only transaction): it may not take the read-only role pg_read_all_data ({e}); grant it with GRANT pg_read_all_data TO <user> for least privilege"
+                ))
+            }
+        };
+        let rows = sqlx::query(query)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| format!("the query failed: {e}"))?;
+        let _ = tx.rollback().await;
+        rows.iter()
+            .map(|r| violation(cells(r), key_column))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|rows| (rows, note))
     };
-    match tokio::time::timeout(QUERY_TIMEOUT, run).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("the query did not finish within {QUERY_TIMEOUT:?}")),
+    // A little past the server's own timeout: the server normally ends the query itself.
+    let deadline = QUERY_TIMEOUT + Duration::from_secs(2);
+    match tokio::time::timeout(deadline, run).await {
+        Ok(result) => {
+            let _ = conn.close().await;
+            result
+        }
+        Err(_) => {
+            cancel(url, pid).await;
+            Err(format!(
+                "the query did not finish within {QUERY_TIMEOUT:?}; it was cancelled on the server"
+            ))
+        }
+    }
+}
+
+/// Cancels backend `pid`'s running query, from a connection of its own.
+async fn cancel(url: &str, pid: i32) {
+    let Ok(options) = PgConnectOptions::from_str(url) else {
+        return;
+    };
+    if let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(5), options.connect()).await
+    {
+        let _ = sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(pid)
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
     }
 }
 
@@ -489,7 +586,7 @@ async fn counter(
         .map_err(|e| e.to_string())?
     };
     let mut values: BTreeMap<String, i64> = BTreeMap::new();
-    for row in sql(url, query, key_column).await? {
+    for row in sql(url, query, key_column).await?.0 {
         // The row's detail is "col=value, ..."; the value column is the one that is not the key.
         let value = row
             .detail

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use runner::{Runner, Stopped};
 use stop::StopSignal;
 
+pub(crate) use contain_panic as contain;
 pub use hist::Histogram;
 pub use keys::KeySampler;
 pub use schedule::{PlannedOp, Schedule};
@@ -109,6 +110,22 @@ pub struct Stats {
     /// Scheduled operations never sent because the run's time was up: the generator (or the
     /// `max_in_flight` bound) could not keep up with the schedule.
     pub unsent: u64,
+    /// Per caller, scenario order.
+    pub callers: Vec<CallerStats>,
+    /// The engine itself failed (a contained panic while running an operation): the run
+    /// stopped and cannot be trusted to have sent what it planned.
+    pub engine_failure: Option<String>,
+}
+
+/// What one caller's operations came to.
+#[derive(Clone, Debug, Default)]
+pub struct CallerStats {
+    /// Caller name.
+    pub name: String,
+    /// Operations that ended.
+    pub ops: u64,
+    /// ... ok.
+    pub ok: u64,
 }
 
 /// Inputs of one run of the engine.
@@ -126,6 +143,9 @@ pub struct Input<'a> {
     pub live: Arc<Live>,
     /// Turns true to stop: no new operations, in-flight ones end as ambiguous.
     pub stop: watch::Receiver<bool>,
+    /// When the load starts, in the run clock's microseconds: every intended time is this plus
+    /// the schedule's offset, so nothing planned falls in the time services took to start.
+    pub load_start_us: i64,
 }
 
 struct CallerRt {
@@ -147,6 +167,8 @@ struct CallerRt {
     round_robin: AtomicUsize,
     ops_started: AtomicU64,
     retries_used: AtomicU64,
+    ops_done: AtomicU64,
+    ops_ok: AtomicU64,
 }
 
 struct Shared {
@@ -157,6 +179,8 @@ struct Shared {
     live: Arc<Live>,
     key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     pool: runner::Pool,
+    /// The first contained panic of an operation, which stops the run.
+    failure: Mutex<Option<String>>,
 }
 
 /// Runs every caller's schedule to its end (or until `stop`), then waits for in-flight
@@ -170,6 +194,7 @@ pub async fn run(input: Input<'_>) -> Stats {
         recorder,
         live,
         mut stop,
+        load_start_us,
     } = input;
     let mut pools: HashMap<String, Arc<http::Pool>> = HashMap::new();
     for target in targets.iter().flatten() {
@@ -214,6 +239,8 @@ pub async fn run(input: Input<'_>) -> Stats {
                 round_robin: AtomicUsize::new(0),
                 ops_started: AtomicU64::new(0),
                 retries_used: AtomicU64::new(0),
+                ops_done: AtomicU64::new(0),
+                ops_ok: AtomicU64::new(0),
             })
             .collect(),
         clock,
@@ -222,10 +249,12 @@ pub async fn run(input: Input<'_>) -> Stats {
         key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
         pool: runner::Pool::new(
             Schedule::new(scenario),
-            scenario.duration.as_micros() as i64 + max_delay_us + 1_000_000,
+            load_start_us,
+            load_start_us + scenario.duration.as_micros() as i64 + max_delay_us + 1_000_000,
             Arc::clone(&signal),
             scenario.max_in_flight,
         ),
+        failure: Mutex::new(None),
     });
     // The caller's stop arrives on a watch channel; runners wait on the cheaper signal.
     let bridge = tokio::spawn({
@@ -240,7 +269,9 @@ pub async fn run(input: Input<'_>) -> Stats {
         }
     });
     runner::Pool::start(&shared);
-    shared.pool.join().await;
+    if let Some(failure) = shared.pool.join().await {
+        lock(&shared.failure).get_or_insert(failure);
+    }
     bridge.abort();
     // The progress display keeps its window; the run's totals are taken.
     let (latency, lag) = {
@@ -259,11 +290,82 @@ pub async fn run(input: Input<'_>) -> Stats {
         retries: count(&live.retries),
         latency,
         lag,
-        first_intended_us: dispatched.first_intended_us.unwrap_or(0),
-        last_intended_us: dispatched.last_intended_us,
+        first_intended_us: dispatched.first_intended_us.unwrap_or(load_start_us),
+        last_intended_us: dispatched.last_intended_us.max(load_start_us),
         load_end_us: clock.now_us(),
         unsent: dispatched.unsent,
+        callers: shared
+            .callers
+            .iter()
+            .map(|c| CallerStats {
+                name: c.spec.name.clone(),
+                ops: count(&c.ops_done),
+                ok: count(&c.ops_ok),
+            })
+            .collect(),
+        engine_failure: lock(&shared.failure).take(),
     }
+}
+
+/// Records an operation whose run panicked as failed, with the message, and stops the run:
+/// a bug in reprod must not pass for a finished run or take the history with it.
+async fn contain_panic(shared: &Shared, op: &PlannedOp, panic: Box<dyn std::any::Any + Send>) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    let message = format!(
+        "operation {} of caller {}: {message}",
+        op.op_id, shared.callers[op.caller].spec.name
+    );
+    let now = shared.clock.now_us();
+    let caller = &shared.callers[op.caller];
+    shared
+        .recorder
+        .record(Event::EngineError(Box::new(
+            reprod_history::EngineErrorRecord {
+                op_id: op.op_id as i64,
+                at_us: now,
+                message: message.clone(),
+            },
+        )))
+        .await;
+    shared
+        .recorder
+        .record(Event::Op(OpRecord {
+            op_id: op.op_id as i64,
+            caller: caller.name,
+            key_prefix: caller.key_prefix,
+            key_index: op.key_index,
+            seq: op.seq as i64,
+            group_id: op.group as i64,
+            intended_start_us: op.at_us,
+            queue_delay_us: op.queue_delay_us,
+            started_us: now,
+            done_us: now,
+            outcome: Outcome::Failed,
+            attempts: 0,
+            status: None,
+            trace_id: op_trace_id(shared.seed, op.op_id),
+        }))
+        .await;
+    shared.live.done.fetch_add(1, Ordering::Relaxed);
+    shared.live.failed.fetch_add(1, Ordering::Relaxed);
+    caller.ops_done.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.failure).get_or_insert(message);
+    shared.pool.stop_all();
+}
+
+/// The seed of an operation's RNG.
+fn op_seed(seed: u64, op_id: u64) -> u64 {
+    mix(seed, op_id.wrapping_add(1 << 32))
+}
+
+/// The trace id of an operation: the first draw of its RNG.
+fn op_trace_id(seed: u64, op_id: u64) -> TraceId {
+    let mut rng = fastrand::Rng::with_seed(op_seed(seed, op_id));
+    TraceId::from_words(rng.u64(..), rng.u64(..))
 }
 
 /// Per-operation timings, kept in fixed-size histograms.
@@ -302,7 +404,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
         }
         None => None,
     };
-    let op_seed = mix(shared.seed, op.op_id.wrapping_add(1 << 32));
+    let op_seed = op_seed(shared.seed, op.op_id);
     let mut rng = fastrand::Rng::with_seed(op_seed);
     let trace_id = TraceId::from_words(rng.u64(..), rng.u64(..));
     let op_uuid = if caller.uses_uuid {
@@ -450,6 +552,10 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     let lag_us = (started_us - op.at_us).max(0) as u64;
     let live = &shared.live;
     live.done.fetch_add(1, Ordering::Relaxed);
+    caller.ops_done.fetch_add(1, Ordering::Relaxed);
+    if outcome == Outcome::Ok {
+        caller.ops_ok.fetch_add(1, Ordering::Relaxed);
+    }
     match outcome {
         Outcome::Ok => live.ok.fetch_add(1, Ordering::Relaxed),
         Outcome::Failed => live.failed.fetch_add(1, Ordering::Relaxed),

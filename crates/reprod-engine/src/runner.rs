@@ -58,6 +58,8 @@ pub(crate) struct Dispatched {
 /// The schedule as the runners share it.
 struct Dispatch {
     schedule: Schedule,
+    /// When the load started: the schedule's times count from here.
+    offset_us: i64,
     /// Past this, operations are counted instead of sent.
     deadline_us: i64,
     /// The schedule is exhausted, cut at the deadline, or the run is stopping.
@@ -87,17 +89,18 @@ impl Dispatch {
         if self.waiting {
             return Claim::Wait;
         }
-        let op = match self.schedule.next() {
+        let mut op = match self.schedule.next() {
             Some(op) if !stopping => op,
             _ => {
                 self.ended = true;
                 return Claim::End;
             }
         };
+        op.at_us += self.offset_us;
         if now_us > self.deadline_us {
             let (rest, last) = self.schedule.count_rest();
             self.done.unsent = 1 + rest;
-            self.done.last_intended_us = last.unwrap_or(op.at_us);
+            self.done.last_intended_us = last.map_or(op.at_us, |at| at + self.offset_us);
             self.ended = true;
             return Claim::End;
         }
@@ -109,9 +112,11 @@ impl Dispatch {
 }
 
 impl Pool {
-    /// Runners for `schedule`, at most `max` of them, cutting it at `deadline_us`.
+    /// Runners for `schedule` (whose times count from `offset_us`), at most `max` of them,
+    /// cutting it at `deadline_us`.
     pub(crate) fn new(
         schedule: Schedule,
+        offset_us: i64,
         deadline_us: i64,
         stop: Arc<StopSignal>,
         max: usize,
@@ -120,6 +125,7 @@ impl Pool {
         Pool {
             dispatch: Mutex::new(Dispatch {
                 schedule,
+                offset_us,
                 deadline_us,
                 ended: false,
                 waiting: false,
@@ -152,23 +158,31 @@ impl Pool {
         lock(&pool.handles).push(handle);
     }
 
-    /// Waits for every runner to end; a runner's panic goes on in the caller.
-    pub(crate) async fn join(&self) {
+    /// Waits for every runner to end. A runner that panicked outside an operation (those are
+    /// contained where they run) stops the others, and its message is returned.
+    pub(crate) async fn join(&self) -> Option<String> {
         // A runner only starts another while it runs, so once every handle taken has ended and
         // no new one appeared, all have ended.
+        let mut failure = None;
         loop {
             let handles = std::mem::take(&mut *lock(&self.handles));
             if handles.is_empty() {
-                return;
+                return failure;
             }
             for handle in handles {
                 if let Err(e) = handle.await
                     && e.is_panic()
                 {
-                    std::panic::resume_unwind(e.into_panic());
+                    self.stop.set();
+                    failure.get_or_insert_with(|| format!("a load runner failed: {e}"));
                 }
             }
         }
+    }
+
+    /// Stops the run from inside: no runner takes another operation, and in-flight ones end.
+    pub(crate) fn stop_all(&self) {
+        self.stop.set();
     }
 
     /// What dispatching did; complete once [`Pool::join`] returned.
@@ -214,7 +228,26 @@ async fn runner(shared: Arc<Shared>) {
         if pool.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
             Pool::start(&shared);
         }
-        crate::run_op(&shared, op, &mut rt).await;
+        // A panic while running an operation is contained: the operation is recorded failed with
+        // the message, the run stops, and the history is still finished by the caller. The
+        // future is pinned in place, so containing costs no allocation per operation.
+        let planned = op.clone();
+        let mut running = std::pin::pin!(crate::run_op(&shared, op, &mut rt));
+        let ran = std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                running.as_mut().poll(cx)
+            })) {
+                Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
+                Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+                Err(panic) => std::task::Poll::Ready(Err(panic)),
+            }
+        })
+        .await;
+        if let Err(panic) = ran {
+            crate::contain(&shared, &planned, panic).await;
+            pool.idle.fetch_add(1, Ordering::AcqRel);
+            break;
+        }
         pool.idle.fetch_add(1, Ordering::AcqRel);
     }
     pool.idle.fetch_sub(1, Ordering::AcqRel);
@@ -280,6 +313,7 @@ mod tests {
         );
         Dispatch {
             schedule: Schedule::new(&scenario),
+            offset_us: 0,
             deadline_us,
             ended: false,
             waiting: false,

@@ -14,7 +14,7 @@ pub mod latency;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub enum FaultError {
 /// The running dependencies and sinks.
 #[derive(Debug)]
 pub struct FaultLayer {
+    /// When the load started (run clock µs; `i64::MAX` until then): fault windows count from it.
+    load_start_us: Arc<AtomicI64>,
     dependency_urls: BTreeMap<String, String>,
     sink_urls: BTreeMap<String, String>,
     stop: watch::Sender<bool>,
@@ -76,6 +78,7 @@ impl FaultLayer {
         recorder: Recorder,
     ) -> Result<FaultLayer, FaultError> {
         let (stop, stopped) = watch::channel(false);
+        let load_start_us = Arc::new(AtomicI64::new(i64::MAX));
         let mut tasks = JoinSet::new();
         let mut dependency_urls = BTreeMap::new();
         let mut sink_urls = BTreeMap::new();
@@ -98,6 +101,7 @@ impl FaultLayer {
                 seed: mix(scenario.seed, 1_000 + index as u64),
                 calls: AtomicU64::new(0),
                 clock,
+                load_start_us: Arc::clone(&load_start_us),
                 recorder: recorder.clone(),
                 upstream: match &dep.mode {
                     DependencyMode::Proxy { upstream } => {
@@ -130,6 +134,7 @@ impl FaultLayer {
                 seed: mix(scenario.seed, 2_000 + index as u64),
                 calls: AtomicU64::new(0),
                 clock,
+                load_start_us: Arc::clone(&load_start_us),
                 recorder: recorder.clone(),
                 upstream: None,
             });
@@ -137,11 +142,18 @@ impl FaultLayer {
             sink_urls.insert(sink.name.clone(), format!("http://{addr}"));
         }
         Ok(FaultLayer {
+            load_start_us,
             dependency_urls,
             sink_urls,
             stop,
             tasks,
         })
+    }
+
+    /// Marks the start of the load: fault windows (`from`, `to`) count from here, and no
+    /// fault applies before it (start-up, readiness probes and setup requests are left alone).
+    pub fn set_load_start(&self, at_us: i64) {
+        self.load_start_us.store(at_us, Ordering::Release);
     }
 
     /// Where dependency `name` is served.
@@ -205,6 +217,7 @@ struct Endpoint {
     seed: u64,
     calls: AtomicU64,
     clock: RunClock,
+    load_start_us: Arc<AtomicI64>,
     recorder: Recorder,
     /// Pooled connections to the upstream of a proxy.
     upstream: Option<reprod_http::Pool>,
@@ -480,9 +493,14 @@ impl Endpoint {
         rng: &mut fastrand::Rng,
     ) -> Option<(usize, &FaultKind)> {
         let header = |name: &str| header_text(&parts.headers, name);
+        let load_start = self.load_start_us.load(Ordering::Acquire);
+        if now_us < load_start {
+            return None;
+        }
+        let load_us = now_us - load_start;
         for (index, (rule, bucket)) in self.faults.iter().zip(&self.buckets).enumerate() {
-            let in_window = now_us >= rule.from.as_micros() as i64
-                && rule.to.is_none_or(|to| now_us < to.as_micros() as i64);
+            let in_window = load_us >= rule.from.as_micros() as i64
+                && rule.to.is_none_or(|to| load_us < to.as_micros() as i64);
             if !in_window
                 || !rule
                     .matcher

@@ -267,8 +267,11 @@ pub struct ViolationRecord {
     pub key: String,
     /// The evidence, as text.
     pub detail: String,
-    /// When it was found.
+    /// When it was first seen: by a check during the run (`mid_run`), or by the check after
+    /// it (`final_check`, stamped with that check's time).
     pub found_us: i64,
+    /// Whether a check during the run saw it first.
+    pub seen_mid_run: bool,
 }
 
 /// Anything recorded.
@@ -288,8 +291,21 @@ pub enum Event {
     SinkDelivery(Box<SinkDeliveryRecord>),
     /// A service replica changed state.
     Service(Box<ServiceEventRecord>),
-    /// An invariant was violated.
-    Violation(Box<ViolationRecord>),
+    /// reprod's engine failed while running an operation (a panic, contained).
+    EngineError(Box<EngineErrorRecord>),
+    /// The load started (every service ready): `run.load_started_us`.
+    LoadStarted(i64),
+}
+
+/// An operation the engine failed to run: reprod's own fault, recorded so the run can say so.
+#[derive(Clone, Debug)]
+pub struct EngineErrorRecord {
+    /// The operation.
+    pub op_id: i64,
+    /// When.
+    pub at_us: i64,
+    /// What went wrong (the panic message).
+    pub message: String,
 }
 
 /// What the `run` table says about the run.
@@ -406,6 +422,7 @@ pub struct History {
     path: PathBuf,
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<Result<WriterStats, HistoryError>>>,
+    failure: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// What the writer did.
@@ -426,7 +443,7 @@ PRAGMA synchronous = NORMAL;
 CREATE TABLE run (
     run_id TEXT NOT NULL, scenario TEXT NOT NULL, scenario_path TEXT NOT NULL, seed INTEGER NOT NULL,
     started_at TEXT NOT NULL, conditions TEXT NOT NULL, params TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'running', ended_at_us INTEGER
+    status TEXT NOT NULL DEFAULT 'running', ended_at_us INTEGER, load_started_us INTEGER
 );
 CREATE TABLE ops (
     op_id INTEGER PRIMARY KEY, caller TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -456,7 +473,11 @@ CREATE TABLE service_events (
     event TEXT NOT NULL, detail TEXT NOT NULL
 );
 CREATE TABLE violations (
-    invariant TEXT NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, found_us INTEGER NOT NULL
+    invariant TEXT NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, found_us INTEGER NOT NULL,
+    found_by TEXT NOT NULL DEFAULT 'final_check'
+);
+CREATE TABLE engine_errors (
+    op_id INTEGER NOT NULL, at_us INTEGER NOT NULL, message TEXT NOT NULL
 );
 ";
 
@@ -479,6 +500,12 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 }
 
 impl History {
+    /// Turns `Some(reason)` when the writer failed (a full disk, an I/O error): events after
+    /// that are lost, so the run must stop and say its history is incomplete.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.clone()
+    }
+
     /// Creates the history file at `path` (which must not exist) and starts the writer.
     pub fn create(path: &Path, info: &RunInfo) -> Result<(History, Recorder), HistoryError> {
         let fail = |source| HistoryError::Sqlite {
@@ -505,15 +532,24 @@ impl History {
         let names = Arc::new(Names::default());
         let thread_path = path.to_path_buf();
         let thread_names = Arc::clone(&names);
+        let (failed, failure) = tokio::sync::watch::channel(None);
         let thread = std::thread::Builder::new()
             .name("reprod-history".to_string())
-            .spawn(move || write_loop(conn, rx, thread_names, &thread_path))
+            .spawn(move || {
+                let result = write_loop(conn, rx, thread_names, &thread_path);
+                if let Err(e) = &result {
+                    // Senders learn it from the closed channel; the run learns it here, at once.
+                    let _ = failed.send(Some(e.to_string()));
+                }
+                result
+            })
             .map_err(|e| HistoryError::WriterGone(e.to_string()))?;
         Ok((
             History {
                 path: path.to_path_buf(),
                 tx: tx.clone(),
                 thread: Some(thread),
+                failure,
             },
             Recorder { tx, names },
         ))
@@ -863,11 +899,15 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
                 s.service, s.replica, s.version, s.at_us, s.event, s.detail
             ])?;
         }
-        Event::Violation(v) => {
+        Event::LoadStarted(at_us) => {
+            tx.prepare_cached("UPDATE run SET load_started_us = ?1")?
+                .execute(params![at_us])?;
+        }
+        Event::EngineError(e) => {
             tx.prepare_cached(
-                "INSERT INTO violations (invariant, key, detail, found_us) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO engine_errors (op_id, at_us, message) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![v.invariant, v.key, v.detail, v.found_us])?;
+            .execute(params![e.op_id, e.at_us, e.message])?;
         }
     }
     Ok(())
@@ -1151,20 +1191,96 @@ pub mod read {
         rows.collect::<Result<_, _>>().map_err(fail)
     }
 
-    /// (keys with a violation, keys any operation touched).
-    pub fn key_counts(path: &Path) -> Result<(u64, u64), HistoryError> {
+    /// Keys operations touched, and per invariant the keys among them it was violated for.
+    pub fn key_counts(path: &Path) -> Result<KeyCounts, HistoryError> {
         let fail = |source| HistoryError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
         let conn = open(path)?;
-        conn.query_row(
-            "SELECT (SELECT COUNT(DISTINCT key) FROM violations WHERE key IN (SELECT key FROM ops)),
-                    (SELECT COUNT(DISTINCT key) FROM ops)",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )
-        .map_err(fail)
+        let touched = conn
+            .query_row("SELECT COUNT(DISTINCT key) FROM ops", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(fail)? as u64;
+        let any = conn
+            .query_row(
+                "SELECT COUNT(DISTINCT key) FROM violations WHERE key IN (SELECT key FROM ops)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(fail)? as u64;
+        let mut stmt = conn
+            .prepare(
+                "SELECT invariant, COUNT(DISTINCT key) FROM violations
+                 WHERE key IN (SELECT key FROM ops) GROUP BY invariant",
+            )
+            .map_err(fail)?;
+        let per_invariant = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(fail)?
+            .collect::<Result<_, _>>()
+            .map_err(fail)?;
+        Ok(KeyCounts {
+            touched,
+            any,
+            per_invariant,
+        })
+    }
+
+    /// What [`key_counts`] found.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct KeyCounts {
+        /// Keys any operation touched.
+        pub touched: u64,
+        /// Of those, keys with a violation of any invariant.
+        pub any: u64,
+        /// Of those, keys with a violation, per invariant.
+        pub per_invariant: BTreeMap<String, u64>,
+    }
+
+    /// The commonest way a caller's operations failed, from [`commonest_failure`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Failing {
+        /// The last attempt's status, when it had one.
+        pub status: Option<i64>,
+        /// Its transport error or timeout, when it had no status.
+        pub error: Option<String>,
+        /// Operations that ended so.
+        pub count: u64,
+        /// The start of one such answer.
+        pub response: Option<String>,
+    }
+
+    /// Why most of a caller's operations did not succeed: the commonest ending of their last
+    /// attempts, how many ended so, and the start of one such answer.
+    pub fn commonest_failure(path: &Path, caller: &str) -> Result<Option<Failing>, HistoryError> {
+        let fail = |source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = open(path)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT a.status, a.error, COUNT(*), MAX(a.response) FROM ops o
+                 JOIN attempts a ON a.op_id = o.op_id AND a.n = o.attempts
+                 WHERE o.caller = ?1 AND o.outcome != 'ok'
+                 GROUP BY a.status, a.error ORDER BY COUNT(*) DESC LIMIT 1",
+            )
+            .map_err(fail)?;
+        let mut rows = stmt
+            .query_map(params![caller], |r| {
+                Ok(Failing {
+                    status: r.get(0)?,
+                    error: r.get(1)?,
+                    count: r.get::<_, i64>(2)? as u64,
+                    response: r.get(3)?,
+                })
+            })
+            .map_err(fail)?;
+        rows.next().transpose().map_err(fail)
     }
 
     /// Keys of operations that ended ok.
@@ -1196,8 +1312,19 @@ pub mod read {
         let tx = conn.transaction().map_err(fail)?;
         for v in violations {
             tx.execute(
-                "INSERT INTO violations (invariant, key, detail, found_us) VALUES (?1, ?2, ?3, ?4)",
-                params![v.invariant, v.key, v.detail, v.found_us],
+                "INSERT INTO violations (invariant, key, detail, found_us, found_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    v.invariant,
+                    v.key,
+                    v.detail,
+                    v.found_us,
+                    if v.seen_mid_run {
+                        "mid_run"
+                    } else {
+                        "final_check"
+                    }
+                ],
             )
             .map_err(fail)?;
         }

@@ -134,9 +134,13 @@ impl Pool {
         })
     }
 
-    /// Sends `request` (a complete HTTP/1.1 request) and reads the response. A reused
-    /// connection that the server closed while idle is replaced once, as long as not a byte of
-    /// response came back (the request was not processed).
+    /// Sends `request` (a complete HTTP/1.1 request) and reads the response.
+    ///
+    /// A request that may have reached the server is never sent again here: a pooled
+    /// connection is checked before use (a server that closed it while it was idle is found
+    /// then, and a fresh connection is used instead), and only a write that sent not one byte
+    /// is retried on a fresh connection. Any failure after that is an error of this attempt for
+    /// the caller to record, retry as an attempt of its own, or call ambiguous.
     pub async fn exchange(&self, request: &[u8], head_only: bool) -> Result<Response, HttpError> {
         self.exchange_with(request, head_only, false).await
     }
@@ -148,144 +152,187 @@ impl Pool {
         head_only: bool,
         keep_headers: bool,
     ) -> Result<Response, HttpError> {
-        if let Some(conn) = self.take() {
-            match self
-                .round_trip(conn, request, head_only, keep_headers)
-                .await
+        while let Some(mut conn) = self.take() {
+            if !still_open(&conn.stream) {
+                continue;
+            }
+            match round_trip(
+                &mut conn.stream,
+                &mut conn.leftover,
+                request,
+                head_only,
+                keep_headers,
+            )
+            .await
             {
-                Ok(response) => return Ok(response),
-                Err(Failure {
-                    untouched: true, ..
-                }) => {}
+                Ok((response, reusable)) => {
+                    if reusable {
+                        self.give_back(conn);
+                    }
+                    return Ok(response);
+                }
+                // Not a byte of the request left: the server cannot have seen it.
+                Err(Failure { unsent: true, .. }) => break,
                 Err(Failure { error, .. }) => return Err(error),
             }
         }
-        let conn = self.connect().await?;
-        self.round_trip(conn, request, head_only, keep_headers)
-            .await
-            .map_err(|f| f.error)
-    }
-
-    async fn round_trip(
-        &self,
-        mut conn: Conn,
-        request: &[u8],
-        head_only: bool,
-        keep_headers: bool,
-    ) -> Result<Response, Failure> {
-        if let Err(e) = conn.stream.write_all(request).await {
-            return Err(Failure::untouched(format!("sending: {e}")));
-        }
-        // Reads go straight into `buf`'s spare capacity: no stack buffer, which would make every
-        // attempt's future (and so every spawned operation) several KiB larger.
-        let mut buf = std::mem::take(&mut conn.leftover);
-        // Head.
-        let mut kept_headers = Vec::new();
-        let (status, head_len, framing, keep_alive, retry_after) = loop {
-            if !buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut parsed = httparse::Response::new(&mut headers);
-                match parsed.parse(&buf) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        let status = parsed.code.unwrap_or(0);
-                        if (100..200).contains(&status) {
-                            buf.drain(..len);
-                            continue;
-                        }
-                        let info = head_info(&parsed, head_only);
-                        if keep_headers {
-                            kept_headers = parsed
-                                .headers
-                                .iter()
-                                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                                .collect();
-                        }
-                        break (status, len, info.0, info.1, info.2);
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                        return Err(Failure::touched("response head too large".to_string()));
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(Failure::touched(format!("malformed response: {e}"))),
-                }
-            }
-            match read_into(&mut conn.stream, &mut buf).await {
-                Ok(0) if buf.is_empty() => {
-                    return Err(Failure::untouched(
-                        "connection closed before any response".to_string(),
-                    ));
-                }
-                Ok(0) => {
-                    return Err(Failure::touched(
-                        "connection closed mid-response".to_string(),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if buf.is_empty() => {
-                    return Err(Failure::untouched(format!("reading: {e}")));
-                }
-                Err(e) => return Err(Failure::touched(format!("reading: {e}"))),
-            }
-        };
-        buf.drain(..head_len);
-        // Body.
-        let body = match framing {
-            Framing::Length(len) => {
-                while buf.len() < len {
-                    read_more(&mut conn.stream, &mut buf).await?;
-                }
-                // The buffer stays with the connection, capacity and all: no allocation per
-                // attempt but the body's own.
-                let body = buf[..len].to_vec();
-                buf.drain(..len);
-                conn.leftover = buf;
-                body
-            }
-            Framing::Chunked => read_chunked(&mut conn, buf).await?,
-            Framing::UntilClose => {
-                loop {
-                    match read_into(&mut conn.stream, &mut buf).await {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) => return Err(Failure::touched(format!("reading: {e}"))),
-                    }
-                    if buf.len() > MAX_BODY_BYTES {
-                        return Err(Failure::touched("response body too large".to_string()));
-                    }
-                }
-                buf
-            }
-        };
-        if keep_alive && !matches!(framing, Framing::UntilClose) {
+        let mut conn = self.connect().await?;
+        let (response, reusable) = round_trip(
+            &mut conn.stream,
+            &mut conn.leftover,
+            request,
+            head_only,
+            keep_headers,
+        )
+        .await
+        .map_err(|f| f.error)?;
+        if reusable {
             self.give_back(conn);
         }
-        Ok(Response {
+        Ok(response)
+    }
+}
+
+/// Whether an idle connection can take a request: the server has not closed it (or sent
+/// anything unasked) while it sat in the pool.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// One exchange on `stream`: writes `request`, reads one response (bytes read past it stay in
+/// `leftover`). Returns the response and whether the connection can carry another. Every length
+/// is checked: a response that is malformed, too large or cut short is an error, never a panic.
+pub async fn round_trip<S>(
+    stream: &mut S,
+    leftover: &mut Vec<u8>,
+    request: &[u8],
+    head_only: bool,
+    keep_headers: bool,
+) -> Result<(Response, bool), Failure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut written = 0;
+    while written < request.len() {
+        match stream.write(&request[written..]).await {
+            Ok(0) => return Err(Failure::sending("the connection took no bytes", written)),
+            Ok(n) => written += n,
+            Err(e) => return Err(Failure::sending(&format!("sending: {e}"), written)),
+        }
+    }
+    // Reads go straight into `buf`'s spare capacity: no stack buffer, which would make every
+    // attempt's future several KiB larger.
+    let mut buf = std::mem::take(leftover);
+    // Head.
+    let mut kept_headers = Vec::new();
+    let (status, head_len, framing, keep_alive, retry_after) = loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = parsed.code.unwrap_or(0);
+                    if (100..200).contains(&status) {
+                        buf.drain(..len);
+                        continue;
+                    }
+                    let info = head_info(&parsed, head_only)?;
+                    if keep_headers {
+                        kept_headers = parsed
+                            .headers
+                            .iter()
+                            .map(|h| (h.name.to_string(), h.value.to_vec()))
+                            .collect();
+                    }
+                    break (status, len, info.0, info.1, info.2);
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                    return Err(Failure::read("response head too large"));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(Failure::read(&format!("malformed response: {e}"))),
+            }
+        }
+        match read_into(stream, &mut buf).await {
+            Ok(0) if buf.is_empty() => {
+                return Err(Failure::read(
+                    "the connection closed before any response (the request may have been processed)",
+                ));
+            }
+            Ok(0) => return Err(Failure::read("connection closed mid-response")),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::read(&format!("reading: {e}"))),
+        }
+    };
+    buf.drain(..head_len);
+    // Body.
+    let body = match framing {
+        Framing::Length(len) => {
+            if len > MAX_BODY_BYTES {
+                return Err(Failure::read(&format!(
+                    "response body of {len} bytes is larger than the {MAX_BODY_BYTES} bytes reprod reads"
+                )));
+            }
+            while buf.len() < len {
+                read_more(stream, &mut buf).await?;
+            }
+            // The buffer stays with the connection, capacity and all: no allocation per
+            // attempt but the body's own.
+            let body = buf[..len].to_vec();
+            buf.drain(..len);
+            *leftover = buf;
+            body
+        }
+        Framing::Chunked => read_chunked(stream, leftover, buf).await?,
+        Framing::UntilClose => {
+            loop {
+                if buf.len() > MAX_BODY_BYTES {
+                    return Err(Failure::read("response body too large"));
+                }
+                match read_into(stream, &mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(Failure::read(&format!("reading: {e}"))),
+                }
+            }
+            buf
+        }
+    };
+    let reusable = keep_alive && !matches!(framing, Framing::UntilClose);
+    Ok((
+        Response {
             status,
             retry_after,
             body,
             headers: kept_headers,
-        })
-    }
+        },
+        reusable,
+    ))
 }
 
-/// A failed round trip; `untouched` when no response byte arrived (safe to resend).
-struct Failure {
-    error: HttpError,
-    untouched: bool,
+/// A failed round trip; `unsent` when not a byte of the request was written (the server
+/// cannot have seen it, so it is safe to send on another connection).
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: HttpError,
+    /// Nothing was written.
+    pub unsent: bool,
 }
 
 impl Failure {
-    fn untouched(e: String) -> Failure {
+    fn sending(e: &str, written: usize) -> Failure {
         Failure {
-            error: HttpError::Transport(e),
-            untouched: true,
+            error: HttpError::Transport(e.to_string()),
+            unsent: written == 0,
         }
     }
 
-    fn touched(e: String) -> Failure {
+    fn read(e: &str) -> Failure {
         Failure {
-            error: HttpError::Transport(e),
-            untouched: false,
+            error: HttpError::Transport(e.to_string()),
+            unsent: false,
         }
     }
 }
@@ -296,7 +343,10 @@ enum Framing {
     UntilClose,
 }
 
-fn head_info(r: &httparse::Response<'_, '_>, head_only: bool) -> (Framing, bool, Option<Duration>) {
+fn head_info(
+    r: &httparse::Response<'_, '_>,
+    head_only: bool,
+) -> Result<(Framing, bool, Option<Duration>), Failure> {
     let status = r.code.unwrap_or(0);
     let mut framing = Framing::UntilClose;
     let mut keep_alive = r.version == Some(1);
@@ -304,11 +354,25 @@ fn head_info(r: &httparse::Response<'_, '_>, head_only: bool) -> (Framing, bool,
     for h in r.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            if let Some(len) = std::str::from_utf8(h.value)
+            let len = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
-                && !matches!(framing, Framing::Chunked)
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Failure::read(&format!(
+                        "malformed response: Content-Length {:?}",
+                        String::from_utf8_lossy(h.value)
+                    ))
+                })?;
+            if let Framing::Length(earlier) = framing
+                && earlier != len
             {
+                return Err(Failure::read(
+                    "malformed response: two different Content-Length headers",
+                ));
+            }
+            if !matches!(framing, Framing::Chunked) {
                 framing = Framing::Length(len);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -332,71 +396,116 @@ fn head_info(r: &httparse::Response<'_, '_>, head_only: bool) -> (Framing, bool,
             retry_after = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .map(|s| Duration::from_secs(s.min(86_400)));
         }
     }
     if head_only || status == 204 || status == 304 {
         framing = Framing::Length(0);
     }
-    (framing, keep_alive, retry_after)
+    Ok((framing, keep_alive, retry_after))
 }
 
-/// Appends what the socket has to `buf`; 0 at end of stream.
-async fn read_into(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+/// Appends what the stream has to `buf`; 0 at end of stream.
+async fn read_into<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
     }
     stream.read_buf(buf).await
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
+async fn read_more<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<usize, Failure> {
     match read_into(stream, buf).await {
-        Ok(0) => Err(Failure::touched("connection closed mid-body".to_string())),
+        Ok(0) => Err(Failure::read("connection closed mid-body")),
         Ok(n) => Ok(n),
-        Err(e) => Err(Failure::touched(format!("reading: {e}"))),
+        Err(e) => Err(Failure::read(&format!("reading: {e}"))),
     }
 }
 
-async fn read_chunked(conn: &mut Conn, mut buf: Vec<u8>) -> Result<Vec<u8>, Failure> {
-    let mut body = Vec::new();
+/// Longest chunk-size line (with extensions) or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Reads until a CRLF is in `buf` (at most [`MAX_CHUNK_LINE`] bytes before it); its position.
+async fn line_end<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<usize, Failure> {
+    let mut searched = 0;
     loop {
-        // Chunk size line.
-        let line_end = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            read_more(&mut conn.stream, &mut buf).await?;
-        };
-        let size_text = std::str::from_utf8(&buf[..line_end]).unwrap_or("");
-        let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| Failure::touched(format!("bad chunk size {size_text:?}")))?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers end with an empty line.
-            loop {
-                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                    let empty = i == 0;
-                    buf.drain(..i + 2);
-                    if empty {
-                        conn.leftover = buf;
-                        return Ok(body);
-                    }
-                    continue;
-                }
-                read_more(&mut conn.stream, &mut buf).await?;
-            }
+        if let Some(i) = buf[searched..].windows(2).position(|w| w == b"\r\n") {
+            return Ok(searched + i);
         }
-        while buf.len() < size + 2 {
-            read_more(&mut conn.stream, &mut buf).await?;
+        searched = buf.len().saturating_sub(1);
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(Failure::read("malformed response: a chunk line too long"));
         }
-        if body.len() + size > MAX_BODY_BYTES {
-            return Err(Failure::touched("response body too large".to_string()));
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
+        read_more(stream, buf).await?;
     }
 }
+
+async fn read_chunked<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    leftover: &mut Vec<u8>,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    loop {
+        let end = line_end(stream, &mut buf).await?;
+        let size_text = std::str::from_utf8(&buf[..end]).unwrap_or("");
+        let size_hex = size_text.split(';').next().unwrap_or("").trim();
+        let size = (!size_hex.is_empty() && size_hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| usize::from_str_radix(size_hex, 16).ok())
+            .flatten()
+            .filter(|size| {
+                body.len()
+                    .checked_add(*size)
+                    .is_some_and(|n| n <= MAX_BODY_BYTES)
+            })
+            .ok_or_else(|| {
+                Failure::read(&format!(
+                    "malformed or too large chunk size {:?}",
+                    String::from_utf8_lossy(&buf[..end.min(40)])
+                ))
+            })?;
+        buf.drain(..end + 2);
+        if size == 0 {
+            // Trailers end with an empty line.
+            let mut trailer_bytes = 0usize;
+            loop {
+                let end = line_end(stream, &mut buf).await?;
+                buf.drain(..end + 2);
+                if end == 0 {
+                    *leftover = buf;
+                    return Ok(body);
+                }
+                trailer_bytes += end;
+                if trailer_bytes > MAX_HEAD_BYTES {
+                    return Err(Failure::read("response trailers too large"));
+                }
+            }
+        }
+        // `size` is at most MAX_BODY_BYTES, so this cannot overflow.
+        let with_crlf = size + 2;
+        while buf.len() < with_crlf {
+            read_more(stream, &mut buf).await?;
+        }
+        if &buf[size..with_crlf] != b"\r\n" {
+            return Err(Failure::read(
+                "malformed response: a chunk not followed by CRLF",
+            ));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..with_crlf);
+    }
+}
+
+#[cfg(test)]
+mod property;
 
 #[cfg(test)]
 mod tests {
@@ -470,6 +579,53 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(matches!(err, HttpError::Connect(_)), "{err:?}");
+    }
+
+    /// A request the server read but did not answer (it closed the connection instead) may
+    /// have been processed: it is an error of the attempt, never sent a second time.
+    #[tokio::test]
+    async fn a_request_that_reached_the_server_is_never_resent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&received);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counted = std::sync::Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if n == 0 {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
+                        } else {
+                            // Read it, then die without an answer.
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(addr, "x".into());
+        assert_eq!(pool.exchange(GET, false).await.expect("first").status, 200);
+        let second = pool.exchange(GET, false).await;
+        let error = format!("{:?}", second.expect_err("no answer"));
+        assert!(error.contains("may have been processed"), "{error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            received.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the unanswered request was not sent again"
+        );
     }
 
     #[tokio::test]

@@ -57,6 +57,78 @@ pub struct Lag {
     pub max: f64,
 }
 
+/// How a run ended: the one fact every verdict starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Load ran its course and the drain finished.
+    #[default]
+    Completed,
+    /// Ctrl-C or SIGTERM stopped it.
+    Interrupted,
+    /// A service replica died, or a service could not be reached, during the run.
+    ServiceFailed,
+    /// It never got to load: a dependency, a service or the database could not be started.
+    StartFailed,
+    /// The history could not be written (a full disk, an I/O error): what it holds is partial.
+    HistoryFailed,
+    /// reprod's own load engine failed (a bug in reprod): the operation is recorded as failed.
+    EngineFailed,
+}
+
+impl Status {
+    /// The name `summary.json` and `history.sqlite` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Completed => "completed",
+            Status::Interrupted => "interrupted",
+            Status::ServiceFailed => "service_failed",
+            Status::StartFailed => "start_failed",
+            Status::HistoryFailed => "history_failed",
+            Status::EngineFailed => "engine_failed",
+        }
+    }
+}
+
+/// What a run proved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// A completed run, operations sent, every invariant checked and held, every threshold met.
+    Pass,
+    /// An invariant was violated or a threshold exceeded (a violation found in an incomplete
+    /// run is still real evidence).
+    Fail,
+    /// Nothing was found, but the run did not complete, sent no operation, or could not check
+    /// every invariant: no conclusion.
+    #[default]
+    Incomplete,
+}
+
+impl Verdict {
+    /// `pass`, `fail`, `incomplete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Something a reader of the verdict must know: the run may not have tested what it seems to.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Warning {
+    /// Machine-readable kind: `caller_failing`, `caller_after_load`, `no_operations`,
+    /// `history_incomplete`, `service_output_cut`.
+    pub kind: String,
+    /// The caller, service or invariant it is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The warning in words.
+    pub message: String,
+}
+
 /// One invariant's verdict.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct InvariantResult {
@@ -71,9 +143,13 @@ pub struct InvariantResult {
     /// Why it could not be checked, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Seconds into the run when a violation was first seen (invariants checked during the run).
+    /// Seconds after the load started when a violation was first seen (invariants checked
+    /// during the run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_violation_s: Option<f64>,
+    /// Checked on what an incomplete run left (the database and sinks as they were when it
+    /// stopped): a violation is real, a hold proves nothing.
+    pub partial: bool,
 }
 
 /// One threshold's verdict.
@@ -115,9 +191,15 @@ pub struct Summary {
     pub conditions: Vec<String>,
     /// Final parameter values.
     pub params: serde_json::Map<String, serde_json::Value>,
-    /// `completed`, `interrupted`, or `failed: reason`.
-    pub status: String,
-    /// Load phase length in seconds (run start to last operation done).
+    /// How the run ended.
+    pub status: Status,
+    /// Why it did not complete, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// Seconds from the run's start (history clock zero) to the load's start: services
+    /// started and ready before it. Intended times count from here.
+    pub load_started_s: f64,
+    /// Load phase length in seconds (load start to last operation done).
     pub duration_s: f64,
     /// Operations.
     pub ops: OpCounts,
@@ -141,8 +223,10 @@ pub struct Summary {
     pub invariants: Vec<InvariantResult>,
     /// Thresholds.
     pub thresholds: Vec<ThresholdResult>,
-    /// `pass` or `fail`.
-    pub verdict: String,
+    /// `pass`, `fail` or `incomplete`.
+    pub verdict: Verdict,
+    /// What the reader must know about what this run did and did not exercise.
+    pub warnings: Vec<Warning>,
     /// For a failed run: the first violating key's timeline and the violating-vs-clean
     /// comparison (the same as `reprod explain --json`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,10 +236,21 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// `pass` when every invariant and threshold held and the run completed.
+    /// Decides the verdict: `fail` when any invariant was violated or a threshold exceeded;
+    /// otherwise `pass` only for a completed run that sent operations and checked every
+    /// invariant, and `incomplete` for anything less.
     pub fn decide(&mut self) {
-        let held = self.invariants.iter().all(|i| i.held) && self.thresholds.iter().all(|t| t.held);
-        self.verdict = if held { "pass" } else { "fail" }.to_string();
+        self.verdict = verdict(
+            self.status,
+            (self.ops.total, self.ops.ok),
+            &self.invariants,
+            &self.thresholds,
+        );
+    }
+
+    /// Whether any invariant was violated (as opposed to not checked).
+    pub fn violated(&self) -> bool {
+        self.invariants.iter().any(|i| !i.held && i.error.is_none())
     }
 
     /// Pretty JSON.
@@ -193,7 +288,24 @@ impl Summary {
                 .collect();
             let _ = writeln!(out, "params: {}", params.join(" "));
         }
-        let _ = writeln!(out, "status: {}", self.status);
+        let _ = writeln!(
+            out,
+            "verdict: {}{}",
+            self.verdict.as_str().to_uppercase(),
+            self.verdict_note()
+        );
+        let _ = writeln!(
+            out,
+            "status: {}{}",
+            self.status.as_str(),
+            self.status_reason
+                .as_deref()
+                .map(|r| format!(" — {}", first_line(r)))
+                .unwrap_or_default()
+        );
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {}", w.message);
+        }
         let _ = writeln!(out);
         let o = &self.ops;
         let _ = writeln!(
@@ -263,7 +375,12 @@ impl Summary {
             let _ = writeln!(out);
         }
         for i in &self.invariants {
-            let mark = if i.held { "held    " } else { "VIOLATED" };
+            let mark = match (i.held, &i.error) {
+                (_, Some(_)) => "UNCHECKED",
+                (true, None) if i.partial => "held*   ",
+                (true, None) => "held    ",
+                (false, None) => "VIOLATED",
+            };
             let _ = write!(out, "{mark}  {}", i.name);
             if let Some(e) = &i.error {
                 let _ = write!(out, " — could not be checked: {e}");
@@ -286,8 +403,130 @@ impl Summary {
                 t.name, t.actual, t.limit
             );
         }
+        if self.invariants.iter().any(|i| i.partial) {
+            let _ = writeln!(
+                out,
+                "            * checked on what the incomplete run left: a hold proves nothing"
+            );
+        }
         let _ = writeln!(out);
-        let _ = writeln!(out, "verdict: {}", self.verdict.to_uppercase());
+        let _ = writeln!(
+            out,
+            "verdict: {}{}",
+            self.verdict.as_str().to_uppercase(),
+            self.verdict_note()
+        );
         out
+    }
+
+    /// Why the verdict is what it is, when it is not a plain pass or fail.
+    fn verdict_note(&self) -> String {
+        match self.verdict {
+            Verdict::Incomplete if self.status != Status::Completed => format!(
+                " — the run did not complete ({}), and nothing it checked was violated",
+                self.status.as_str()
+            ),
+            Verdict::Incomplete if self.ops.total == 0 => {
+                " — no operation was sent, so nothing was tested".to_string()
+            }
+            Verdict::Incomplete if self.ops.ok == 0 => {
+                " — no operation succeeded, so nothing the service did was tested".to_string()
+            }
+            Verdict::Incomplete => " — an invariant could not be checked".to_string(),
+            Verdict::Fail if self.status != Status::Completed => {
+                format!(" (found before the run stopped: {})", self.status.as_str())
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// The verdict of a run with this status, (operations, of them ok), invariants and thresholds.
+pub fn verdict(
+    status: Status,
+    (ops, ok): (u64, u64),
+    invariants: &[InvariantResult],
+    thresholds: &[ThresholdResult],
+) -> Verdict {
+    let violated = invariants.iter().any(|i| !i.held && i.error.is_none())
+        || thresholds.iter().any(|t| !t.held);
+    let unchecked = invariants.iter().any(|i| i.error.is_some());
+    if violated {
+        Verdict::Fail
+    } else if status != Status::Completed || ops == 0 || ok == 0 || unchecked {
+        Verdict::Incomplete
+    } else {
+        Verdict::Pass
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(held: bool, error: Option<&str>) -> InvariantResult {
+        InvariantResult {
+            name: "i".into(),
+            held,
+            error: error.map(str::to_string),
+            ..InvariantResult::default()
+        }
+    }
+
+    #[test]
+    fn only_a_complete_checked_run_with_operations_passes() {
+        let held = [inv(true, None)];
+        assert_eq!(
+            verdict(Status::Completed, (10, 10), &held, &[]),
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(Status::Completed, (10, 0), &held, &[]),
+            Verdict::Incomplete,
+            "nothing succeeded, nothing was tested"
+        );
+        for status in [
+            Status::Interrupted,
+            Status::ServiceFailed,
+            Status::StartFailed,
+            Status::HistoryFailed,
+            Status::EngineFailed,
+        ] {
+            assert_eq!(verdict(status, (10, 10), &held, &[]), Verdict::Incomplete);
+            assert_eq!(
+                verdict(status, (10, 10), &[inv(false, None)], &[]),
+                Verdict::Fail,
+                "a violation found before the run stopped is real"
+            );
+        }
+        assert_eq!(
+            verdict(Status::Completed, (0, 0), &held, &[]),
+            Verdict::Incomplete
+        );
+        assert_eq!(
+            verdict(
+                Status::Completed,
+                (10, 10),
+                &[inv(true, None), inv(false, Some("x"))],
+                &[]
+            ),
+            Verdict::Incomplete
+        );
+        assert_eq!(
+            verdict(Status::Completed, (10, 10), &[], &[]),
+            Verdict::Pass
+        );
+        let exceeded = ThresholdResult {
+            held: false,
+            ..ThresholdResult::default()
+        };
+        assert_eq!(
+            verdict(Status::Completed, (10, 10), &held, &[exceeded]),
+            Verdict::Fail
+        );
     }
 }

@@ -14,6 +14,7 @@ mod error;
 mod model;
 mod raw;
 pub mod seed;
+pub mod sql_guard;
 mod template;
 mod units;
 mod validate;
@@ -24,9 +25,10 @@ pub use conditions::Condition;
 pub use error::{Diagnostic, ScenarioError, line_column};
 pub use model::*;
 pub use template::{Scope, Segment, Template, Var};
-pub use units::parse_duration;
+pub use units::{format_duration, parse_duration};
 pub use validate::{
-    DEFAULT_DRAIN, DEFAULT_DURATION, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_OPS, host_of, is_loopback,
+    DEFAULT_DRAIN, DEFAULT_DURATION, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_OPS, MAX_DURATION,
+    check_load_duration, host_of, is_loopback,
 };
 
 /// Parses and validates scenario `source`; `path` is only used in messages and for the default

@@ -130,6 +130,16 @@ pub struct Caller {
     pub idempotency: Idempotency,
 }
 
+impl Caller {
+    /// When its first operation can arrive (after the load starts, queue delay not counted).
+    pub fn first_arrival(&self) -> Duration {
+        match &self.arrival {
+            Arrival::Constant { start, .. } | Arrival::Poisson { start, .. } => *start,
+            Arrival::Burst { at, .. } | Arrival::Batch { at, .. } => *at,
+        }
+    }
+}
+
 /// A request template.
 #[derive(Clone, Debug)]
 pub struct RequestTemplate {

@@ -30,6 +30,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A duration as a scenario would write it: `250us`, `150ms`, `2s`, `1.5s`, `25h`.
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if us.is_multiple_of(3_600_000_000) && us > 0 {
+        format!("{}h", us / 3_600_000_000)
+    } else if us.is_multiple_of(60_000_000) && us > 0 {
+        format!("{}m", us / 60_000_000)
+    } else if us.is_multiple_of(1_000_000) {
+        format!("{}s", us / 1_000_000)
+    } else if us.is_multiple_of(1_000) {
+        format!("{}ms", us / 1_000)
+    } else if us >= 1_000_000 {
+        format!("{}s", d.as_secs_f64())
+    } else {
+        format!("{us}us")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +62,8 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        for text in ["250us", "150ms", "2s", "1500ms", "5m", "25h"] {
+            assert_eq!(format_duration(parse_duration(text).expect(text)), text);
+        }
     }
 }

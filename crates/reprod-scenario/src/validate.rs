@@ -16,6 +16,7 @@ use crate::raw::{
     RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency,
     RawRequest, RawRetry, RawScenario, RawService, RawSink, RawThresholds, S,
 };
+use crate::sql_guard::{Backend, check_read_only};
 use crate::template::{Scope, Template, Var};
 use crate::units::parse_duration;
 
@@ -27,8 +28,21 @@ pub const DEFAULT_MAX_OPS: u64 = 100_000;
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
 /// Default bound on operations in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
-/// Hard ceilings no scenario may exceed.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The longest load a run may generate, from a scenario or from `--duration`.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks a load duration against the one documented limit (more than 0, at most 24h): the
+/// same words for the scenario's `duration` and for `--duration`.
+pub fn check_load_duration(duration: Duration) -> Result<(), String> {
+    if duration.is_zero() || duration > MAX_DURATION {
+        Err(format!(
+            "the load duration must be more than 0 and at most 24h, got {}",
+            crate::units::format_duration(duration)
+        ))
+    } else {
+        Ok(())
+    }
+}
 const MAX_OPS_CEILING: u64 = 100_000_000;
 
 struct Cx<'a, 'd> {
@@ -181,9 +195,9 @@ pub fn validate(
         None => 1,
     };
     let duration = cx.duration_or(&raw.duration, "duration", DEFAULT_DURATION);
-    if duration > MAX_DURATION || duration.is_zero() {
+    if let Err(e) = check_load_duration(duration) {
         let span = raw.duration.as_ref().map_or(0..0, |v| v.span());
-        cx.err(span, "duration must be more than 0 and at most 24h", None);
+        cx.err(span, e, Some("for example duration = \"30s\""));
     }
     let max_ops = raw
         .max_ops
@@ -249,7 +263,7 @@ pub fn validate(
     let deps: Vec<Dependency> = raw
         .dependencies
         .iter()
-        .filter_map(|x| dependency(&mut cx, x))
+        .filter_map(|x| dependency(&mut cx, x, &allow_hosts))
         .collect();
     let sinks: Vec<Sink> = raw.sinks.iter().filter_map(|x| sink(&mut cx, x)).collect();
     let callers: Vec<Caller> = raw
@@ -257,10 +271,14 @@ pub fn validate(
         .iter()
         .filter_map(|c| caller(&mut cx, c, &service_names))
         .collect();
+    let backend = database.as_ref().map(|db| match db.url.segments.first() {
+        Some(crate::template::Segment::Lit(text)) => Backend::of_url(text),
+        _ => Backend::Unknown,
+    });
     let invariants: Vec<Invariant> = raw
         .invariants
         .iter()
-        .filter_map(|i| invariant(&mut cx, i, &sinks_names, raw.database.is_some()))
+        .filter_map(|i| invariant(&mut cx, i, &sinks_names, backend))
         .collect();
     let thresholds = raw
         .thresholds
@@ -1046,12 +1064,22 @@ fn key_extract(cx: &mut Cx<'_, '_>, k: &RawKeyExtract) -> Option<KeyExtract> {
         .map(|h| KeyExtract::Header(h.get_ref().to_ascii_lowercase()))
 }
 
-fn dependency(cx: &mut Cx<'_, '_>, d: &RawDependency) -> Option<Dependency> {
+fn dependency(
+    cx: &mut Cx<'_, '_>,
+    d: &RawDependency,
+    allow_hosts: &[String],
+) -> Option<Dependency> {
     let name = d.name.get_ref().clone();
     let mode = match (&d.upstream, &d.stub) {
         (Some(up), None) => {
-            if host_of(up.get_ref()).is_none() {
-                cx.err(up.span(), "upstream must be an http:// URL", None);
+            match host_of(up.get_ref()) {
+                None => cx.err(up.span(), "upstream must be an http:// URL", None),
+                Some(host) if is_loopback(host) || allow_hosts.iter().any(|h| h == host) => {}
+                Some(host) => cx.err(
+                    up.span(),
+                    format!("dependency {name:?} forwards to {host}, which is not a loopback address"),
+                    Some("reprod only sends traffic to loopback unless the host is listed in allow_hosts"),
+                ),
             }
             DependencyMode::Proxy {
                 upstream: up.get_ref().trim_end_matches('/').to_string(),
@@ -1261,9 +1289,19 @@ fn invariant(
     cx: &mut Cx<'_, '_>,
     i: &RawInvariant,
     sinks: &[String],
-    has_db: bool,
+    backend: Option<Backend>,
 ) -> Option<Invariant> {
     let name = i.name.get_ref().clone();
+    let has_db = backend.is_some();
+    let read_only = |cx: &mut Cx<'_, '_>, query: &S<String>| {
+        if let Err(why) = check_read_only(query.get_ref(), backend.unwrap_or(Backend::Unknown)) {
+            cx.err(
+                query.span(),
+                format!("invariant {name:?}: {why}"),
+                Some("an invariant query is one SELECT returning the violating rows; reprod runs it read-only after the run"),
+            );
+        }
+    };
     let forms = [
         i.sql.is_some(),
         i.sink.is_some(),
@@ -1282,6 +1320,7 @@ fn invariant(
         return None;
     }
     if let Some(query) = &i.counter {
+        read_only(cx, query);
         if !has_db {
             cx.err(
                 query.span(),
@@ -1358,6 +1397,7 @@ fn invariant(
     }
     let kind = match (&i.sql, &i.sink) {
         (Some(sql), None) => {
+            read_only(cx, sql);
             if !has_db {
                 cx.err(
                     sql.span(),

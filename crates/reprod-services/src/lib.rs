@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use reprod_history::{Event, Recorder, RunClock, ServiceEventRecord};
 use reprod_scenario::{Scenario, ServiceKind, Template, Var, host_of, is_loopback};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -140,6 +140,7 @@ impl std::fmt::Display for Death {
 /// Every running replica of every service.
 #[derive(Debug)]
 pub struct Services {
+    output: Arc<OutputCounts>,
     targets: Vec<Vec<Target>>,
     supervisors: Vec<(watch::Sender<bool>, oneshot::Receiver<()>)>,
     deaths: mpsc::Receiver<Death>,
@@ -157,6 +158,7 @@ impl Services {
     ) -> Result<Services, ServiceError> {
         let (death_tx, deaths) = mpsc::channel(64);
         let mut services = Services {
+            output: Arc::new(OutputCounts::default()),
             targets: Vec::new(),
             supervisors: Vec::new(),
             deaths,
@@ -200,6 +202,7 @@ impl Services {
                             clock,
                             recorder,
                             death_tx.clone(),
+                            &services.output,
                         )
                         .await
                         {
@@ -218,6 +221,11 @@ impl Services {
             services.targets.push(targets);
         }
         Ok(services)
+    }
+
+    /// What reading the replicas' output came to (lines cut, invalid UTF-8).
+    pub fn output(&self) -> &OutputCounts {
+        &self.output
     }
 
     /// Every service's replicas, in scenario order.
@@ -323,6 +331,7 @@ async fn start_replica(
     clock: RunClock,
     recorder: &Recorder,
     deaths: mpsc::Sender<Death>,
+    counts: &Arc<OutputCounts>,
 ) -> Result<(Target, (watch::Sender<bool>, oneshot::Receiver<()>)), ServiceError> {
     let uses_port = spec
         .command
@@ -406,6 +415,7 @@ async fn start_replica(
         Arc::clone(&tail),
         spec.stdout_prefix.map(str::to_string),
         Some(url_tx),
+        Arc::clone(counts),
     ));
     tokio::spawn(pump(
         stderr,
@@ -413,6 +423,7 @@ async fn start_replica(
         Arc::clone(&tail),
         None,
         None,
+        Arc::clone(counts),
     ));
 
     let not_ready = |reason: String, tail: &Tail| ServiceError::NotReady {
@@ -539,33 +550,100 @@ async fn start_replica(
     ))
 }
 
+/// Longest line of a replica's output that reprod reads as a line (its readiness line, the
+/// tail quoted in errors); longer lines are cut there and counted. The log file keeps every
+/// byte.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Bytes read from a pipe at once.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+/// What reading the replicas' output came to.
+#[derive(Debug, Default)]
+pub struct OutputCounts {
+    /// Lines longer than [`MAX_LINE_BYTES`], cut.
+    pub cut_lines: std::sync::atomic::AtomicU64,
+    /// Lines that were not valid UTF-8 (read with replacement characters).
+    pub invalid_utf8_lines: std::sync::atomic::AtomicU64,
+}
+
+/// Drains one of a replica's pipes until it closes: every byte goes to the log file, each line
+/// (cut at [`MAX_LINE_BYTES`], read as lossy UTF-8) to the tail and the readiness check. Never
+/// stops reading early, so a chatty service never blocks on a full pipe.
 async fn pump(
-    stream: impl tokio::io::AsyncRead + Unpin,
+    mut stream: impl tokio::io::AsyncRead + Unpin,
     log: Arc<tokio::sync::Mutex<tokio::io::BufWriter<tokio::fs::File>>>,
     tail: Tail,
     prefix: Option<String>,
     url_tx: Option<mpsc::Sender<String>>,
+    counts: Arc<OutputCounts>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
+    use tokio::io::AsyncReadExt as _;
     let mut url_tx = url_tx;
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let (Some(prefix), Some(tx)) = (&prefix, &url_tx)
-            && let Some(rest) = line.strip_prefix(prefix.as_str())
-        {
-            let _ = tx.send(rest.to_string()).await;
-            url_tx = None;
+    let mut buf = vec![0u8; PIPE_CHUNK];
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let finish = |line: &mut Vec<u8>, cut: &mut bool, url_tx: &mut Option<mpsc::Sender<String>>| {
+        if *cut {
+            counts
+                .cut_lines
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        {
-            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-            if t.len() == TAIL_LINES {
-                t.pop_front();
+        let text = match std::str::from_utf8(line) {
+            Ok(t) => t.to_string(),
+            Err(_) => {
+                counts
+                    .invalid_utf8_lines
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                String::from_utf8_lossy(line).into_owned()
             }
-            t.push_back(line.clone());
+        };
+        let text = text.trim_end_matches('\r').to_string();
+        if let (Some(prefix), Some(tx)) = (&prefix, url_tx.as_ref())
+            && let Some(rest) = text.strip_prefix(prefix.as_str())
+        {
+            let _ = tx.try_send(rest.to_string());
+            *url_tx = None;
         }
-        let mut w = log.lock().await;
-        let _ = w.write_all(line.as_bytes()).await;
-        let _ = w.write_all(b"\n").await;
-        let _ = w.flush().await;
+        let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(if *cut {
+            format!("{text} … [line cut at {MAX_LINE_BYTES} bytes]")
+        } else {
+            text
+        });
+        line.clear();
+        *cut = false;
+    };
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        {
+            let mut w = log.lock().await;
+            let _ = w.write_all(chunk).await;
+            let _ = w.flush().await;
+        }
+        for piece in chunk.split_inclusive(|b| *b == b'\n') {
+            let (body, ends) = match piece.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (piece, false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(line.len());
+            if body.len() > room {
+                cut = true;
+            }
+            line.extend_from_slice(&body[..body.len().min(room)]);
+            if ends {
+                finish(&mut line, &mut cut, &mut url_tx);
+            }
+        }
+    }
+    if !line.is_empty() || cut {
+        finish(&mut line, &mut cut, &mut url_tx);
     }
 }
 

@@ -35,7 +35,7 @@ async fn demo(args: DemoArgs) -> u8 {
                         Some(name)
                     }
                     Err(e) => {
-                        eprintln!("reprod: {e}");
+                        errln!("reprod: {e}");
                         return exit::INCOMPLETE;
                     }
                 }
@@ -45,16 +45,16 @@ async fn demo(args: DemoArgs) -> u8 {
         let scenario = match reprod_scenario::parse(SCENARIO_NAME, SCENARIO, &sets) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("{e}");
+                errln!("{e}");
                 return exit::USAGE;
             }
         };
-        eprintln!("reprod demo: {variant} variant");
+        errln!("reprod demo: {variant} variant");
         let finished = perform(&scenario, SCENARIO_NAME, &out).await;
         if let (Some(admin), Some(name)) = (&args.database, &scratch)
             && let Err(e) = reprod_check::scratch::drop(admin, name).await
         {
-            eprintln!("reprod: {e}");
+            errln!("reprod: {e}");
         }
         match finished {
             Ok(f) => runs.push((variant, f)),
@@ -76,7 +76,7 @@ fn report(args: &DemoArgs, out: &Path, runs: &[(&str, Finished)]) -> u8 {
     let as_expected =
         naive.code == exit::VIOLATED && violated(naive, INVARIANT) && fixed.code == exit::PASS;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "as_expected": as_expected,
@@ -86,8 +86,8 @@ fn report(args: &DemoArgs, out: &Path, runs: &[(&str, Finished)]) -> u8 {
             .unwrap_or_default()
         );
     } else {
-        print!("{}", text(naive, fixed, as_expected));
-        println!("run directories: {}", out.display());
+        out!("{}", text(naive, fixed, as_expected));
+        outln!("run directories: {}", out.display());
     }
     if as_expected {
         exit::PASS
@@ -129,7 +129,9 @@ fn text(naive: &Finished, fixed: &Finished, as_expected: bool) -> String {
             None => "-".to_string(),
         }));
     }
-    out.push_str(&row("verdict", &|f| f.summary.verdict.to_uppercase()));
+    out.push_str(&row("verdict", &|f| {
+        f.summary.verdict.as_str().to_uppercase()
+    }));
     if let Some(e) = &naive.explanation {
         let _ = writeln!(out, "\nWhy the naive variant broke");
         out.push_str(&e.to_text());

@@ -4,43 +4,55 @@
 //! switched off in turn, and N times in staging (all off). Trial i of every group uses the same
 //! derived seed, so groups differ only in the condition. Each trial starts from fresh database
 //! state: a SQLite URL that depends on `{run_dir}` is a new file per trial; a PostgreSQL URL gets
-//! a scratch database per trial, dropped afterwards. A condition is necessary when switching it
-//! off drops reproduction significantly (95% Wilson intervals apart); it amplifies when
-//! reproduction holds but the per-key violation rate falls significantly.
+//! a scratch database per trial, dropped afterwards.
+//!
+//! Verdicts are given for "any invariant" and for each invariant on its own (a scenario with two
+//! races learns which conditions each needs), each with its own minimal set: a greedy search
+//! that drops one condition at a time, weakest first, and keeps a drop when N trials of the
+//! smaller set still reproduce not significantly less often than the baseline. Every set is run
+//! at most once (N trials), whichever question asked for it. A trial that did not complete, or
+//! sent no operation, is named and counted apart — never as "did not reproduce". The statistics
+//! are `reprod_check::stats`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use reprod_check::stats::{self, ConditionVerdict, Tally};
+use reprod_report::{Status, Verdict};
 use reprod_scenario::{Condition, Scenario, Template, Var};
 use serde::Serialize;
 
 use crate::run::{QUIET, perform};
 use crate::{IsolateArgs, exit};
 
-/// z for a two-sided 95% interval.
-const Z95: f64 = 1.959_964;
+/// The question a tally answers: any invariant, or one by name.
+type Question = Option<String>;
 
-/// Wilson score interval for `k` successes in `n` trials.
-pub fn wilson(k: u64, n: u64) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let (k, n) = (k as f64, n as f64);
-    let p = k / n;
-    let z2 = Z95 * Z95;
-    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-    let half = Z95 * ((p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt()) / (1.0 + z2 / n);
-    ((centre - half).max(0.0), (centre + half).min(1.0))
+/// What N trials of one set of conditions came to.
+#[derive(Clone, Debug, Default)]
+struct GroupRun {
+    /// Per question.
+    tallies: BTreeMap<Question, Tally>,
+    /// Trials that did not complete or sent nothing: (run directory, why).
+    incomplete: Vec<(String, String)>,
+    run_dirs: Vec<String>,
 }
 
-/// One group of trials.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Group {
-    /// Trials run.
+impl GroupRun {
+    fn tally(&self, q: &Question) -> Tally {
+        self.tallies.get(q).cloned().unwrap_or_default()
+    }
+}
+
+/// One group as `isolate --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupOut {
+    /// Completed trials.
     pub trials: u64,
-    /// Trials in which an invariant was violated (the bug reproduced).
+    /// Trials in which it reproduced.
     pub failures: u64,
     /// 95% interval of the reproduction share.
     pub failure_ci: (f64, f64),
@@ -48,37 +60,22 @@ pub struct Group {
     pub key_rate: f64,
     /// 95% interval of the per-key rate.
     pub key_rate_ci: (f64, f64),
-    #[serde(skip)]
-    violating_keys: u64,
-    #[serde(skip)]
-    keys: u64,
+    /// Trials that did not complete or sent no operation (not counted above).
+    pub incomplete: u64,
     /// The trials' run directories.
     pub run_dirs: Vec<String>,
 }
 
-impl Group {
-    fn add(&mut self, reproduced: bool, violating: u64, keys: u64, dir: &Path) {
-        self.trials += 1;
-        self.failures += u64::from(reproduced);
-        self.violating_keys += violating;
-        self.keys += keys;
-        self.failure_ci = wilson(self.failures, self.trials);
-        self.key_rate = if self.keys == 0 {
-            0.0
-        } else {
-            self.violating_keys as f64 / self.keys as f64
-        };
-        self.key_rate_ci = wilson(self.violating_keys, self.keys);
-        self.run_dirs.push(dir.display().to_string());
-    }
-
-    fn share(&self) -> String {
-        format!(
-            "{}/{} ({:.0}%)",
-            self.failures,
-            self.trials,
-            100.0 * self.failures as f64 / self.trials.max(1) as f64
-        )
+fn group_out(run: &GroupRun, q: &Question) -> GroupOut {
+    let t = run.tally(q);
+    GroupOut {
+        trials: t.trials,
+        failures: t.failures,
+        failure_ci: t.failure_ci(),
+        key_rate: t.key_rate(),
+        key_rate_ci: t.key_rate_ci(),
+        incomplete: run.incomplete.len() as u64,
+        run_dirs: run.run_dirs.clone(),
     }
 }
 
@@ -89,26 +86,64 @@ pub struct ConditionResult {
     pub name: String,
     /// Its trials with the condition off.
     #[serde(flatten)]
-    pub without: Group,
+    pub without: GroupOut,
     /// Switching it off drops reproduction significantly.
     pub necessary: bool,
-    /// `necessary`, `amplifies` or `not necessary`.
+    /// `necessary`, `amplifies`, `not necessary` or `undecided`.
     pub verdict: String,
 }
 
-/// What `isolate --json` prints.
+/// The answer to one question: any invariant, or one invariant.
 #[derive(Clone, Debug, Serialize)]
-pub struct Isolation {
+pub struct Answer {
     /// Every active condition on.
-    pub baseline: Group,
+    pub baseline: GroupOut,
     /// One per active condition, switched off.
     pub conditions: Vec<ConditionResult>,
     /// Everything off.
-    pub staging: Group,
+    pub staging: GroupOut,
     /// The smallest set found that still reproduces.
     pub minimal: Vec<String>,
     /// A `reprod run` command that reproduces with only that set.
     pub command: Option<String>,
+}
+
+/// One invariant's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct InvariantAnswer {
+    /// The invariant.
+    pub name: String,
+    /// Its answer.
+    #[serde(flatten)]
+    pub answer: Answer,
+}
+
+/// A trial that did not complete.
+#[derive(Clone, Debug, Serialize)]
+pub struct IncompleteTrial {
+    /// The conditions it ran with.
+    pub conditions: Vec<String>,
+    /// Its run directory.
+    pub run_dir: String,
+    /// Why it does not count.
+    pub reason: String,
+}
+
+/// What `isolate --json` prints: the answer for "any invariant" at the top level (the
+/// contract), each invariant's under `invariants`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Isolation {
+    /// The answer for any invariant.
+    #[serde(flatten)]
+    pub any: Answer,
+    /// Per invariant.
+    pub invariants: Vec<InvariantAnswer>,
+    /// Trials that did not complete or sent nothing, not counted anywhere.
+    pub incomplete_trials: Vec<IncompleteTrial>,
+    /// Trials run, and the most that could have been run.
+    pub trials_run: u64,
+    /// The announced upper bound.
+    pub trials_bound: u64,
     /// Where the trials' run directories are.
     pub isolate_dir: String,
     /// Wall-clock seconds.
@@ -116,10 +151,32 @@ pub struct Isolation {
 }
 
 pub fn main(args: IsolateArgs) -> u8 {
-    let Some(scenario) = crate::load(&args.scenario) else {
+    let Some(mut scenario) = crate::load(&args.scenario) else {
         return exit::USAGE;
     };
-    crate::run::on_runtime(isolate(scenario, args))
+    if let Some(d) = args.duration {
+        if let Some(late) = scenario.callers.iter().find(|c| c.first_arrival() >= d) {
+            errln!(
+                "reprod: --duration {} is shorter than caller {}'s start ({}): its trials would send it nothing; give at least --duration {}",
+                reprod_scenario::format_duration(d),
+                late.name,
+                reprod_scenario::format_duration(late.first_arrival()),
+                reprod_scenario::format_duration(
+                    late.first_arrival() + std::time::Duration::from_secs(1)
+                )
+            );
+            return exit::USAGE;
+        }
+        scenario.duration = d;
+    }
+    let fresh = match fresh_state(&scenario) {
+        Ok(f) => f,
+        Err(e) => {
+            errln!("reprod: {e}");
+            return exit::USAGE;
+        }
+    };
+    crate::run::on_runtime(isolate(scenario, args, fresh))
 }
 
 /// How each trial gets fresh database state.
@@ -149,17 +206,33 @@ fn fresh_state(scenario: &Scenario) -> Result<Fresh, String> {
     }
 }
 
+/// How one trial ended, for the tallies.
+enum TrialEnd {
+    /// It completed: which invariants broke, and the key counts.
+    Counted {
+        broke: BTreeSet<String>,
+        keys: reprod_history::read::KeyCounts,
+    },
+    /// It does not count, and why.
+    Incomplete(String),
+}
+
 struct Trials<'a> {
     scenario: &'a Scenario,
     shown: String,
     out: PathBuf,
     fresh: Fresh,
+    questions: Vec<Question>,
+    cache: BTreeMap<Vec<Condition>, GroupRun>,
+    incomplete: Vec<IncompleteTrial>,
     run_counter: u64,
+    started: Instant,
+    bound: u64,
 }
 
 impl Trials<'_> {
-    /// Runs trial `i` with only `on` switched on; returns (reproduced, violating keys, keys).
-    async fn run(&mut self, on: &[Condition], i: u64) -> Result<(bool, u64, u64, PathBuf), u8> {
+    /// Runs trial `i` with only `on` switched on.
+    async fn trial(&mut self, on: &[Condition], i: u64) -> Result<(TrialEnd, PathBuf), u8> {
         let mut s = self.scenario.clone();
         s.keep_only(on);
         s.seed = reprod_engine::mix(self.scenario.seed, i + 1);
@@ -170,7 +243,7 @@ impl Trials<'_> {
                 let url = reprod_check::scratch::create(admin, &name)
                     .await
                     .map_err(|e| {
-                        eprintln!("reprod: {e}");
+                        errln!("reprod: {e}");
                         exit::INCOMPLETE
                     })?;
                 if let Some(db) = &mut s.database {
@@ -184,79 +257,148 @@ impl Trials<'_> {
         if let Some((admin, name)) = scratch
             && let Err(e) = reprod_check::scratch::drop(&admin, &name).await
         {
-            eprintln!("reprod: {e}");
+            errln!("reprod: {e}");
         }
         let finished = finished?;
-        if finished.code == exit::INCOMPLETE {
-            eprintln!(
-                "reprod: trial in {} did not complete: {}",
-                finished.run_dir.display(),
-                finished.summary.status
-            );
-            return Err(exit::INCOMPLETE);
-        }
-        if let Some(i) = finished
-            .summary
-            .invariants
-            .iter()
-            .find(|i| i.error.is_some())
-        {
-            eprintln!(
-                "reprod: invariant {:?} could not be checked: {}",
+        let summary = &finished.summary;
+        let unchecked = summary.invariants.iter().find(|i| i.error.is_some());
+        let end = if summary.status != Status::Completed {
+            TrialEnd::Incomplete(format!(
+                "it did not complete ({}): {}",
+                summary.status.as_str(),
+                summary
+                    .status_reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ))
+        } else if summary.ops.total == 0 {
+            TrialEnd::Incomplete("it sent no operation".to_string())
+        } else if let Some(i) = unchecked {
+            TrialEnd::Incomplete(format!(
+                "invariant {:?} could not be checked: {}",
                 i.name,
                 i.error.as_deref().unwrap_or("")
+            ))
+        } else {
+            let broke = summary
+                .invariants
+                .iter()
+                .filter(|i| !i.held)
+                .map(|i| i.name.clone())
+                .collect();
+            debug_assert!(summary.verdict != Verdict::Incomplete);
+            let keys = reprod_history::read::key_counts(&finished.run_dir.join("history.sqlite"))
+                .unwrap_or_default();
+            TrialEnd::Counted { broke, keys }
+        };
+        Ok((end, finished.run_dir))
+    }
+
+    /// The group of `on`: run (N trials, fewer when decided early against `baseline`) unless
+    /// some question already had it run.
+    async fn group(
+        &mut self,
+        on: &[Condition],
+        label: &str,
+        n: u64,
+        baseline: Option<&GroupRun>,
+    ) -> Result<GroupRun, u8> {
+        let key: Vec<Condition> = on.to_vec();
+        if let Some(run) = self.cache.get(&key) {
+            return Ok(run.clone());
+        }
+        let mut run = GroupRun::default();
+        for i in 0..n {
+            let (end, dir) = self.trial(on, i).await?;
+            let shown_dir = dir.display().to_string();
+            run.run_dirs.push(shown_dir.clone());
+            match end {
+                TrialEnd::Counted { broke, keys } => {
+                    for q in &self.questions {
+                        let (reproduced, violating) = match q {
+                            None => (!broke.is_empty(), keys.any),
+                            Some(name) => (
+                                broke.contains(name),
+                                keys.per_invariant.get(name).copied().unwrap_or(0),
+                            ),
+                        };
+                        run.tallies.entry(q.clone()).or_default().add(
+                            reproduced,
+                            violating,
+                            keys.touched,
+                        );
+                    }
+                }
+                TrialEnd::Incomplete(reason) => {
+                    errln!("reprod isolate: trial in {shown_dir} does not count: {reason}");
+                    run.incomplete.push((shown_dir.clone(), reason.clone()));
+                    self.incomplete.push(IncompleteTrial {
+                        conditions: on.iter().map(|c| c.name().to_string()).collect(),
+                        run_dir: shown_dir,
+                        reason,
+                    });
+                }
+            }
+            let any = run.tally(&None);
+            errln!(
+                "[{:>4.0}s] {:>3}/{} trials  {label:<30} {}{}",
+                self.started.elapsed().as_secs_f64(),
+                self.run_counter,
+                self.bound,
+                any.share(),
+                if run.incomplete.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} incomplete", run.incomplete.len())
+                }
             );
-            return Err(exit::INCOMPLETE);
+            // Decided early (on every question): clearly lower, or reproducing every time.
+            if let Some(baseline) = baseline
+                && self
+                    .questions
+                    .iter()
+                    .all(|q| stats::decided_early(&run.tally(q), &baseline.tally(q), n))
+            {
+                break;
+            }
         }
-        let reproduced = finished.summary.invariants.iter().any(|i| !i.held);
-        let (violating, keys) =
-            reprod_history::read::key_counts(&finished.run_dir.join("history.sqlite"))
-                .unwrap_or((0, 0));
-        Ok((reproduced, violating, keys, finished.run_dir))
+        self.cache.insert(key, run.clone());
+        Ok(run)
     }
 }
 
-/// Switching a condition off decisively lowers reproduction.
-fn lower(without: &Group, baseline: &Group) -> bool {
-    without.failure_ci.1 < baseline.failure_ci.0
-}
-
-/// Reproduction held, but the per-key rate fell significantly.
-fn amplifies(without: &Group, baseline: &Group) -> bool {
-    without.failures > 0 && without.key_rate_ci.1 < baseline.key_rate_ci.0
-}
-
-async fn isolate(scenario: Scenario, args: IsolateArgs) -> u8 {
+async fn isolate(scenario: Scenario, args: IsolateArgs, fresh: Fresh) -> u8 {
     let started = Instant::now();
-    let mut scenario = scenario;
-    if let Some(d) = args.duration {
-        scenario.duration = d;
-    }
-    let fresh = match fresh_state(&scenario) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("reprod: {e}");
-            return exit::USAGE;
-        }
-    };
     let active = scenario.active_conditions();
-    let n = args.trials.max(1);
+    let n = args.trials;
+    let names: Vec<String> = scenario.invariants.iter().map(|i| i.name.clone()).collect();
+    let mut questions: Vec<Question> = vec![None];
+    if names.len() > 1 {
+        questions.extend(names.iter().cloned().map(Some));
+    }
     let out = args.out.join(format!(
         "isolate-{}-{}",
         scenario.name,
         crate::time::compact_now()
     ));
+    let a = active.len() as u64;
+    // Groups: baseline, one per condition, staging. Each question's greedy search then tries at
+    // most one new set per condition after its first step (whose set is a one-off group).
+    let bound = n * (2 + a + questions.len() as u64 * a.saturating_sub(1));
     let per_trial_s = scenario.duration.as_secs_f64() + scenario.drain.as_secs_f64() + 1.5;
-    let total = n as usize * (active.len() + 2);
-    eprintln!(
-        "reprod isolate: {} active condition(s) ({}); up to {total} trials of ~{per_trial_s:.0} s: at most ~{:.0} s, less when a condition is decided early",
+    errln!(
+        "reprod isolate: {} active condition(s) ({}); at most {bound} trials of ~{per_trial_s:.0} s ({} each): at most ~{:.0} s, less when groups are decided early or sets repeat",
         active.len(),
         active
             .iter()
             .map(|c| c.name())
             .collect::<Vec<_>>()
             .join(", "),
-        total as f64 * per_trial_s
+        reprod_scenario::format_duration(scenario.duration),
+        bound as f64 * per_trial_s
     );
     QUIET.store(true, Ordering::Relaxed);
     let mut trials = Trials {
@@ -264,235 +406,273 @@ async fn isolate(scenario: Scenario, args: IsolateArgs) -> u8 {
         shown: args.scenario.scenario.display().to_string(),
         out: out.clone(),
         fresh,
+        questions: questions.clone(),
+        cache: BTreeMap::new(),
+        incomplete: Vec::new(),
         run_counter: 0,
+        started,
+        bound,
     };
-    let mut done = 0;
-    let mut progress = |label: &str, g: &Group| {
-        done += 1;
-        eprintln!(
-            "[{:>4.0}s] {done:>3} trials  {label:<22} {}",
-            started.elapsed().as_secs_f64(),
-            g.share()
-        );
+    let result = search(&mut trials, &active, n, &args, &questions).await;
+    QUIET.store(false, Ordering::Relaxed);
+    let (answers, code) = match result {
+        Ok(done) => done,
+        Err(code) => return code,
     };
+    let mut answers = answers.into_iter();
+    let Some(any) = answers.next() else {
+        return exit::INCOMPLETE;
+    };
+    let result = Isolation {
+        any,
+        invariants: names
+            .iter()
+            .zip(answers)
+            .map(|(name, answer)| InvariantAnswer {
+                name: name.clone(),
+                answer,
+            })
+            .collect(),
+        incomplete_trials: trials.incomplete,
+        trials_run: trials.run_counter,
+        trials_bound: bound,
+        isolate_dir: out.display().to_string(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    debug_assert!(result.trials_run <= result.trials_bound);
+    print(&args, &result);
+    code
+}
 
-    let mut baseline = Group::default();
-    for i in 0..n {
-        match trials.run(&active, i).await {
-            Ok((r, v, k, dir)) => baseline.add(r, v, k, &dir),
-            Err(code) => return code,
-        }
-        progress("baseline", &baseline);
-    }
-    if baseline.failures == 0 {
-        QUIET.store(false, Ordering::Relaxed);
-        eprintln!(
-            "reprod isolate: the baseline never reproduced in {n} trial(s): no invariant was violated with every condition on, so there is nothing to isolate"
+/// Runs the groups and each question's minimal-set search; the answers in question order, and
+/// the exit code.
+async fn search(
+    trials: &mut Trials<'_>,
+    active: &[Condition],
+    n: u64,
+    args: &IsolateArgs,
+    questions: &[Question],
+) -> Result<(Vec<Answer>, u8), u8> {
+    let baseline = trials.group(active, "baseline", n, None).await?;
+    let any = baseline.tally(&None);
+    if any.trials == 0 {
+        errln!(
+            "reprod isolate: no baseline trial completed ({} did not count; see above): nothing can be concluded",
+            baseline.incomplete.len()
         );
-        let result = Isolation {
-            baseline,
+        return Err(exit::INCOMPLETE);
+    }
+    if any.failures == 0 {
+        errln!(
+            "reprod isolate: the baseline never reproduced in {} trial(s): no invariant was violated with every condition on, so there is nothing to isolate",
+            any.trials
+        );
+        let answer = Answer {
+            baseline: group_out(&baseline, &None),
             conditions: Vec::new(),
-            staging: Group::default(),
+            staging: group_out(&GroupRun::default(), &None),
             minimal: Vec::new(),
             command: None,
-            isolate_dir: out.display().to_string(),
-            elapsed_s: started.elapsed().as_secs_f64(),
         };
-        print(&args, &result);
-        return exit::VIOLATED;
+        let answers = questions.iter().map(|_| answer.clone()).collect();
+        return Ok((answers, exit::VIOLATED));
     }
-
-    let mut conditions = Vec::new();
-    for c in &active {
+    let mut without: Vec<(Condition, GroupRun)> = Vec::new();
+    for c in active {
         let on: Vec<Condition> = active.iter().copied().filter(|x| x != c).collect();
-        let mut g = Group::default();
-        for i in 0..n {
-            match trials.run(&on, i).await {
-                Ok((r, v, k, dir)) => g.add(r, v, k, &dir),
-                Err(code) => return code,
-            }
-            progress(&format!("without {}", c.name()), &g);
-            // Decided early: clearly lower, or reproducing every time like the baseline.
-            let all_like_baseline = g.failures == g.trials && baseline.failures == baseline.trials;
-            if g.trials >= 3
-                && (lower(&g, &baseline)
-                    || (all_like_baseline && !amplifies(&g, &baseline) && g.trials >= n.min(3)))
-            {
-                break;
-            }
-        }
-        let necessary = lower(&g, &baseline);
-        let verdict = if necessary {
-            "necessary"
-        } else if amplifies(&g, &baseline) {
-            "amplifies"
-        } else {
-            "not necessary"
-        };
-        conditions.push(ConditionResult {
-            name: c.name().to_string(),
-            without: g,
-            necessary,
-            verdict: verdict.to_string(),
-        });
+        let run = trials
+            .group(&on, &format!("without {}", c.name()), n, Some(&baseline))
+            .await?;
+        without.push((*c, run));
     }
+    let staging = trials.group(&[], "staging", n, Some(&baseline)).await?;
 
-    let mut staging = Group::default();
-    for i in 0..n {
-        match trials.run(&[], i).await {
-            Ok((r, v, k, dir)) => staging.add(r, v, k, &dir),
-            Err(code) => return code,
-        }
-        progress("staging", &staging);
-        if staging.trials >= 3 && lower(&staging, &baseline) {
-            break;
-        }
-    }
-
-    // Greedy minimal set: drop conditions that are not necessary, weakest first, keeping a drop
-    // when one fresh trial of the smaller set still reproduces; then re-verify the final set.
-    let mut minimal: Vec<Condition> = active.clone();
-    let mut order: Vec<&ConditionResult> = conditions.iter().filter(|c| !c.necessary).collect();
-    order.sort_by(|a, b| b.without.key_rate.total_cmp(&a.without.key_rate));
-    let mut seed_index = n + 100;
-    for candidate in order {
-        let Ok(c) = candidate.name.parse::<Condition>() else {
-            continue;
-        };
-        let trial_set: Vec<Condition> = minimal.iter().copied().filter(|x| *x != c).collect();
-        seed_index += 1;
-        let still = match trials.run(&trial_set, seed_index).await {
-            Ok((r, _, _, _)) => r,
-            Err(code) => return code,
-        };
-        done += 1;
-        eprintln!(
-            "[{:>4.0}s] {done:>3} trials  minimal set without {}: {}",
-            started.elapsed().as_secs_f64(),
-            c.name(),
-            if still {
-                "still reproduces"
-            } else {
-                "does not reproduce"
-            }
-        );
-        if still {
-            minimal = trial_set;
-        }
-    }
-    let mut verified = 0;
-    for _ in 0..2 {
-        seed_index += 1;
-        match trials.run(&minimal, seed_index).await {
-            Ok((r, _, _, _)) => verified += u64::from(r),
-            Err(code) => return code,
-        }
-        done += 1;
-    }
-    eprintln!(
-        "[{:>4.0}s] {done:>3} trials  minimal set re-verified: reproduced {verified}/2",
-        started.elapsed().as_secs_f64()
-    );
-    if verified == 0 {
-        // The greedy path ended somewhere that does not reproduce after all: keep every
-        // condition that is necessary or amplifies, which the groups above did measure.
-        minimal = active
+    let mut answers = Vec::new();
+    for q in questions {
+        let base = baseline.tally(q);
+        let conditions: Vec<ConditionResult> = without
             .iter()
-            .copied()
-            .filter(|c| {
-                conditions
-                    .iter()
-                    .any(|r| r.name == c.name() && r.verdict != "not necessary")
+            .map(|(c, run)| {
+                let v = stats::verdict(&run.tally(q), &base);
+                ConditionResult {
+                    name: c.name().to_string(),
+                    without: group_out(run, q),
+                    necessary: v == ConditionVerdict::Necessary,
+                    verdict: v.words().to_string(),
+                }
             })
             .collect();
+        let minimal = if base.failures == 0 {
+            Vec::new()
+        } else {
+            minimal_set(trials, active, &without, &baseline, q, n).await?
+        };
+        let minimal_names: Vec<String> = minimal.iter().map(|c| c.name().to_string()).collect();
+        answers.push(Answer {
+            baseline: group_out(&baseline, q),
+            conditions,
+            staging: group_out(&staging, q),
+            command: (base.failures > 0).then(|| command(args, &minimal_names)),
+            minimal: minimal_names,
+        });
     }
-    QUIET.store(false, Ordering::Relaxed);
-    let minimal_names: Vec<String> = minimal.iter().map(|c| c.name().to_string()).collect();
+    Ok((answers, exit::PASS))
+}
+
+/// Greedy: drop the conditions that are not necessary for `q`, weakest first, keeping a drop
+/// when the smaller set's N trials still reproduce (`stats::still_reproduces`).
+async fn minimal_set(
+    trials: &mut Trials<'_>,
+    active: &[Condition],
+    without: &[(Condition, GroupRun)],
+    baseline: &GroupRun,
+    q: &Question,
+    n: u64,
+) -> Result<Vec<Condition>, u8> {
+    let base = baseline.tally(q);
+    let mut order: Vec<(Condition, f64)> = without
+        .iter()
+        .filter(|(_, run)| !stats::lower(&run.tally(q), &base))
+        .map(|(c, run)| (*c, run.tally(q).key_rate()))
+        .collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut minimal: Vec<Condition> = active.to_vec();
+    for (c, _) in order {
+        let candidate: Vec<Condition> = minimal.iter().copied().filter(|x| *x != c).collect();
+        let label = format!(
+            "minimal set {}",
+            if candidate.is_empty() {
+                "(none)".to_string()
+            } else {
+                candidate
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        );
+        let run = trials.group(&candidate, &label, n, None).await?;
+        if stats::still_reproduces(&run.tally(q), &base) {
+            minimal = candidate;
+        }
+    }
+    Ok(minimal)
+}
+
+fn command(args: &IsolateArgs, minimal: &[String]) -> String {
     let mut command = format!("reprod run {}", args.scenario.scenario.display());
     for (k, v) in &args.scenario.sets {
         let _ = write!(command, " --set {k}={v}");
     }
-    if minimal_names.is_empty() {
+    if minimal.is_empty() {
         command.push_str(" --staging");
     } else {
-        let _ = write!(command, " --only {}", minimal_names.join(","));
+        let _ = write!(command, " --only {}", minimal.join(","));
     }
-    let result = Isolation {
-        baseline,
-        conditions,
-        staging,
-        minimal: minimal_names,
-        command: Some(command),
-        isolate_dir: out.display().to_string(),
-        elapsed_s: started.elapsed().as_secs_f64(),
-    };
-    print(&args, &result);
-    exit::PASS
+    command
 }
 
 fn print(args: &IsolateArgs, r: &Isolation) {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
         return;
     }
+    let mut text = String::new();
+    if r.invariants.is_empty() {
+        answer_text(&mut text, None, &r.any);
+    } else {
+        answer_text(&mut text, Some("any invariant"), &r.any);
+        for i in &r.invariants {
+            answer_text(&mut text, Some(&i.name), &i.answer);
+        }
+    }
+    if !r.incomplete_trials.is_empty() {
+        let _ = writeln!(
+            text,
+            "\n{} trial(s) did not count (not completed, or no operation sent):",
+            r.incomplete_trials.len()
+        );
+        for t in &r.incomplete_trials {
+            let _ = writeln!(text, "  {}: {}", t.run_dir, t.reason);
+        }
+    }
+    let _ = writeln!(
+        text,
+        "{} trials (at most {} announced) in {} ({:.0} s)",
+        r.trials_run, r.trials_bound, r.isolate_dir, r.elapsed_s
+    );
+    out!("{text}");
+}
+
+fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
+    let share = |g: &GroupOut| {
+        format!(
+            "{}/{} ({:.0}%)",
+            g.failures,
+            g.trials,
+            100.0 * g.failures as f64 / g.trials.max(1) as f64
+        )
+    };
     let pct = |x: f64| format!("{:.1}%", x * 100.0);
-    println!(
+    if let Some(title) = title {
+        let _ = writeln!(out, "\n== {title}");
+    }
+    if a.conditions.is_empty() && a.baseline.failures == 0 {
+        let _ = writeln!(
+            out,
+            "baseline: {} — the bug did not reproduce with every condition on",
+            share(&a.baseline)
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
         "{:<18} {:<14} {:<14} {:<22} verdict",
         "condition", "with", "without", "per-key rate (without)"
     );
-    for c in &r.conditions {
-        println!(
+    for c in &a.conditions {
+        let _ = writeln!(
+            out,
             "{:<18} {:<14} {:<14} {:<22} {}",
             c.name,
-            r.baseline.share(),
-            c.without.share(),
-            format!("{} → {}", pct(r.baseline.key_rate), pct(c.without.key_rate)),
+            share(&a.baseline),
+            share(&c.without),
+            format!("{} → {}", pct(a.baseline.key_rate), pct(c.without.key_rate)),
             c.verdict
         );
     }
-    if r.staging.trials > 0 {
-        println!(
-            "{:<18} {:<14} {:<14} {:<22}",
-            "staging (all off)",
-            r.baseline.share(),
-            r.staging.share(),
-            format!("{} → {}", pct(r.baseline.key_rate), pct(r.staging.key_rate))
-        );
-    }
-    if r.conditions.is_empty() && r.baseline.failures == 0 {
-        println!(
-            "baseline: {} — the bug did not reproduce with every condition on",
-            r.baseline.share()
-        );
-    }
-    if let Some(command) = &r.command {
-        println!(
-            "\nminimal set: {}",
-            if r.minimal.is_empty() {
+    let _ = writeln!(
+        out,
+        "{:<18} {:<14} {:<14} {:<22}",
+        "staging (all off)",
+        share(&a.baseline),
+        share(&a.staging),
+        format!("{} → {}", pct(a.baseline.key_rate), pct(a.staging.key_rate))
+    );
+    if let Some(command) = &a.command {
+        let _ = writeln!(
+            out,
+            "minimal set: {}",
+            if a.minimal.is_empty() {
                 "none (reproduces in staging)".to_string()
             } else {
-                r.minimal.join(", ")
+                a.minimal.join(", ")
             }
         );
-        println!("reproduce with: {command}");
+        let _ = writeln!(out, "reproduce with: {command}");
     }
-    println!("trials in {} ({:.0} s)", r.isolate_dir, r.elapsed_s);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::wilson;
+    use super::*;
 
     #[test]
-    fn wilson_matches_known_intervals() {
-        let (lo, hi) = wilson(5, 5);
-        assert!((lo - 0.566).abs() < 0.001 && hi == 1.0, "{lo} {hi}");
-        let (lo, hi) = wilson(0, 5);
-        assert!(lo == 0.0 && (hi - 0.434).abs() < 0.001, "{lo} {hi}");
-        let (lo, hi) = wilson(50, 100);
-        assert!(
-            (lo - 0.404).abs() < 0.001 && (hi - 0.596).abs() < 0.001,
-            "{lo} {hi}"
-        );
+    fn a_group_out_counts_only_completed_trials() {
+        let mut run = GroupRun::default();
+        run.tallies.entry(None).or_default().add(true, 3, 10);
+        run.incomplete.push(("d".into(), "interrupted".into()));
+        let g = group_out(&run, &None);
+        assert_eq!((g.trials, g.failures, g.incomplete), (1, 1, 1));
     }
 }

@@ -4,6 +4,33 @@
 //! Exit codes (a contract): 0 every invariant and threshold held; 1 one was violated; 2 the
 //! scenario or the command line is wrong (nothing ran); 3 the run could not complete.
 
+/// `eprintln` that never panics: a closed or full stderr must not change a run's exit code.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `println` that never panics: output to a closed pipe or a full disk is dropped, and the
+/// exit code still says how the run went.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, $($arg)*);
+        let _ = stdout.flush();
+    }};
+}
+
 mod demo;
 mod isolate;
 mod progress;
@@ -51,11 +78,12 @@ enum Command {
 struct IsolateArgs {
     #[command(flatten)]
     scenario: ScenarioArgs,
-    /// Trials per group (baseline, each condition off, staging).
-    #[arg(long, default_value_t = 4)]
+    /// Trials per group (baseline, each condition off, staging, each minimal-set step); at
+    /// least 1.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
     trials: u64,
-    /// Load per trial (default: 2s; the scenario's drain still follows).
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    /// Load per trial (default: the scenario's duration; the scenario's drain still follows).
+    #[arg(long, value_parser = parse_duration)]
     duration: Option<std::time::Duration>,
     /// Directory that receives the isolation's trial directories.
     #[arg(long, default_value = "reprod-runs")]
@@ -120,10 +148,12 @@ struct RunArgs {
     /// Switch every condition to its neutral (staging) value.
     #[arg(long, conflicts_with_all = ["only", "without"])]
     staging: bool,
-    /// Keep only these conditions switched on.
+    /// Keep only these conditions switched on (each must be active in the scenario):
+    /// overlap, slow_dependency, dependency_faults, retries, hot_keys, queue_delay, instances,
+    /// mixed_versions, pool_pressure.
     #[arg(long, value_delimiter = ',', value_parser = parse_condition, conflicts_with = "without")]
     only: Vec<Condition>,
-    /// Switch these conditions off.
+    /// Switch these conditions off (each must be active in the scenario); names as for --only.
     #[arg(long, value_delimiter = ',', value_parser = parse_condition)]
     without: Vec<Condition>,
 }
@@ -134,8 +164,11 @@ struct CheckArgs {
     scenario: ScenarioArgs,
 }
 
+/// A `--duration`: the same unit syntax and the same one limit as a scenario's `duration`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    reprod_scenario::parse_duration(text)
+    let duration = reprod_scenario::parse_duration(text)?;
+    reprod_scenario::check_load_duration(duration)?;
+    Ok(duration)
 }
 
 fn parse_condition(text: &str) -> Result<Condition, String> {
@@ -180,9 +213,9 @@ fn load(args: &ScenarioArgs) -> Option<Scenario> {
     match reprod_scenario::load(&args.scenario, &args.sets) {
         Ok(scenario) => Some(scenario),
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             let n = e.diagnostics.len();
-            eprintln!(
+            errln!(
                 "reprod: {n} problem{} in the scenario; nothing was run",
                 if n == 1 { "" } else { "s" }
             );
@@ -200,8 +233,8 @@ fn check(args: &CheckArgs) -> u8 {
         .iter()
         .map(|c| c.name())
         .collect();
-    println!("{}: ok", args.scenario.scenario.display());
-    println!(
+    outln!("{}: ok", args.scenario.scenario.display());
+    outln!(
         "  {} service(s), {} dependenc{}, {} sink(s), {} caller(s), {} invariant(s)",
         scenario.services.len(),
         scenario.dependencies.len(),
@@ -214,11 +247,14 @@ fn check(args: &CheckArgs) -> u8 {
         scenario.callers.len(),
         scenario.invariants.len()
     );
-    println!(
+    outln!(
         "  seed {}, duration {:?}, at most {} operations, drain {:?}",
-        scenario.seed, scenario.duration, scenario.max_ops, scenario.drain
+        scenario.seed,
+        scenario.duration,
+        scenario.max_ops,
+        scenario.drain
     );
-    println!(
+    outln!(
         "  conditions: {}",
         if active.is_empty() {
             "none".to_string()
@@ -234,19 +270,19 @@ fn explain(args: &ExplainArgs) -> u8 {
         Ok(explanation) => {
             if args.json {
                 match serde_json::to_string_pretty(&explanation) {
-                    Ok(text) => println!("{text}"),
+                    Ok(text) => outln!("{text}"),
                     Err(e) => {
-                        eprintln!("reprod: {e}");
+                        errln!("reprod: {e}");
                         return exit::INCOMPLETE;
                     }
                 }
             } else {
-                print!("{}", explanation.to_text());
+                out!("{}", explanation.to_text());
             }
             exit::PASS
         }
         Err(e) => {
-            eprintln!("reprod: {e}");
+            errln!("reprod: {e}");
             exit::USAGE
         }
     }

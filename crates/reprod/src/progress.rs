@@ -14,6 +14,7 @@ use tokio::sync::watch;
 pub async fn show(
     live: Arc<Live>,
     clock: RunClock,
+    load_start_us: i64,
     planned_s: f64,
     mut done: watch::Receiver<bool>,
     quiet: bool,
@@ -35,7 +36,7 @@ pub async fn show(
             _ = tokio::time::sleep(every) => {}
             _ = done.changed() => break,
         }
-        let now = clock.now_us() as f64 / 1e6;
+        let now = (clock.now_us() - load_start_us) as f64 / 1e6;
         let finished = live.done.load(Ordering::Relaxed);
         let rate = (finished - last_done) as f64 / (now - last_at).max(1e-3);
         (last_done, last_at) = (finished, now);

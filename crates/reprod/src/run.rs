@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use reprod_engine::{Histogram, Live, Stats};
 use reprod_faults::FaultLayer;
-use reprod_history::{History, Recorder, RunClock, RunInfo};
+use reprod_history::{Event, History, Recorder, RunClock, RunInfo};
 use reprod_report::{
-    AttemptCounts, DependencyResult, Lag, Latency, OpCounts, Summary, ThresholdResult,
+    AttemptCounts, DependencyResult, InvariantResult, Lag, Latency, OpCounts, Status, Summary,
+    ThresholdResult, Verdict, Warning,
 };
 use reprod_scenario::{Latency as Shape, Scenario, Var};
 use reprod_services::{Bindings, Services};
@@ -25,20 +26,84 @@ pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 macro_rules! note {
     ($($arg:tt)*) => {
         if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!($($arg)*);
+            errln!($($arg)*);
         }
     };
 }
 use crate::exit;
 
-/// Why a run could not complete.
-enum Incomplete {
+/// How the phases before the checks ended.
+#[derive(Debug)]
+enum Ended {
+    Completed,
     Interrupted,
-    Failed(String),
+    ServiceFailed(String),
+    StartFailed(String),
+    HistoryFailed(String),
+    EngineFailed(String),
 }
 
-/// Applies the command line's overrides to the loaded scenario.
-fn adjust(scenario: &mut Scenario, args: &RunArgs) {
+impl Ended {
+    fn status(&self) -> (Status, Option<String>) {
+        match self {
+            Ended::Completed => (Status::Completed, None),
+            Ended::Interrupted => (
+                Status::Interrupted,
+                Some("interrupted (Ctrl-C or SIGTERM)".to_string()),
+            ),
+            Ended::ServiceFailed(r) => (Status::ServiceFailed, Some(r.clone())),
+            Ended::StartFailed(r) => (Status::StartFailed, Some(r.clone())),
+            Ended::HistoryFailed(r) => (Status::HistoryFailed, Some(r.clone())),
+            Ended::EngineFailed(r) => (Status::EngineFailed, Some(r.clone())),
+        }
+    }
+}
+
+/// What driving the run (services, load, drain) left for the checks.
+struct Driven {
+    ended: Ended,
+    /// What the engine measured, when load ran at all.
+    stats: Option<Stats>,
+    first_seen: reprod_check::FirstSeen,
+    /// When the load started (run clock µs), when it did.
+    load_start_us: Option<i64>,
+    /// Replica output lines cut at the line bound.
+    cut_lines: u64,
+}
+
+impl Driven {
+    fn before_load(ended: Ended) -> Driven {
+        Driven {
+            ended,
+            stats: None,
+            first_seen: reprod_check::FirstSeen::new(),
+            load_start_us: None,
+            cut_lines: 0,
+        }
+    }
+}
+
+/// Applies the command line's overrides to the loaded scenario. A condition named in `--only` or
+/// `--without` that the scenario does not switch on is an error: running as if it had been
+/// would test nothing and say nothing.
+fn adjust(scenario: &mut Scenario, args: &RunArgs) -> Result<(), String> {
+    let active = scenario.active_conditions();
+    for (flag, named) in [("--only", &args.only), ("--without", &args.without)] {
+        if let Some(c) = named.iter().find(|c| !active.contains(c)) {
+            return Err(format!(
+                "{flag} {c}: this scenario does not switch {c} on, so there is nothing to keep or remove; its active conditions are: {}",
+                if active.is_empty() {
+                    "none".to_string()
+                } else {
+                    active
+                        .iter()
+                        .map(|c| c.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+    }
     if let Some(seed) = args.seed {
         scenario.seed = seed;
     }
@@ -53,13 +118,18 @@ fn adjust(scenario: &mut Scenario, args: &RunArgs) {
     for c in &args.without {
         scenario.neutralize(*c);
     }
+    Ok(())
 }
 
 pub fn main(args: RunArgs) -> u8 {
     let Some(mut scenario) = crate::load(&args.scenario) else {
         return exit::USAGE;
     };
-    adjust(&mut scenario, &args);
+    if let Err(e) = adjust(&mut scenario, &args) {
+        errln!("reprod: {e}");
+        errln!("reprod: nothing was run");
+        return exit::USAGE;
+    }
     on_runtime(async move { execute(&scenario, &args).await })
 }
 
@@ -74,7 +144,7 @@ pub fn on_runtime(work: impl std::future::Future<Output = u8> + Send + 'static) 
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("reprod: cannot start the async runtime: {e}");
+            errln!("reprod: cannot start the async runtime: {e}");
             return exit::INCOMPLETE;
         }
     };
@@ -127,10 +197,10 @@ async fn execute(scenario: &Scenario, args: &RunArgs) -> u8 {
         Err(code) => return code,
     };
     if args.json {
-        println!("{}", finished.summary.to_json());
+        outln!("{}", finished.summary.to_json());
     } else {
-        print!("{}", report_text(&finished));
-        println!("run directory: {}", finished.run_dir.display());
+        out!("{}", report_text(&finished));
+        outln!("run directory: {}", finished.run_dir.display());
     }
     finished.code
 }
@@ -145,11 +215,23 @@ pub fn report_text(finished: &Finished) -> String {
     text
 }
 
+/// The exit code a summary earns: 0 pass, 1 fail (also for a violation found in a run that did
+/// not complete), 3 incomplete.
+pub fn exit_code(summary: &Summary) -> u8 {
+    match summary.verdict {
+        Verdict::Pass => exit::PASS,
+        Verdict::Fail => exit::VIOLATED,
+        Verdict::Incomplete => exit::INCOMPLETE,
+    }
+}
+
 /// Runs `scenario` into a new run directory under `out` and writes its summary and report.
 /// `Err` carries the exit code when the run could not even be set up (it says why on stderr).
+/// Whatever happens once the history exists, the history is finished, the invariants that can
+/// be checked are, and a summary is written that says how the run really ended.
 pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Result<Finished, u8> {
     let (run_id, run_dir) = create_run_dir(out, scenario).map_err(|e| {
-        eprintln!(
+        errln!(
             "reprod: cannot create the run directory under {}: {e}",
             out.display()
         );
@@ -177,67 +259,73 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
     let history_path = run_dir.join("history.sqlite");
     let clock = RunClock::start();
     let (history, recorder) = History::create(&history_path, &info).map_err(|e| {
-        eprintln!("reprod: {e}");
+        errln!("reprod: {e}");
         exit::INCOMPLETE
     })?;
     note!("reprod: run {run_id} in {}", run_dir.display());
-    let database_url = database_url(scenario, &run_dir).map_err(|e| {
-        eprintln!("reprod: {e}");
-        exit::INCOMPLETE
-    })?;
-    let result = drive(scenario, &run_dir, database_url.clone(), clock, recorder).await;
-    let end_us = clock.now_us();
-    let status = match &result {
-        Ok(_) => "completed".to_string(),
-        Err(Incomplete::Interrupted) => "interrupted".to_string(),
-        Err(Incomplete::Failed(reason)) => format!("failed: {reason}"),
-    };
-    if let Err(e) = history
-        .finish(status.split(':').next().unwrap_or("failed"), end_us)
-        .await
-    {
-        eprintln!("reprod: {e}");
-    }
-    let stats = match &result {
-        Ok((stats, _)) => stats.clone(),
-        Err(_) => Stats::default(),
-    };
-    let mut summary = summarize(scenario, &run_id, &run_dir, &conditions, &stats, &status);
-    summary.dependencies = dependency_results(scenario, &history_path);
-    if result.is_ok() && !scenario.invariants.is_empty() {
-        note!(
-            "reprod: checking {} invariant(s)",
-            scenario.invariants.len()
-        );
-        let ok_keys = reprod_history::read::ok_keys(&history_path).unwrap_or_default();
-        let checked = reprod_check::check_all(
-            scenario,
-            database_url.as_deref(),
-            &history_path,
-            &ok_keys,
-            result
-                .as_ref()
-                .map(|(_, first)| first)
-                .unwrap_or(&reprod_check::FirstSeen::new()),
-            clock.now_us(),
-        )
-        .await;
-        if let Err(e) = reprod_history::read::append_violations(&history_path, &checked.violations)
-        {
-            eprintln!("reprod: cannot record violations: {e}");
+    let database_url = match database_url(scenario, &run_dir) {
+        Ok(url) => url,
+        Err(e) => {
+            let _ = history
+                .finish(Status::StartFailed.as_str(), clock.now_us())
+                .await;
+            errln!("reprod: {e}");
+            return Err(exit::INCOMPLETE);
         }
-        summary.invariants = checked.results;
-    }
-    summary.decide();
-    let explanation = if summary
-        .invariants
-        .iter()
-        .any(|i| !i.held && i.error.is_none())
+    };
+    let failure = history.failure();
+    let mut driven = drive(
+        scenario,
+        &run_dir,
+        database_url.clone(),
+        clock,
+        recorder,
+        failure,
+    )
+    .await;
+    let end_us = clock.now_us();
+    let (status, _) = driven.ended.status();
+    if let Err(e) = history.finish(status.as_str(), end_us).await
+        && !matches!(driven.ended, Ended::HistoryFailed(_))
     {
+        driven.ended = Ended::HistoryFailed(e.to_string());
+    }
+    let (status, status_reason) = driven.ended.status();
+    if let Some(reason) = &status_reason {
+        errln!(
+            "reprod: the run did not complete ({}): {reason}",
+            status.as_str()
+        );
+    }
+    let stats = driven.stats.clone().unwrap_or_default();
+    let load_start_us = driven.load_start_us.unwrap_or(end_us);
+    let mut summary = summarize(
+        scenario,
+        &run_id,
+        &run_dir,
+        &conditions,
+        &stats,
+        load_start_us,
+    );
+    summary.status = status;
+    summary.status_reason = status_reason;
+    summary.dependencies = dependency_results(scenario, &history_path);
+    check(
+        scenario,
+        database_url.as_deref(),
+        &history_path,
+        &driven,
+        clock,
+        &mut summary,
+    )
+    .await;
+    summary.warnings = warnings(scenario, &stats, &driven, &history_path, summary.warnings);
+    summary.decide();
+    let explanation = if summary.violated() {
         match reprod_check::explain::explain(&run_dir, None) {
             Ok(e) => Some(e),
             Err(e) => {
-                eprintln!("reprod: cannot explain the run: {e}");
+                errln!("reprod: cannot explain the run: {e}");
                 None
             }
         }
@@ -247,41 +335,213 @@ pub async fn perform(scenario: &Scenario, scenario_path: &str, out: &Path) -> Re
     summary.explanation = explanation
         .as_ref()
         .and_then(|e| serde_json::to_value(e).ok());
-    let code = match &result {
-        Err(Incomplete::Interrupted) => {
-            eprintln!(
-                "reprod: interrupted; the history so far is in {}",
-                history_path.display()
-            );
-            exit::INCOMPLETE
-        }
-        Err(Incomplete::Failed(reason)) => {
-            eprintln!("reprod: the run could not complete: {reason}");
-            exit::INCOMPLETE
-        }
-        Ok(_) if summary.invariants.iter().any(|i| i.error.is_some()) => {
-            for i in summary.invariants.iter().filter(|i| i.error.is_some()) {
-                eprintln!(
-                    "reprod: invariant {:?} could not be checked: {}",
-                    i.name,
-                    i.error.as_deref().unwrap_or_default()
-                );
-            }
-            exit::INCOMPLETE
-        }
-        Ok(_) if summary.verdict == "pass" => exit::PASS,
-        Ok(_) => exit::VIOLATED,
-    };
+    for i in summary.invariants.iter().filter(|i| i.error.is_some()) {
+        errln!(
+            "reprod: invariant {:?} could not be checked: {}",
+            i.name,
+            i.error.as_deref().unwrap_or_default()
+        );
+    }
+    if status == Status::Interrupted {
+        errln!(
+            "reprod: interrupted; the history so far is in {}",
+            history_path.display()
+        );
+    }
     let finished = Finished {
-        code,
+        code: exit_code(&summary),
         summary,
         explanation,
         run_dir,
     };
     if let Err(e) = write_outputs(&finished) {
-        eprintln!("reprod: cannot write the report: {e}");
+        errln!(
+            "reprod: cannot write summary.json and report.txt in {}: {e}",
+            finished.run_dir.display()
+        );
     }
     Ok(finished)
+}
+
+/// Checks every invariant it can and puts the results in `summary`. After a run that did not
+/// complete, each result is marked partial; when the history could not be written, the
+/// invariants that read it are reported unchecked instead of judged on what little it kept; when
+/// the load never started, nothing is checked.
+async fn check(
+    scenario: &Scenario,
+    database_url: Option<&str>,
+    history_path: &Path,
+    driven: &Driven,
+    clock: RunClock,
+    summary: &mut Summary,
+) {
+    if scenario.invariants.is_empty() {
+        return;
+    }
+    let Some(load_start_us) = driven.load_start_us else {
+        summary.invariants = scenario
+            .invariants
+            .iter()
+            .map(|i| InvariantResult {
+                name: i.name.clone(),
+                error: Some("the load never started".to_string()),
+                ..InvariantResult::default()
+            })
+            .collect();
+        return;
+    };
+    note!(
+        "reprod: checking {} invariant(s)",
+        scenario.invariants.len()
+    );
+    let ok_keys = reprod_history::read::ok_keys(history_path).unwrap_or_default();
+    let mut checked = reprod_check::check_all(
+        scenario,
+        database_url,
+        history_path,
+        &ok_keys,
+        &driven.first_seen,
+        clock.now_us(),
+        load_start_us,
+    )
+    .await;
+    let history_lost = matches!(driven.ended, Ended::HistoryFailed(_));
+    let completed = matches!(driven.ended, Ended::Completed);
+    for (result, invariant) in checked.results.iter_mut().zip(&scenario.invariants) {
+        let reads_history = !matches!(invariant.kind, reprod_scenario::InvariantKind::Sql { .. });
+        if history_lost && reads_history {
+            *result = InvariantResult {
+                name: result.name.clone(),
+                error: Some(
+                    "the history could not be written in full, and this invariant is judged from it"
+                        .to_string(),
+                ),
+                ..InvariantResult::default()
+            };
+        } else if !completed && result.error.is_none() {
+            result.partial = true;
+        }
+    }
+    if history_lost {
+        checked.violations.retain(|v| {
+            scenario.invariants.iter().any(|i| {
+                i.name == v.invariant
+                    && matches!(i.kind, reprod_scenario::InvariantKind::Sql { .. })
+            })
+        });
+    }
+    if let Err(e) = reprod_history::read::append_violations(history_path, &checked.violations) {
+        errln!("reprod: cannot record violations in the history: {e}");
+    }
+    summary.invariants = checked.results;
+    summary
+        .warnings
+        .extend(checked.notes.into_iter().map(|message| Warning {
+            kind: "invariant_privileges".to_string(),
+            subject: None,
+            message,
+        }));
+    if completed {
+        summary.thresholds = thresholds(scenario, &driven.stats.clone().unwrap_or_default());
+    }
+}
+
+/// What a reader must know about what the run did not exercise, first lines of the report.
+fn warnings(
+    scenario: &Scenario,
+    stats: &Stats,
+    driven: &Driven,
+    history: &Path,
+    mut out: Vec<Warning>,
+) -> Vec<Warning> {
+    if driven.load_start_us.is_some() && stats.ops == 0 {
+        out.push(Warning {
+            kind: "no_operations".to_string(),
+            subject: None,
+            message: "the run sent no operation, so it tested nothing (check the callers' rates, start times and the duration)".to_string(),
+        });
+    }
+    if stats.ops > 0 && stats.ok == 0 {
+        out.push(Warning {
+            kind: "no_successful_operations".to_string(),
+            subject: None,
+            message: format!(
+                "none of the {} operations succeeded, so nothing the service did was tested",
+                stats.ops
+            ),
+        });
+    }
+    for caller in &scenario.callers {
+        let start = caller.first_arrival();
+        if start >= scenario.duration {
+            out.push(Warning {
+                kind: "caller_after_load".to_string(),
+                subject: Some(caller.name.clone()),
+                message: format!(
+                    "caller {} starts at {}, when the load ({}) is already over: it sent nothing",
+                    caller.name,
+                    reprod_scenario::format_duration(start),
+                    reprod_scenario::format_duration(scenario.duration)
+                ),
+            });
+        }
+    }
+    for c in &stats.callers {
+        let not_ok = c.ops - c.ok;
+        if c.ops == 0 || (not_ok as f64) < 0.9 * c.ops as f64 {
+            continue;
+        }
+        let why = match reprod_history::read::commonest_failure(history, &c.name) {
+            Ok(Some(reprod_history::read::Failing {
+                status,
+                error,
+                count: n,
+                response,
+            })) => {
+                let ending = match (status, error) {
+                    (Some(s), _) => format!("answered {s}"),
+                    (None, Some(e)) => e,
+                    (None, None) => "ended without an answer".to_string(),
+                };
+                let body = response
+                    .filter(|b| !b.trim().is_empty())
+                    .map(|b| format!(": {}", snippet(&b, 160)))
+                    .unwrap_or_default();
+                format!("; the commonest: {n} {ending}{body}")
+            }
+            _ => String::new(),
+        };
+        out.push(Warning {
+            kind: "caller_failing".to_string(),
+            subject: Some(c.name.clone()),
+            message: format!(
+                "{} of caller {}'s {} operations did not succeed{why}: a race cannot show in requests the service refuses",
+                not_ok, c.name, c.ops
+            ),
+        });
+    }
+    if driven.cut_lines > 0 {
+        out.push(Warning {
+            kind: "service_output_cut".to_string(),
+            subject: None,
+            message: format!(
+                "{} line(s) of service output were longer than {} bytes and were cut where reprod reads them (the log files keep every byte)",
+                driven.cut_lines,
+                reprod_services::MAX_LINE_BYTES
+            ),
+        });
+    }
+    out
+}
+
+/// At most `max` characters of `text` on one line.
+fn snippet(text: &str, max: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() > max {
+        format!("{}…", one_line.chars().take(max).collect::<String>())
+    } else {
+        one_line
+    }
 }
 
 /// The scenario's database URL with `{run_dir}` filled in.
@@ -302,6 +562,18 @@ fn database_url(scenario: &Scenario, run_dir: &Path) -> Result<Option<String>, S
         .map_err(|v| format!("cannot fill {v} in the database URL"))
 }
 
+/// Resolves with the reason once the history writer failed; pending while it works.
+async fn history_failed(failure: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = failure.borrow_and_update().clone() {
+            return format!("the history could not be written: {reason}");
+        }
+        if failure.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// Fault layer, services, load, drain; always stops what it started.
 async fn drive(
     scenario: &Scenario,
@@ -309,10 +581,12 @@ async fn drive(
     database_url: Option<String>,
     clock: RunClock,
     recorder: Recorder,
-) -> Result<(Stats, reprod_check::FirstSeen), Incomplete> {
-    let faults = FaultLayer::start(scenario, clock, recorder.clone())
-        .await
-        .map_err(|e| Incomplete::Failed(e.to_string()))?;
+    mut failure: watch::Receiver<Option<String>>,
+) -> Driven {
+    let faults = match FaultLayer::start(scenario, clock, recorder.clone()).await {
+        Ok(faults) => faults,
+        Err(e) => return Driven::before_load(Ended::StartFailed(e.to_string())),
+    };
     let bindings = Bindings {
         run_dir: run_dir.to_path_buf(),
         database_url: database_url.clone(),
@@ -328,19 +602,23 @@ async fn drive(
             .collect(),
     };
     note!("reprod: starting services");
-    let mut services = tokio::select! {
-        started = Services::start(scenario, &bindings, clock, &recorder) => match started {
-            Ok(services) => services,
-            Err(e) => {
-                faults.stop().await;
-                return Err(Incomplete::Failed(e.to_string()));
-            }
-        },
-        _ = interrupt() => {
+    let started = tokio::select! {
+        started = Services::start(scenario, &bindings, clock, &recorder) => started.map_err(|e| Ended::StartFailed(e.to_string())),
+        _ = interrupt() => Err(Ended::Interrupted),
+        reason = history_failed(&mut failure) => Err(Ended::HistoryFailed(reason)),
+    };
+    let mut services = match started {
+        Ok(services) => services,
+        Err(ended) => {
             faults.stop().await;
-            return Err(Incomplete::Interrupted);
+            return Driven::before_load(ended);
         }
     };
+    // The load clock starts now, with every replica ready: nothing is planned inside the time
+    // the services took to start, so nothing is released late in a burst.
+    let load_start_us = clock.now_us();
+    faults.set_load_start(load_start_us);
+    recorder.record(Event::LoadStarted(load_start_us)).await;
     // Invariants that ask for it are checked while load runs, to learn when each violation
     // first appeared; the watcher stops when load and drain are over.
     let (watch_stop, watch_stopped) = watch::channel(false);
@@ -351,15 +629,31 @@ async fn drive(
         watch_stopped,
     );
     let load_then_stop = async {
-        let outcome = load(scenario, &mut services, clock, recorder).await;
+        let outcome = load(
+            scenario,
+            &mut services,
+            clock,
+            recorder,
+            load_start_us,
+            &mut failure,
+        )
+        .await;
         let _ = watch_stop.send(true);
         outcome
     };
-    let (outcome, first_seen) = tokio::join!(load_then_stop, watcher);
-    let outcome = outcome.map(|stats| (stats, first_seen));
+    let ((ended, stats), first_seen) = tokio::join!(load_then_stop, watcher);
     services.stop().await;
     faults.stop().await;
-    outcome
+    Driven {
+        ended,
+        stats: Some(stats),
+        first_seen,
+        load_start_us: Some(load_start_us),
+        cut_lines: services
+            .output()
+            .cut_lines
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
 }
 
 async fn load(
@@ -367,21 +661,24 @@ async fn load(
     services: &mut Services,
     clock: RunClock,
     recorder: Recorder,
-) -> Result<Stats, Incomplete> {
+    load_start_us: i64,
+    failure: &mut watch::Receiver<Option<String>>,
+) -> (Ended, Stats) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (progress_done, progress_rx) = watch::channel(false);
     let live = Arc::new(Live::default());
     let progress = tokio::spawn(crate::progress::show(
         Arc::clone(&live),
         clock,
+        load_start_us,
         scenario.duration.as_secs_f64(),
         progress_rx,
         QUIET.load(std::sync::atomic::Ordering::Relaxed),
     ));
     let targets = services.all_targets().to_vec();
     note!(
-        "reprod: load for up to {:?} (at most {} operations), conditions: {}",
-        scenario.duration,
+        "reprod: load for up to {} (at most {} operations), conditions: {}",
+        reprod_scenario::format_duration(scenario.duration),
         scenario.max_ops,
         names(scenario)
     );
@@ -392,6 +689,7 @@ async fn load(
         recorder,
         live,
         stop: stop_rx,
+        load_start_us,
     });
     tokio::pin!(engine);
     let mut problem = None;
@@ -399,34 +697,43 @@ async fn load(
         tokio::select! {
             stats = &mut engine => break stats,
             death = services.died(), if problem.is_none() => {
-                problem = Some(Incomplete::Failed(death.to_string()));
+                problem = Some(Ended::ServiceFailed(death.to_string()));
                 let _ = stop_tx.send(true);
             }
             _ = interrupt(), if problem.is_none() => {
-                problem = Some(Incomplete::Interrupted);
+                problem = Some(Ended::Interrupted);
+                let _ = stop_tx.send(true);
+            }
+            reason = history_failed(failure), if problem.is_none() => {
+                problem = Some(Ended::HistoryFailed(reason));
                 let _ = stop_tx.send(true);
             }
         }
     };
     let _ = progress_done.send(true);
     let _ = progress.await;
+    if let Some(failure) = &stats.engine_failure {
+        return (Ended::EngineFailed(failure.clone()), stats);
+    }
     if let Some(problem) = problem {
-        return Err(problem);
+        return (problem, stats);
     }
     // Background work the load caused (workers, outbox relays) gets `drain` to finish.
     if !scenario.drain.is_zero() {
         note!(
-            "reprod: load done ({} operations); draining for {:?}",
+            "reprod: load done ({} operations); draining for {}",
             stats.ops,
-            scenario.drain
+            reprod_scenario::format_duration(scenario.drain)
         );
-        tokio::select! {
-            _ = tokio::time::sleep(scenario.drain) => {}
-            death = services.died() => return Err(Incomplete::Failed(death.to_string())),
-            _ = interrupt() => return Err(Incomplete::Interrupted),
-        }
+        let ended = tokio::select! {
+            _ = tokio::time::sleep(scenario.drain) => Ended::Completed,
+            death = services.died() => Ended::ServiceFailed(death.to_string()),
+            _ = interrupt() => Ended::Interrupted,
+            reason = history_failed(failure) => Ended::HistoryFailed(reason),
+        };
+        return (ended, stats);
     }
-    Ok(stats)
+    (Ended::Completed, stats)
 }
 
 fn names(scenario: &Scenario) -> String {
@@ -468,9 +775,9 @@ fn summarize(
     run_dir: &Path,
     conditions: &[String],
     stats: &Stats,
-    status: &str,
+    load_start_us: i64,
 ) -> Summary {
-    let duration_s = (stats.load_end_us as f64 / 1e6).max(1e-6);
+    let duration_s = ((stats.load_end_us - load_start_us).max(0) as f64 / 1e6).max(1e-6);
     let offered_window = (stats.last_intended_us - stats.first_intended_us) as f64 / 1e6;
     let lat: &Histogram = &stats.latency;
     Summary {
@@ -483,7 +790,9 @@ fn summarize(
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect(),
-        status: status.to_string(),
+        status: Status::Completed,
+        status_reason: None,
+        load_started_s: load_start_us as f64 / 1e6,
         duration_s,
         ops: OpCounts {
             total: stats.ops,
@@ -521,14 +830,16 @@ fn summarize(
         },
         dependencies: Vec::new(),
         invariants: Vec::new(),
-        thresholds: thresholds(scenario, stats, duration_s),
-        verdict: String::new(),
+        thresholds: Vec::new(),
+        verdict: Verdict::Incomplete,
+        warnings: Vec::new(),
         explanation: None,
         run_dir: run_dir.display().to_string(),
     }
 }
 
-fn thresholds(scenario: &Scenario, stats: &Stats, duration_s: f64) -> Vec<ThresholdResult> {
+fn thresholds(scenario: &Scenario, stats: &Stats) -> Vec<ThresholdResult> {
+    let duration_s = (stats.load_end_us - stats.first_intended_us).max(1) as f64 / 1e6;
     let t = &scenario.thresholds;
     let mut out = Vec::new();
     if let Some(p99) = t.p99 {
@@ -620,6 +931,20 @@ fn dependency_results(scenario: &Scenario, history: &Path) -> Vec<DependencyResu
 
 fn write_outputs(finished: &Finished) -> std::io::Result<()> {
     let dir = &finished.run_dir;
-    std::fs::write(dir.join("summary.json"), finished.summary.to_json() + "\n")?;
-    std::fs::write(dir.join("report.txt"), report_text(finished))
+    write_whole(
+        &dir.join("summary.json"),
+        &(finished.summary.to_json() + "\n"),
+    )?;
+    write_whole(&dir.join("report.txt"), &report_text(finished))
+}
+
+/// Writes `text` to `path` whole or not at all: a full disk leaves no half-written file that a
+/// CI script would read as an empty summary.
+fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }

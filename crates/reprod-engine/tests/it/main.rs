@@ -84,6 +84,8 @@ impl Drop for TempDir {
 /// What one engine run against the test server left.
 struct Ran {
     stats: Stats,
+    /// When the load started, in the history's clock.
+    load_start_us: i64,
     history: PathBuf,
     gauge: Arc<Gauge>,
     _dir: TempDir,
@@ -122,18 +124,23 @@ async fn run(name: &str, settings: &str, caller: &str, stop_after: Option<Durati
             let _ = stop_tx.send(true);
         });
     }
+    // The load starts a little after the clock, as it does after services start.
+    let clock = RunClock::start();
+    let load_start_us = clock.now_us() + 150_000;
     let stats = reprod_engine::run(Input {
         scenario: &scenario,
         targets: &targets,
-        clock: RunClock::start(),
+        clock,
         recorder,
         live: Arc::new(Live::default()),
         stop,
+        load_start_us,
     })
     .await;
     writer.finish("completed", 0).await.expect("finish");
     Ran {
         stats,
+        load_start_us,
         history,
         gauge,
         _dir: dir,
@@ -164,6 +171,51 @@ fn query(path: &Path, sql: &str) -> Vec<Vec<String>> {
 
 fn count(path: &Path, sql: &str) -> u64 {
     query(path, sql)[0][0].parse().expect("a count")
+}
+
+/// The load clock starts when the load can start: no operation is intended before it, none is
+/// sent before it, and the first ones are not released in a burst (their intended times keep the
+/// schedule's spacing from the load's start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_intended_or_sent_before_the_load_starts() {
+    let ran = run(
+        "load-start",
+        r#"duration = "300ms""#,
+        r#"name = "steady"
+request = { path = "/" }
+rate = 100"#,
+        None,
+    )
+    .await;
+    let start = ran.load_start_us;
+    let rows = query(
+        &ran.history,
+        "SELECT MIN(o.intended_start_us), MIN(a.sent_us), COUNT(DISTINCT o.op_id),
+                MIN(a.sent_us - o.intended_start_us)
+         FROM ops o JOIN attempts a USING (op_id)",
+    );
+    let [first_intended, first_sent, ops, min_lead]: [i64; 4] =
+        [0, 1, 2, 3].map(|i| rows[0][i].parse().expect("a number"));
+    assert_eq!(
+        first_intended, start,
+        "the first operation is intended at the load's start"
+    );
+    assert!(
+        first_sent >= start,
+        "sent {first_sent} before the load started at {start}"
+    );
+    assert!(min_lead >= 0, "no attempt is sent before its intended time");
+    assert_eq!(ops, 30, "100/s for 300 ms");
+    let spacing = query(
+        &ran.history,
+        "SELECT intended_start_us FROM ops ORDER BY intended_start_us LIMIT 3",
+    );
+    let times: Vec<i64> = spacing
+        .iter()
+        .map(|r| r[0].parse().expect("time"))
+        .collect();
+    assert_eq!(times, [start, start + 10_000, start + 20_000]);
+    assert_eq!(ran.stats.first_intended_us, start);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

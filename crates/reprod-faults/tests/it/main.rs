@@ -31,8 +31,16 @@ fn dir() -> Dir {
     Dir(d)
 }
 
-/// Starts the fault layer of a scenario made of `deps` (TOML) and returns it with its history.
+/// Starts the fault layer of a scenario made of `deps` (TOML) and returns it with its history,
+/// its load started.
 async fn start(deps: &str) -> (FaultLayer, History, Dir, RunClock) {
+    let started = start_before_load(deps).await;
+    started.0.set_load_start(0);
+    started
+}
+
+/// [`start`], the load not started yet.
+async fn start_before_load(deps: &str) -> (FaultLayer, History, Dir, RunClock) {
     let text = format!(
         "[[service]]\nname = \"s\"\nurl = \"http://127.0.0.1:1\"\n[[caller]]\nname = \"c\"\nrequest = {{ path = \"/\" }}\nrate = 1\n{deps}"
     );
@@ -133,6 +141,46 @@ key = { path_regex = "^/usage/([^/]+)/" }
         recorded,
         ["acct_7|30000|NULL|200|200|0af7651916cd43dd8448eb211c80319c"]
     );
+}
+
+/// Faults are about the load: calls a service makes while it starts (readiness, warm-up, setup
+/// requests) get the real answer, and fault windows count from the load's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fault_applies_before_the_load_starts() {
+    let (layer, history, d, clock) = start_before_load(
+        r#"
+[[dependency]]
+name = "usage"
+stub = { status = 200, body = '{}' }
+[[dependency.fault]]
+kind = "error"
+status = 503
+to = "300ms"
+"#,
+    )
+    .await;
+    let url = layer.dependency_url("usage").expect("url").to_string();
+    let t = Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        call(&url, "/u", "", t).await.map(|r| r.0),
+        Some(200),
+        "before the load"
+    );
+    layer.set_load_start(clock.now_us());
+    assert_eq!(
+        call(&url, "/u", "", t).await.map(|r| r.0),
+        Some(503),
+        "the window counts from the load's start, not the run's"
+    );
+    layer.stop().await;
+    let recorded = rows(
+        history,
+        &d,
+        "SELECT status FROM dependency_calls ORDER BY call_id",
+    )
+    .await;
+    assert_eq!(recorded, ["200", "503"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,26 @@ fn explain_renders_a_stored_naive_run() {
         summary["explanation"]["timeline"].is_array(),
         "summary.json carries the explanation"
     );
+    // The timeline is in time order, violations included, each saying who found it: the check
+    // during the run (at the moment it first saw it) or the final check (at the end).
+    let timeline = summary["explanation"]["timeline"]
+        .as_array()
+        .expect("timeline");
+    let times: Vec<f64> = timeline.iter().filter_map(|e| e["t_ms"].as_f64()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let violations: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e["kind"] == "violation")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(!violations.is_empty(), "{timeline:?}");
+    assert!(
+        violations
+            .iter()
+            .all(|t| t.contains("first seen by the check during the run")
+                || t.contains("(found by the final check)")),
+        "{violations:?}"
+    );
 }
 
 #[test]

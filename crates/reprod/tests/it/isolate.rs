@@ -18,7 +18,7 @@ fn isolate_says_when_the_baseline_never_reproduces() {
         "--trials",
         "2",
         "--duration",
-        "1s",
+        "2s",
     ]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

@@ -51,10 +51,22 @@ timeout = "200ms"
         started.elapsed() < Duration::from_secs(15),
         "the run stopped early"
     );
-    let summary = std::fs::read_to_string(run_dir(&out).join("summary.json")).expect("summary");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir(&out).join("summary.json")).expect("summary"),
+    )
+    .expect("json");
+    assert_eq!(summary["status"], "service_failed", "{summary}");
+    assert_eq!(summary["verdict"], "incomplete", "{summary}");
     assert!(
-        summary.contains("\"status\": \"failed: service flaky replica 0 exited"),
+        summary["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("service flaky replica 0 exited during the run"),
         "{summary}"
+    );
+    assert!(
+        summary["ops"]["total"].as_u64().unwrap_or(0) > 0,
+        "the summary counts what the history holds: {summary}"
     );
 }
 
@@ -109,8 +121,16 @@ fn wait_gone(needle: &str) -> Vec<String> {
     }
 }
 
+/// Ctrl-C (and SIGTERM) mid-load: exit 3, every service stopped, the history kept, and a summary
+/// that counts what the history holds, checks what it can, and never says pass.
 #[test]
 fn ctrl_c_stops_services_and_keeps_the_history() {
+    for sig in ["-INT", "-TERM"] {
+        interrupted_run(sig);
+    }
+}
+
+fn interrupted_run(sig: &str) {
     let dir = TempDir::new();
     let out = dir.path().join("runs");
     let (mut child, run_dir) = start_load(&out);
@@ -119,9 +139,40 @@ fn ctrl_c_stops_services_and_keeps_the_history() {
         !processes_mentioning(&needle).is_empty(),
         "services run during the load"
     );
-    signal(child.id(), "-INT");
+    signal(child.id(), sig);
     let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(3));
+    assert_eq!(status.code(), Some(3), "{sig}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("summary.json")).expect("summary"),
+    )
+    .expect("json");
+    assert_eq!(summary["status"], "interrupted", "{summary}");
+    assert_eq!(summary["verdict"], "incomplete", "{summary}");
+    let ops = summary["ops"]["total"].as_i64().unwrap_or(0);
+    assert!(ops > 0, "{summary}");
+    assert_eq!(
+        ops,
+        scalar(&run_dir.join("history.sqlite"), "SELECT COUNT(*) FROM ops"),
+        "the summary counts what the history holds"
+    );
+    let invariants = summary["invariants"].as_array().expect("invariants");
+    assert_eq!(
+        invariants.len(),
+        2,
+        "checked on what the run left: {summary}"
+    );
+    assert!(invariants.iter().all(|i| i["partial"] == true), "{summary}");
+    let report = std::fs::read_to_string(run_dir.join("report.txt")).expect("report");
+    assert!(
+        report.contains("verdict: INCOMPLETE") && !report.contains("PASS"),
+        "{report}"
+    );
+    let explained = crate::support::run(&["explain", run_dir.to_str().expect("utf-8")]);
+    let explained = text(&explained.stdout);
+    assert!(
+        !explained.contains("no invariant was violated") && explained.contains("that is no pass"),
+        "{explained}"
+    );
     assert_eq!(
         wait_gone(&needle),
         Vec::<String>::new(),

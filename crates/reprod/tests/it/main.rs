@@ -8,3 +8,4 @@ mod explain;
 mod isolate;
 mod lifecycle;
 mod runs;
+mod verdicts;
