@@ -6,11 +6,10 @@
 //! interrupted (it says so).
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::path::Path;
 
+pub use reprod_report::{Dimension, EntryKind, Explanation, TimelineEvent};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
 
 /// Why a run directory could not be explained.
 #[derive(Debug)]
@@ -23,53 +22,6 @@ impl std::fmt::Display for ExplainError {
 }
 
 impl std::error::Error for ExplainError {}
-
-/// One line of a timeline.
-#[derive(Clone, Debug, Serialize)]
-pub struct TimelineEvent {
-    /// Milliseconds after the key's first event.
-    pub t_ms: f64,
-    /// `attempt`, `response`, `dependency`, `sink`, `violation`.
-    pub kind: &'static str,
-    /// The line, in words.
-    pub text: String,
-}
-
-/// One dimension of the comparison.
-#[derive(Clone, Debug, Serialize)]
-pub struct Dimension {
-    /// Short name.
-    pub name: String,
-    /// Share of violating keys that had it.
-    pub violating_share: f64,
-    /// Share of clean keys that had it.
-    pub clean_share: f64,
-    /// |violating − clean|: how well it separates the groups.
-    pub separation: f64,
-    /// The finding in words.
-    pub sentence: String,
-}
-
-/// What `reprod explain` prints.
-#[derive(Clone, Debug, Serialize)]
-pub struct Explanation {
-    /// The run.
-    pub run_id: String,
-    /// `completed`, `interrupted`, `running` (a crash) ...
-    pub status: String,
-    /// Violating keys per invariant.
-    pub invariants: Vec<(String, u64)>,
-    /// The key the timeline is about.
-    pub key: Option<String>,
-    /// The timeline.
-    pub timeline: Vec<TimelineEvent>,
-    /// Keys with a violation / without.
-    pub violating_keys: usize,
-    /// Keys operations touched that have no violation.
-    pub clean_keys: usize,
-    /// The comparison, best separating first.
-    pub comparison: Vec<Dimension>,
-}
 
 /// Longest timeline shown.
 const MAX_TIMELINE: usize = 60;
@@ -159,7 +111,7 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
 }
 
 fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>> {
-    let mut raw: Vec<(i64, &'static str, String)> = Vec::new();
+    let mut raw: Vec<(i64, EntryKind, String)> = Vec::new();
     let mut traces: HashMap<String, (String, i64)> = HashMap::new();
     let mut stmt = conn.prepare(
         "SELECT o.op_id, o.caller, o.trace_id, a.n, a.instance, a.version, a.sent_us, a.done_us, a.status, a.error,
@@ -189,7 +141,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
             .unwrap_or_default();
         raw.push((
             sent,
-            "attempt",
+            EntryKind::Attempt,
             format!("{caller} op {op} attempt {n} sent to {instance} ({version}){idem}"),
         ));
         let answer = match (status, error) {
@@ -199,7 +151,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         };
         raw.push((
             done,
-            "response",
+            EntryKind::Response,
             format!(
                 "{caller} op {op} attempt {n} {answer} after {:.0} ms",
                 (done - sent) as f64 / 1e3
@@ -231,7 +183,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         let fault = fault.map(|f| format!(", fault {f}")).unwrap_or_default();
         raw.push((
             received,
-            "dependency",
+            EntryKind::Dependency,
             format!(
                 "{dep} called by {} ({path}), injected delay {:.0} ms{fault}",
                 label(&trace),
@@ -241,7 +193,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         if let Some(s) = status {
             raw.push((
                 done,
-                "dependency",
+                EntryKind::Dependency,
                 format!("{dep} answered {s} to {}", label(&trace)),
             ));
         }
@@ -265,7 +217,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
             .unwrap_or_else(|| " without an idempotency key".to_string());
         raw.push((
             received,
-            "sink",
+            EntryKind::Delivery,
             format!("{sink} delivery caused by {}{idem}", label(&trace)),
         ));
     }
@@ -296,13 +248,13 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         if mid_run {
             seen_during.push((
                 found,
-                "violation",
+                EntryKind::Violation,
                 format!("violated {inv:?}, first seen by the check during the run: {detail}"),
             ));
         } else {
             found_after.push((
                 found,
-                "violation",
+                EntryKind::Violation,
                 format!("violated {inv:?} (found by the final check): {detail}"),
             ));
         }
@@ -312,7 +264,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         let more = raw.len() - MAX_TIMELINE;
         raw.truncate(MAX_TIMELINE);
         let last = raw.last().map_or(0, |(t, _, _)| *t);
-        raw.push((last, "more", format!("… {more} more events")));
+        raw.push((last, EntryKind::More, format!("… {more} more events")));
     }
     // A violation seen during the run takes its place in time; one found only by the check
     // after the run closes the timeline, at the check's time (after everything else).
@@ -328,6 +280,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
     Ok(raw
         .into_iter()
         .map(|(t, kind, text)| TimelineEvent {
+            at_us: t,
             t_ms: ((t - start).max(0)) as f64 / 1e3,
             kind,
             text,
@@ -532,57 +485,6 @@ fn max_concurrency(intervals: &[(i64, i64)]) -> usize {
         best = best.max(now);
     }
     best as usize
-}
-
-impl Explanation {
-    /// The text `reprod explain` and `report.txt` show.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        if self.status != "completed" {
-            let _ = writeln!(
-                out,
-                "note: this run did not complete (status {}); what follows is what it recorded",
-                self.status
-            );
-        }
-        if self.invariants.is_empty() && self.status == "completed" {
-            let _ = writeln!(out, "no invariant was violated in run {}", self.run_id);
-        } else if self.invariants.is_empty() {
-            let _ = writeln!(
-                out,
-                "no violation was found in what run {} recorded before it stopped ({}): that is no pass, the run did not test everything it planned",
-                self.run_id, self.status
-            );
-        }
-        for (name, n) in &self.invariants {
-            let _ = writeln!(out, "{name:?} was violated for {n} key(s)");
-        }
-        if let Some(key) = &self.key {
-            let _ = writeln!(out, "\ntimeline of {key}:");
-            for e in &self.timeline {
-                let _ = writeln!(out, "  T+{:06.0}ms {}", e.t_ms, e.text);
-            }
-            if self.timeline.is_empty() {
-                let _ = writeln!(out, "  (nothing recorded for this key)");
-            }
-        }
-        if !self.comparison.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nviolating keys ({}) against clean keys ({}), best separating first:",
-                self.violating_keys, self.clean_keys
-            );
-            for d in &self.comparison {
-                let _ = writeln!(out, "  {:<19} {}", d.name, d.sentence);
-            }
-        } else if self.violating_keys > 0 {
-            let _ = writeln!(
-                out,
-                "\n(no clean keys to compare against: every key touched was violated)"
-            );
-        }
-        out
-    }
 }
 
 #[cfg(test)]

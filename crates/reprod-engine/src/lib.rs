@@ -333,28 +333,46 @@ async fn contain_panic(shared: &Shared, op: &PlannedOp, panic: Box<dyn std::any:
         .await;
     shared
         .recorder
-        .record(Event::Op(OpRecord {
-            op_id: op.op_id as i64,
-            caller: caller.name,
-            key_prefix: caller.key_prefix,
-            key_index: op.key_index,
-            seq: op.seq as i64,
-            group_id: op.group as i64,
-            intended_start_us: op.at_us,
-            queue_delay_us: op.queue_delay_us,
-            started_us: now,
-            done_us: now,
-            outcome: Outcome::Failed,
-            attempts: 0,
-            status: None,
-            trace_id: op_trace_id(shared.seed, op.op_id),
-        }))
+        .record(Event::Op(op_record(
+            caller,
+            op,
+            (now, now),
+            (Outcome::Failed, 0, None),
+            op_trace_id(shared.seed, op.op_id),
+        )))
         .await;
     shared.live.done.fetch_add(1, Ordering::Relaxed);
     shared.live.failed.fetch_add(1, Ordering::Relaxed);
     caller.ops_done.fetch_add(1, Ordering::Relaxed);
     lock(&shared.failure).get_or_insert(message);
     shared.pool.stop_all();
+}
+
+/// The history record of a planned operation that ran from `started_us` to `done_us` and ended
+/// with (outcome, attempts, last status).
+fn op_record(
+    caller: &CallerRt,
+    op: &PlannedOp,
+    (started_us, done_us): (i64, i64),
+    (outcome, attempts, status): (Outcome, i64, Option<i64>),
+    trace_id: TraceId,
+) -> OpRecord {
+    OpRecord {
+        op_id: op.op_id as i64,
+        caller: caller.name,
+        key_prefix: caller.key_prefix,
+        key_index: op.key_index,
+        seq: op.seq as i64,
+        group_id: op.group as i64,
+        intended_start_us: op.at_us,
+        queue_delay_us: op.queue_delay_us,
+        started_us,
+        done_us,
+        outcome,
+        attempts,
+        status,
+        trace_id,
+    }
 }
 
 /// The seed of an operation's RNG.
@@ -531,22 +549,13 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     }
     let started_us = started_us.unwrap_or(done_us);
     if let Some(slot) = shared.recorder.reserve().await {
-        slot.record(Event::Op(OpRecord {
-            op_id: op.op_id as i64,
-            caller: caller.name,
-            key_prefix: caller.key_prefix,
-            key_index: op.key_index,
-            seq: op.seq as i64,
-            group_id: op.group as i64,
-            intended_start_us: op.at_us,
-            queue_delay_us: op.queue_delay_us,
-            started_us,
-            done_us,
-            outcome,
-            attempts: i64::from(attempts),
-            status: last_status,
+        slot.record(Event::Op(op_record(
+            caller,
+            &op,
+            (started_us, done_us),
+            (outcome, i64::from(attempts), last_status),
             trace_id,
-        }));
+        )));
     }
     let latency_us = (done_us - op.at_us).max(0) as u64;
     let lag_us = (started_us - op.at_us).max(0) as u64;

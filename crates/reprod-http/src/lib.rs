@@ -152,31 +152,34 @@ impl Pool {
         head_only: bool,
         keep_headers: bool,
     ) -> Result<Response, HttpError> {
-        while let Some(mut conn) = self.take() {
+        while let Some(conn) = self.take() {
             if !still_open(&conn.stream) {
                 continue;
             }
-            match round_trip(
-                &mut conn.stream,
-                &mut conn.leftover,
-                request,
-                head_only,
-                keep_headers,
-            )
-            .await
+            match self
+                .exchange_on(conn, request, head_only, keep_headers)
+                .await
             {
-                Ok((response, reusable)) => {
-                    if reusable {
-                        self.give_back(conn);
-                    }
-                    return Ok(response);
-                }
+                Ok(response) => return Ok(response),
                 // Not a byte of the request left: the server cannot have seen it.
                 Err(Failure { unsent: true, .. }) => break,
                 Err(Failure { error, .. }) => return Err(error),
             }
         }
-        let mut conn = self.connect().await?;
+        let conn = self.connect().await?;
+        self.exchange_on(conn, request, head_only, keep_headers)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// One round trip on `conn`, which goes back to the pool when it can carry another.
+    async fn exchange_on(
+        &self,
+        mut conn: Conn,
+        request: &[u8],
+        head_only: bool,
+        keep_headers: bool,
+    ) -> Result<Response, Failure> {
         let (response, reusable) = round_trip(
             &mut conn.stream,
             &mut conn.leftover,
@@ -184,8 +187,7 @@ impl Pool {
             head_only,
             keep_headers,
         )
-        .await
-        .map_err(|f| f.error)?;
+        .await?;
         if reusable {
             self.give_back(conn);
         }

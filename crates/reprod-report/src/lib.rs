@@ -5,9 +5,14 @@
 
 #![deny(missing_docs)]
 
+mod explanation;
+pub mod junit;
+
 use std::fmt::Write as _;
 
 use serde::Serialize;
+
+pub use explanation::{Dimension, EntryKind, Explanation, TimelineEvent};
 
 /// Operation counts by outcome.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -230,7 +235,7 @@ pub struct Summary {
     /// For a failed run: the first violating key's timeline and the violating-vs-clean
     /// comparison (the same as `reprod explain --json`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub explanation: Option<serde_json::Value>,
+    pub explanation: Option<Explanation>,
     /// The run directory.
     pub run_dir: String,
 }
@@ -416,6 +421,81 @@ impl Summary {
             self.verdict.as_str().to_uppercase(),
             self.verdict_note()
         );
+        out
+    }
+
+    /// A Markdown summary for CI pages (GitHub's `GITHUB_STEP_SUMMARY`): the verdict, the
+    /// invariants, the warnings and the first lines of the violating key's timeline.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let icon = match self.verdict {
+            Verdict::Pass => "✅",
+            Verdict::Fail => "❌",
+            Verdict::Incomplete => "⚠️",
+        };
+        let _ = writeln!(
+            out,
+            "### {icon} reprod {}: {}{}\n",
+            self.scenario,
+            self.verdict.as_str().to_uppercase(),
+            self.verdict_note()
+        );
+        let _ = writeln!(
+            out,
+            "status `{}`, seed {}, conditions: {}; {} operations ({} ok, {} failed, {} ambiguous)\n",
+            self.status.as_str(),
+            self.seed,
+            if self.conditions.is_empty() {
+                "none (staging)".to_string()
+            } else {
+                self.conditions.join(", ")
+            },
+            self.ops.total,
+            self.ops.ok,
+            self.ops.failed,
+            self.ops.ambiguous
+        );
+        for w in &self.warnings {
+            let _ = writeln!(out, "> warning: {}\n", w.message.replace('|', "\\|"));
+        }
+        if !self.invariants.is_empty() || !self.thresholds.is_empty() {
+            let _ = writeln!(out, "| check | result |\n|---|---|");
+            for i in &self.invariants {
+                let result = match (&i.error, i.held) {
+                    (Some(e), _) => format!("not checked: {e}"),
+                    (None, true) if i.partial => "held on a partial run".to_string(),
+                    (None, true) => "held".to_string(),
+                    (None, false) => format!("**violated** for {} key(s)", i.violations),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} |",
+                    i.name.replace('|', "\\|"),
+                    result.replace('|', "\\|")
+                );
+            }
+            for t in &self.thresholds {
+                let _ = writeln!(
+                    out,
+                    "| threshold {} | {} ({:.3}, limit {:.3}) |",
+                    t.name,
+                    if t.held { "held" } else { "**exceeded**" },
+                    t.actual,
+                    t.limit
+                );
+            }
+            let _ = writeln!(out);
+        }
+        if let Some(e) = &self.explanation
+            && let Some(key) = &e.key
+        {
+            let _ = writeln!(out, "<details><summary>timeline of {key}</summary>\n\n```");
+            for event in e.timeline.iter().take(30) {
+                let _ = writeln!(out, "T+{:06.0}ms {}", event.t_ms, event.text);
+            }
+            let _ = writeln!(out, "```\n</details>\n");
+        }
+        let _ = writeln!(out, "run directory: `{}`\n", self.run_dir);
         out
     }
 

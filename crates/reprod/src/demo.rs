@@ -6,7 +6,10 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::run::{Finished, perform};
+use reprod_run::{Finished, Interrupt, perform};
+
+use crate::progress::Console;
+use crate::run::exit_code;
 use crate::{DemoArgs, exit};
 
 /// The shipped scenario, built in so the demo works from any directory.
@@ -15,11 +18,12 @@ const SCENARIO_NAME: &str = "scenarios/invoices.toml";
 const INVARIANT: &str = "one invoice per account and period";
 
 pub fn main(args: DemoArgs) -> u8 {
-    crate::run::on_runtime(demo(args))
+    crate::run::on_runtime(|interrupt| demo(args, interrupt))
 }
 
-async fn demo(args: DemoArgs) -> u8 {
-    let stamp = crate::time::compact_now().replace('-', "_");
+async fn demo(args: DemoArgs, interrupt: Interrupt) -> u8 {
+    let console = Console::new(args.quiet);
+    let stamp = reprod_run::time::compact_now().replace('-', "_");
     let out = args.out.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("reprod-demo-{stamp}-{}", std::process::id()))
     });
@@ -50,7 +54,7 @@ async fn demo(args: DemoArgs) -> u8 {
             }
         };
         errln!("reprod demo: {variant} variant");
-        let finished = perform(&scenario, SCENARIO_NAME, &out).await;
+        let finished = perform(&scenario, SCENARIO_NAME, &out, &console, &interrupt).await;
         if let (Some(admin), Some(name)) = (&args.database, &scratch)
             && let Err(e) = reprod_check::scratch::drop(admin, name).await
         {
@@ -58,7 +62,7 @@ async fn demo(args: DemoArgs) -> u8 {
         }
         match finished {
             Ok(f) => runs.push((variant, f)),
-            Err(code) => return code,
+            Err(e) => return crate::run::setup_failed(&e),
         }
     }
     report(&args, &out, &runs)
@@ -73,8 +77,9 @@ fn violated(f: &Finished, name: &str) -> bool {
 
 fn report(args: &DemoArgs, out: &Path, runs: &[(&str, Finished)]) -> u8 {
     let (naive, fixed) = (&runs[0].1, &runs[1].1);
-    let as_expected =
-        naive.code == exit::VIOLATED && violated(naive, INVARIANT) && fixed.code == exit::PASS;
+    let as_expected = exit_code(naive) == exit::VIOLATED
+        && violated(naive, INVARIANT)
+        && exit_code(fixed) == exit::PASS;
     if args.json {
         outln!(
             "{}",
@@ -147,7 +152,8 @@ fn text(naive: &Finished, fixed: &Finished, as_expected: bool) -> String {
             out,
             "NOT as expected: the naive run should violate {INVARIANT:?} (exit 1) and the fixed run should hold (exit 0); \
              got naive exit {} and fixed exit {}. See the run directories.",
-            naive.code, fixed.code
+            exit_code(naive),
+            exit_code(fixed)
         );
     }
     out

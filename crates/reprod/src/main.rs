@@ -35,7 +35,6 @@ mod demo;
 mod isolate;
 mod progress;
 mod run;
-mod time;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,9 +49,17 @@ use reprod_scenario::{Condition, Scenario};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version `--version` prints: the package version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REPROD_COMMIT"),
+    ")"
+);
+
 /// Reproduce the production-load conditions that make bugs appear.
 #[derive(Debug, Parser)]
-#[command(name = "reprod", version, propagate_version = true)]
+#[command(name = "reprod", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,6 +98,9 @@ struct IsolateArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Only problems and the result on stderr: no per-trial lines.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +127,9 @@ struct DemoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// No phase notes or progress on stderr, only problems.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 /// Options shared by commands that load a scenario.
@@ -156,6 +169,13 @@ struct RunArgs {
     /// Switch these conditions off (each must be active in the scenario); names as for --only.
     #[arg(long, value_delimiter = ',', value_parser = parse_condition)]
     without: Vec<Condition>,
+    /// No phase notes or progress on stderr, only problems.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Also write the JUnit XML (one test case per invariant and threshold) here; every run
+    /// directory has it as junit.xml.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

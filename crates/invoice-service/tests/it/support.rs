@@ -88,6 +88,10 @@ impl TestDb {
                 let admin_url = match std::env::var("DATABASE_URL") {
                     Ok(url) if url.starts_with("postgres") => url,
                     _ => {
+                        assert!(
+                            std::env::var_os("REPROD_CI").is_none(),
+                            "REPROD_CI is set, so the PostgreSQL halves must run: set DATABASE_URL"
+                        );
                         eprintln!(
                             "SKIPPED (PostgreSQL half): DATABASE_URL is not set to a postgres:// URL"
                         );

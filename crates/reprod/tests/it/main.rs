@@ -7,5 +7,6 @@ mod cli;
 mod explain;
 mod isolate;
 mod lifecycle;
+mod outputs;
 mod runs;
 mod verdicts;

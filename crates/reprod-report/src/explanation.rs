@@ -1,0 +1,126 @@
+//! The explanation of a run — a violating key's timeline and the violating-vs-clean
+//! comparison — as typed values, and their text. `reprod_check::explain` builds them from the
+//! history; `summary.json`, `reprod explain --json` and `report.txt` render them.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Where a timeline line comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An attempt was sent.
+    Attempt,
+    /// An attempt was answered, failed or was abandoned.
+    Response,
+    /// A dependency call arrived or was answered.
+    Dependency,
+    /// A sink received a delivery.
+    #[serde(rename = "sink")]
+    Delivery,
+    /// An invariant was violated for the key.
+    Violation,
+    /// The timeline was cut; this many more events happened.
+    More,
+}
+
+/// One line of a timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineEvent {
+    /// When, in µs since the run started (the history's clock).
+    pub at_us: i64,
+    /// Milliseconds after the key's first event.
+    pub t_ms: f64,
+    /// Where it comes from.
+    pub kind: EntryKind,
+    /// The line, in words.
+    pub text: String,
+}
+
+/// One dimension of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dimension {
+    /// Short name.
+    pub name: String,
+    /// Share of violating keys that had it.
+    pub violating_share: f64,
+    /// Share of clean keys that had it.
+    pub clean_share: f64,
+    /// |violating − clean|: how well it separates the groups.
+    pub separation: f64,
+    /// The finding in words.
+    pub sentence: String,
+}
+
+/// What `reprod explain` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// The run.
+    pub run_id: String,
+    /// `completed`, `interrupted`, `running` (a crash) ...
+    pub status: String,
+    /// Violating keys per invariant.
+    pub invariants: Vec<(String, u64)>,
+    /// The key the timeline is about.
+    pub key: Option<String>,
+    /// The timeline.
+    pub timeline: Vec<TimelineEvent>,
+    /// Keys with a violation / without.
+    pub violating_keys: usize,
+    /// Keys operations touched that have no violation.
+    pub clean_keys: usize,
+    /// The comparison, best separating first.
+    pub comparison: Vec<Dimension>,
+}
+
+impl Explanation {
+    /// The text `reprod explain` and `report.txt` show.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        if self.status != "completed" {
+            let _ = writeln!(
+                out,
+                "note: this run did not complete (status {}); what follows is what it recorded",
+                self.status
+            );
+        }
+        if self.invariants.is_empty() && self.status == "completed" {
+            let _ = writeln!(out, "no invariant was violated in run {}", self.run_id);
+        } else if self.invariants.is_empty() {
+            let _ = writeln!(
+                out,
+                "no violation was found in what run {} recorded before it stopped ({}): that is no pass, the run did not test everything it planned",
+                self.run_id, self.status
+            );
+        }
+        for (name, n) in &self.invariants {
+            let _ = writeln!(out, "{name:?} was violated for {n} key(s)");
+        }
+        if let Some(key) = &self.key {
+            let _ = writeln!(out, "\ntimeline of {key}:");
+            for e in &self.timeline {
+                let _ = writeln!(out, "  T+{:06.0}ms {}", e.t_ms, e.text);
+            }
+            if self.timeline.is_empty() {
+                let _ = writeln!(out, "  (nothing recorded for this key)");
+            }
+        }
+        if !self.comparison.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nviolating keys ({}) against clean keys ({}), best separating first:",
+                self.violating_keys, self.clean_keys
+            );
+            for d in &self.comparison {
+                let _ = writeln!(out, "  {:<19} {}", d.name, d.sentence);
+            }
+        } else if self.violating_keys > 0 {
+            let _ = writeln!(
+                out,
+                "\n(no clean keys to compare against: every key touched was violated)"
+            );
+        }
+        out
+    }
+}

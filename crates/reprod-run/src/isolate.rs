@@ -1,0 +1,714 @@
+//! `reprod isolate`: which conditions are necessary for the bug, with reproduction rates.
+//!
+//! Runs the scenario N times with every active condition on (baseline), N times with each one
+//! switched off in turn, and N times in staging (all off). Trial i of every group uses the same
+//! derived seed, so groups differ only in the condition. Each trial starts from fresh database
+//! state: a SQLite URL that depends on `{run_dir}` is a new file per trial; a PostgreSQL URL gets
+//! a scratch database per trial, dropped afterwards.
+//!
+//! Verdicts are given for "any invariant" and for each invariant on its own (a scenario with two
+//! races learns which conditions each needs), each with its own minimal set: a greedy search
+//! that drops one condition at a time, weakest first, and keeps a drop when N trials of the
+//! smaller set still reproduce not significantly less often than the baseline. Every set is run
+//! at most once (N trials), whichever question asked for it. A trial that did not complete, or
+//! sent no operation, is named and counted apart — never as "did not reproduce". The statistics
+//! are `reprod_check::stats`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use reprod_check::stats::{self, ConditionVerdict, Tally};
+use reprod_report::{Status, Verdict};
+use reprod_scenario::{Condition, Scenario, Template, Var};
+use serde::Serialize;
+
+use crate::session::perform;
+use crate::{Interrupt, Observer, Progress, RunError};
+
+/// What `isolate` is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Trials per group (at least 1).
+    pub trials: u64,
+    /// Where the trials' run directories go (a directory of their own is made under it).
+    pub out: PathBuf,
+    /// The scenario file as the user named it, for run records and the printed command.
+    pub scenario_path: String,
+    /// The `--set` overrides, for the printed command.
+    pub sets: Vec<(String, String)>,
+}
+
+/// Why an isolation could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolateError {
+    /// The scenario cannot be isolated as it is (nothing ran).
+    #[error("{0}")]
+    Unfit(String),
+    /// No baseline trial completed: nothing can be concluded.
+    #[error("no baseline trial completed ({0} did not count; see above): nothing can be concluded")]
+    NoBaseline(usize),
+    /// A stop was asked for.
+    #[error("interrupted; the trials so far are in {0}")]
+    Interrupted(String),
+    /// A trial could not even be set up.
+    #[error(transparent)]
+    Setup(#[from] RunError),
+}
+
+/// Passes a trial's problems on and keeps its notes and progress to itself: `isolate` shows one
+/// line per trial instead.
+struct Quiet<'a>(&'a dyn Observer);
+
+impl Observer for Quiet<'_> {
+    fn note(&self, _text: &str) {}
+    fn problem(&self, text: &str) {
+        self.0.problem(text);
+    }
+    fn progress(&self, _progress: &Progress) {}
+}
+
+/// The question a tally answers: any invariant, or one by name.
+type Question = Option<String>;
+
+/// What N trials of one set of conditions came to.
+#[derive(Clone, Debug, Default)]
+struct GroupRun {
+    /// Per question.
+    tallies: BTreeMap<Question, Tally>,
+    /// Trials that did not complete or sent nothing: (run directory, why).
+    incomplete: Vec<(String, String)>,
+    run_dirs: Vec<String>,
+}
+
+impl GroupRun {
+    fn tally(&self, q: &Question) -> Tally {
+        self.tallies.get(q).cloned().unwrap_or_default()
+    }
+}
+
+/// One group as `isolate --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupOut {
+    /// Completed trials.
+    pub trials: u64,
+    /// Trials in which it reproduced.
+    pub failures: u64,
+    /// 95% interval of the reproduction share.
+    pub failure_ci: (f64, f64),
+    /// Violating keys over keys touched, pooled over the trials.
+    pub key_rate: f64,
+    /// 95% interval of the per-key rate.
+    pub key_rate_ci: (f64, f64),
+    /// Trials that did not complete or sent no operation (not counted above).
+    pub incomplete: u64,
+    /// The trials' run directories.
+    pub run_dirs: Vec<String>,
+}
+
+fn group_out(run: &GroupRun, q: &Question) -> GroupOut {
+    let t = run.tally(q);
+    GroupOut {
+        trials: t.trials,
+        failures: t.failures,
+        failure_ci: t.failure_ci(),
+        key_rate: t.key_rate(),
+        key_rate_ci: t.key_rate_ci(),
+        incomplete: run.incomplete.len() as u64,
+        run_dirs: run.run_dirs.clone(),
+    }
+}
+
+/// A condition's verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConditionResult {
+    /// Condition name.
+    pub name: String,
+    /// Its trials with the condition off.
+    #[serde(flatten)]
+    pub without: GroupOut,
+    /// Switching it off drops reproduction significantly.
+    pub necessary: bool,
+    /// `necessary`, `amplifies`, `not necessary` or `undecided`.
+    pub verdict: String,
+}
+
+/// The answer to one question: any invariant, or one invariant.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// Every active condition on.
+    pub baseline: GroupOut,
+    /// One per active condition, switched off.
+    pub conditions: Vec<ConditionResult>,
+    /// Everything off.
+    pub staging: GroupOut,
+    /// The smallest set found that still reproduces.
+    pub minimal: Vec<String>,
+    /// A `reprod run` command that reproduces with only that set.
+    pub command: Option<String>,
+}
+
+/// One invariant's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct InvariantAnswer {
+    /// The invariant.
+    pub name: String,
+    /// Its answer.
+    #[serde(flatten)]
+    pub answer: Answer,
+}
+
+/// A trial that did not complete.
+#[derive(Clone, Debug, Serialize)]
+pub struct IncompleteTrial {
+    /// The conditions it ran with.
+    pub conditions: Vec<String>,
+    /// Its run directory.
+    pub run_dir: String,
+    /// Why it does not count.
+    pub reason: String,
+}
+
+/// What `isolate --json` prints: the answer for "any invariant" at the top level (the
+/// contract), each invariant's under `invariants`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Isolation {
+    /// The answer for any invariant.
+    #[serde(flatten)]
+    pub any: Answer,
+    /// Per invariant.
+    pub invariants: Vec<InvariantAnswer>,
+    /// Whether the baseline reproduced at all (when not, there was nothing to isolate).
+    pub baseline_reproduced: bool,
+    /// Trials that did not complete or sent nothing, not counted anywhere.
+    pub incomplete_trials: Vec<IncompleteTrial>,
+    /// Trials run, and the most that could have been run.
+    pub trials_run: u64,
+    /// The announced upper bound.
+    pub trials_bound: u64,
+    /// Where the trials' run directories are.
+    pub isolate_dir: String,
+    /// Wall-clock seconds.
+    pub elapsed_s: f64,
+}
+
+/// Checks that `scenario` can be isolated with trials of `duration`: no caller may start after
+/// the load ends (its trials would send it nothing).
+pub fn check_duration(scenario: &Scenario) -> Result<(), IsolateError> {
+    let d = scenario.duration;
+    if let Some(late) = scenario.callers.iter().find(|c| c.first_arrival() >= d) {
+        return Err(IsolateError::Unfit(format!(
+            "--duration {} is shorter than caller {}'s start ({}): its trials would send it nothing; give at least --duration {}",
+            reprod_scenario::format_duration(d),
+            late.name,
+            reprod_scenario::format_duration(late.first_arrival()),
+            reprod_scenario::format_duration(
+                late.first_arrival() + std::time::Duration::from_secs(1)
+            )
+        )));
+    }
+    Ok(())
+}
+
+/// How each trial gets fresh database state.
+enum Fresh {
+    /// No database, or a SQLite file under `{run_dir}`: nothing to do.
+    Nothing,
+    /// A scratch database per trial on this server.
+    Postgres(String),
+}
+
+fn fresh_state(scenario: &Scenario) -> Result<Fresh, IsolateError> {
+    let Some(db) = &scenario.database else {
+        return Ok(Fresh::Nothing);
+    };
+    if db.url.uses(|v| *v == Var::RunDir) {
+        return Ok(Fresh::Nothing);
+    }
+    match db.url.as_literal() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Fresh::Postgres(url))
+        }
+        Some(url) => Err(IsolateError::Unfit(format!(
+            "the database URL {url:?} names one fixed SQLite file, so trials would share its state; \
+             put it under {{run_dir}} (for example sqlite:{{run_dir}}/db.sqlite)"
+        ))),
+        None => Ok(Fresh::Nothing),
+    }
+}
+
+/// How one trial ended, for the tallies.
+enum TrialEnd {
+    /// It completed: which invariants broke, and the key counts.
+    Counted {
+        broke: BTreeSet<String>,
+        keys: reprod_history::read::KeyCounts,
+    },
+    /// It does not count, and why.
+    Incomplete(String),
+}
+
+struct Trials<'a> {
+    obs: &'a dyn Observer,
+    interrupt: &'a Interrupt,
+    scenario: &'a Scenario,
+    shown: String,
+    out: PathBuf,
+    fresh: Fresh,
+    questions: Vec<Question>,
+    cache: BTreeMap<Vec<Condition>, GroupRun>,
+    incomplete: Vec<IncompleteTrial>,
+    run_counter: u64,
+    started: Instant,
+    bound: u64,
+}
+
+impl Trials<'_> {
+    /// Runs trial `i` with only `on` switched on.
+    async fn trial(
+        &mut self,
+        on: &[Condition],
+        i: u64,
+    ) -> Result<(TrialEnd, PathBuf), IsolateError> {
+        if self.interrupt.is_requested() {
+            return Err(IsolateError::Interrupted(self.out.display().to_string()));
+        }
+        let mut s = self.scenario.clone();
+        s.keep_only(on);
+        s.seed = reprod_engine::mix(self.scenario.seed, i + 1);
+        self.run_counter += 1;
+        let scratch = match &self.fresh {
+            Fresh::Postgres(admin) => {
+                let name = format!("reprod_isolate_{}_{}", std::process::id(), self.run_counter);
+                let url = reprod_check::scratch::create(admin, &name)
+                    .await
+                    .map_err(RunError::Scratch)?;
+                if let Some(db) = &mut s.database {
+                    db.url = Template::literal(&url);
+                }
+                Some((admin.clone(), name))
+            }
+            Fresh::Nothing => None,
+        };
+        let finished = perform(&s, &self.shown, &self.out, &Quiet(self.obs), self.interrupt).await;
+        if let Some((admin, name)) = scratch
+            && let Err(e) = reprod_check::scratch::drop(&admin, &name).await
+        {
+            self.obs.problem(&format!("reprod: {e}"));
+        }
+        let finished = finished?;
+        if self.interrupt.is_requested() {
+            return Err(IsolateError::Interrupted(self.out.display().to_string()));
+        }
+        let summary = &finished.summary;
+        let unchecked = summary.invariants.iter().find(|i| i.error.is_some());
+        let end = if summary.status != Status::Completed {
+            TrialEnd::Incomplete(format!(
+                "it did not complete ({}): {}",
+                summary.status.as_str(),
+                summary
+                    .status_reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ))
+        } else if summary.ops.total == 0 {
+            TrialEnd::Incomplete("it sent no operation".to_string())
+        } else if let Some(i) = unchecked {
+            TrialEnd::Incomplete(format!(
+                "invariant {:?} could not be checked: {}",
+                i.name,
+                i.error.as_deref().unwrap_or("")
+            ))
+        } else {
+            let broke = summary
+                .invariants
+                .iter()
+                .filter(|i| !i.held)
+                .map(|i| i.name.clone())
+                .collect();
+            debug_assert!(summary.verdict != Verdict::Incomplete);
+            let keys = reprod_history::read::key_counts(&finished.run_dir.join("history.sqlite"))
+                .unwrap_or_default();
+            TrialEnd::Counted { broke, keys }
+        };
+        Ok((end, finished.run_dir))
+    }
+
+    /// The group of `on`: run (N trials, fewer when decided early against `baseline`) unless
+    /// some question already had it run.
+    async fn group(
+        &mut self,
+        on: &[Condition],
+        label: &str,
+        n: u64,
+        baseline: Option<&GroupRun>,
+    ) -> Result<GroupRun, IsolateError> {
+        let key: Vec<Condition> = on.to_vec();
+        if let Some(run) = self.cache.get(&key) {
+            return Ok(run.clone());
+        }
+        let mut run = GroupRun::default();
+        for i in 0..n {
+            let (end, dir) = self.trial(on, i).await?;
+            let shown_dir = dir.display().to_string();
+            run.run_dirs.push(shown_dir.clone());
+            match end {
+                TrialEnd::Counted { broke, keys } => {
+                    for q in &self.questions {
+                        let (reproduced, violating) = match q {
+                            None => (!broke.is_empty(), keys.any),
+                            Some(name) => (
+                                broke.contains(name),
+                                keys.per_invariant.get(name).copied().unwrap_or(0),
+                            ),
+                        };
+                        run.tallies.entry(q.clone()).or_default().add(
+                            reproduced,
+                            violating,
+                            keys.touched,
+                        );
+                    }
+                }
+                TrialEnd::Incomplete(reason) => {
+                    self.obs.problem(&format!(
+                        "reprod isolate: trial in {shown_dir} does not count: {reason}"
+                    ));
+                    run.incomplete.push((shown_dir.clone(), reason.clone()));
+                    self.incomplete.push(IncompleteTrial {
+                        conditions: on.iter().map(|c| c.name().to_string()).collect(),
+                        run_dir: shown_dir,
+                        reason,
+                    });
+                }
+            }
+            let any = run.tally(&None);
+            self.obs.note(&format!(
+                "[{:>4.0}s] {:>3}/{} trials  {label:<30} {}{}",
+                self.started.elapsed().as_secs_f64(),
+                self.run_counter,
+                self.bound,
+                any.share(),
+                if run.incomplete.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} incomplete", run.incomplete.len())
+                }
+            ));
+            // Decided early (on every question): clearly lower, or reproducing every time.
+            if let Some(baseline) = baseline
+                && self
+                    .questions
+                    .iter()
+                    .all(|q| stats::decided_early(&run.tally(q), &baseline.tally(q), n))
+            {
+                break;
+            }
+        }
+        self.cache.insert(key, run.clone());
+        Ok(run)
+    }
+}
+
+/// Runs `reprod isolate` on `scenario` (its duration already what the trials should run).
+pub async fn isolate(
+    scenario: Scenario,
+    options: Options,
+    obs: &dyn Observer,
+    interrupt: &Interrupt,
+) -> Result<Isolation, IsolateError> {
+    check_duration(&scenario)?;
+    let fresh = fresh_state(&scenario)?;
+    let started = Instant::now();
+    let active = scenario.active_conditions();
+    let n = options.trials.max(1);
+    let names: Vec<String> = scenario.invariants.iter().map(|i| i.name.clone()).collect();
+    let mut questions: Vec<Question> = vec![None];
+    if names.len() > 1 {
+        questions.extend(names.iter().cloned().map(Some));
+    }
+    let out = options.out.join(format!(
+        "isolate-{}-{}",
+        scenario.name,
+        crate::time::compact_now()
+    ));
+    let a = active.len() as u64;
+    // Groups: baseline, one per condition, staging. Each question's greedy search then tries at
+    // most one new set per condition after its first step (whose set is a one-off group).
+    let bound = n * (2 + a + questions.len() as u64 * a.saturating_sub(1));
+    let per_trial_s = scenario.duration.as_secs_f64() + scenario.drain.as_secs_f64() + 1.5;
+    obs.note(&format!(
+        "reprod isolate: {} active condition(s) ({}); at most {bound} trials of ~{per_trial_s:.0} s ({} each): at most ~{:.0} s, less when groups are decided early or sets repeat",
+        active.len(),
+        active.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
+        reprod_scenario::format_duration(scenario.duration),
+        bound as f64 * per_trial_s
+    ));
+    let mut trials = Trials {
+        obs,
+        interrupt,
+        scenario: &scenario,
+        shown: options.scenario_path.clone(),
+        out: out.clone(),
+        fresh,
+        questions: questions.clone(),
+        cache: BTreeMap::new(),
+        incomplete: Vec::new(),
+        run_counter: 0,
+        started,
+        bound,
+    };
+    let (answers, reproduced) = search(&mut trials, &active, n, &options, &questions).await?;
+    let mut answers = answers.into_iter();
+    let any = answers.next().ok_or(IsolateError::NoBaseline(0))?;
+    let result = Isolation {
+        any,
+        invariants: names
+            .iter()
+            .zip(answers)
+            .map(|(name, answer)| InvariantAnswer {
+                name: name.clone(),
+                answer,
+            })
+            .collect(),
+        baseline_reproduced: reproduced,
+        incomplete_trials: trials.incomplete,
+        trials_run: trials.run_counter,
+        trials_bound: bound,
+        isolate_dir: out.display().to_string(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    debug_assert!(result.trials_run <= result.trials_bound);
+    Ok(result)
+}
+
+/// Runs the groups and each question's minimal-set search; the answers in question order, and
+/// whether the baseline reproduced at all.
+async fn search(
+    trials: &mut Trials<'_>,
+    active: &[Condition],
+    n: u64,
+    options: &Options,
+    questions: &[Question],
+) -> Result<(Vec<Answer>, bool), IsolateError> {
+    let baseline = trials.group(active, "baseline", n, None).await?;
+    let any = baseline.tally(&None);
+    if any.trials == 0 {
+        return Err(IsolateError::NoBaseline(baseline.incomplete.len()));
+    }
+    if any.failures == 0 {
+        trials.obs.problem(&format!(
+            "reprod isolate: the baseline never reproduced in {} trial(s): no invariant was violated with every condition on, so there is nothing to isolate",
+            any.trials
+        ));
+        let answer = Answer {
+            baseline: group_out(&baseline, &None),
+            conditions: Vec::new(),
+            staging: group_out(&GroupRun::default(), &None),
+            minimal: Vec::new(),
+            command: None,
+        };
+        let answers = questions.iter().map(|_| answer.clone()).collect();
+        return Ok((answers, false));
+    }
+    let mut without: Vec<(Condition, GroupRun)> = Vec::new();
+    for c in active {
+        let on: Vec<Condition> = active.iter().copied().filter(|x| x != c).collect();
+        let run = trials
+            .group(&on, &format!("without {}", c.name()), n, Some(&baseline))
+            .await?;
+        without.push((*c, run));
+    }
+    let staging = trials.group(&[], "staging", n, Some(&baseline)).await?;
+
+    let mut answers = Vec::new();
+    for q in questions {
+        let base = baseline.tally(q);
+        let conditions: Vec<ConditionResult> = without
+            .iter()
+            .map(|(c, run)| {
+                let v = stats::verdict(&run.tally(q), &base);
+                ConditionResult {
+                    name: c.name().to_string(),
+                    without: group_out(run, q),
+                    necessary: v == ConditionVerdict::Necessary,
+                    verdict: v.words().to_string(),
+                }
+            })
+            .collect();
+        let minimal = if base.failures == 0 {
+            Vec::new()
+        } else {
+            minimal_set(trials, active, &without, &baseline, q, n).await?
+        };
+        let minimal_names: Vec<String> = minimal.iter().map(|c| c.name().to_string()).collect();
+        answers.push(Answer {
+            baseline: group_out(&baseline, q),
+            conditions,
+            staging: group_out(&staging, q),
+            command: (base.failures > 0).then(|| command(options, &minimal_names)),
+            minimal: minimal_names,
+        });
+    }
+    Ok((answers, true))
+}
+
+/// Greedy: drop the conditions that are not necessary for `q`, weakest first, keeping a drop
+/// when the smaller set's N trials still reproduce (`stats::still_reproduces`).
+async fn minimal_set(
+    trials: &mut Trials<'_>,
+    active: &[Condition],
+    without: &[(Condition, GroupRun)],
+    baseline: &GroupRun,
+    q: &Question,
+    n: u64,
+) -> Result<Vec<Condition>, IsolateError> {
+    let base = baseline.tally(q);
+    let mut order: Vec<(Condition, f64)> = without
+        .iter()
+        .filter(|(_, run)| !stats::lower(&run.tally(q), &base))
+        .map(|(c, run)| (*c, run.tally(q).key_rate()))
+        .collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut minimal: Vec<Condition> = active.to_vec();
+    for (c, _) in order {
+        let candidate: Vec<Condition> = minimal.iter().copied().filter(|x| *x != c).collect();
+        let label = format!(
+            "minimal set {}",
+            if candidate.is_empty() {
+                "(none)".to_string()
+            } else {
+                candidate
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        );
+        let run = trials.group(&candidate, &label, n, None).await?;
+        if stats::still_reproduces(&run.tally(q), &base) {
+            minimal = candidate;
+        }
+    }
+    Ok(minimal)
+}
+
+fn command(options: &Options, minimal: &[String]) -> String {
+    let mut command = format!("reprod run {}", options.scenario_path);
+    for (k, v) in &options.sets {
+        let _ = write!(command, " --set {k}={v}");
+    }
+    if minimal.is_empty() {
+        command.push_str(" --staging");
+    } else {
+        let _ = write!(command, " --only {}", minimal.join(","));
+    }
+    command
+}
+
+impl Isolation {
+    /// The table `reprod isolate` prints.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        if self.invariants.is_empty() {
+            answer_text(&mut text, None, &self.any);
+        } else {
+            answer_text(&mut text, Some("any invariant"), &self.any);
+            for i in &self.invariants {
+                answer_text(&mut text, Some(&i.name), &i.answer);
+            }
+        }
+        if !self.incomplete_trials.is_empty() {
+            let _ = writeln!(
+                text,
+                "\n{} trial(s) did not count (not completed, or no operation sent):",
+                self.incomplete_trials.len()
+            );
+            for t in &self.incomplete_trials {
+                let _ = writeln!(text, "  {}: {}", t.run_dir, t.reason);
+            }
+        }
+        let _ = writeln!(
+            text,
+            "{} trials (at most {} announced) in {} ({:.0} s)",
+            self.trials_run, self.trials_bound, self.isolate_dir, self.elapsed_s
+        );
+        text
+    }
+}
+
+fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
+    let share = |g: &GroupOut| {
+        format!(
+            "{}/{} ({:.0}%)",
+            g.failures,
+            g.trials,
+            100.0 * g.failures as f64 / g.trials.max(1) as f64
+        )
+    };
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
+    if let Some(title) = title {
+        let _ = writeln!(out, "\n== {title}");
+    }
+    if a.conditions.is_empty() && a.baseline.failures == 0 {
+        let _ = writeln!(
+            out,
+            "baseline: {} — the bug did not reproduce with every condition on",
+            share(&a.baseline)
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<18} {:<14} {:<14} {:<22} verdict",
+        "condition", "with", "without", "per-key rate (without)"
+    );
+    for c in &a.conditions {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<14} {:<14} {:<22} {}",
+            c.name,
+            share(&a.baseline),
+            share(&c.without),
+            format!("{} → {}", pct(a.baseline.key_rate), pct(c.without.key_rate)),
+            c.verdict
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<18} {:<14} {:<14} {:<22}",
+        "staging (all off)",
+        share(&a.baseline),
+        share(&a.staging),
+        format!("{} → {}", pct(a.baseline.key_rate), pct(a.staging.key_rate))
+    );
+    if let Some(command) = &a.command {
+        let _ = writeln!(
+            out,
+            "minimal set: {}",
+            if a.minimal.is_empty() {
+                "none (reproduces in staging)".to_string()
+            } else {
+                a.minimal.join(", ")
+            }
+        );
+        let _ = writeln!(out, "reproduce with: {command}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_out_counts_only_completed_trials() {
+        let mut run = GroupRun::default();
+        run.tallies.entry(None).or_default().add(true, 3, 10);
+        run.incomplete.push(("d".into(), "interrupted".into()));
+        let g = group_out(&run, &None);
+        assert_eq!((g.trials, g.failures, g.incomplete), (1, 1, 1));
+    }
+}

@@ -1,0 +1,876 @@
+//! One run as a library call, in phases: prepare the run directory and history → start the
+//! fault layer and the services → start the load clock → drive load → drain → stop everything →
+//! finish the history → check → explain → decide the verdict → write `summary.json` and
+//! `report.txt`. Whatever happens after the history exists, the history is finished and a
+//! summary is written that says how the run really ended.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use reprod_engine::{Histogram, Live, Stats};
+use reprod_faults::FaultLayer;
+use reprod_history::{Event, History, Recorder, RunClock, RunInfo};
+use reprod_report::{
+    AttemptCounts, DependencyResult, InvariantResult, Lag, Latency, OpCounts, Status, Summary,
+    ThresholdResult, Verdict, Warning,
+};
+use reprod_scenario::{Latency as Shape, Scenario, Var};
+use reprod_services::{Bindings, Services};
+use tokio::sync::watch;
+
+use crate::{Interrupt, Observer, Progress, RunError};
+
+/// How the phases before the checks ended.
+#[derive(Debug)]
+enum Ended {
+    Completed,
+    Interrupted,
+    ServiceFailed(String),
+    StartFailed(String),
+    HistoryFailed(String),
+    EngineFailed(String),
+}
+
+impl Ended {
+    fn status(&self) -> (Status, Option<String>) {
+        match self {
+            Ended::Completed => (Status::Completed, None),
+            Ended::Interrupted => (
+                Status::Interrupted,
+                Some("interrupted (Ctrl-C or SIGTERM)".to_string()),
+            ),
+            Ended::ServiceFailed(r) => (Status::ServiceFailed, Some(r.clone())),
+            Ended::StartFailed(r) => (Status::StartFailed, Some(r.clone())),
+            Ended::HistoryFailed(r) => (Status::HistoryFailed, Some(r.clone())),
+            Ended::EngineFailed(r) => (Status::EngineFailed, Some(r.clone())),
+        }
+    }
+}
+
+/// What driving the run (services, load, drain) left for the checks.
+struct Driven {
+    ended: Ended,
+    /// What the engine measured, when load ran at all.
+    stats: Option<Stats>,
+    first_seen: reprod_check::FirstSeen,
+    /// When the load started (run clock µs), when it did.
+    load_start_us: Option<i64>,
+    /// Replica output lines cut at the line bound.
+    cut_lines: u64,
+}
+
+impl Driven {
+    fn before_load(ended: Ended) -> Driven {
+        Driven {
+            ended,
+            stats: None,
+            first_seen: reprod_check::FirstSeen::new(),
+            load_start_us: None,
+            cut_lines: 0,
+        }
+    }
+}
+
+fn create_run_dir(out: &Path, scenario: &Scenario) -> std::io::Result<(String, PathBuf)> {
+    std::fs::create_dir_all(out)?;
+    let base = format!(
+        "{}-{}-s{}",
+        scenario.name,
+        crate::time::compact_now(),
+        scenario.seed
+    );
+    for n in 0..1000 {
+        let run_id = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let dir = out.join(&run_id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((run_id, std::fs::canonicalize(&dir)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("too many runs with the same id"))
+}
+
+/// What a finished (or failed) run left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its summary (also in `summary.json`).
+    pub summary: Summary,
+    /// The explanation of its violations, when it has any.
+    pub explanation: Option<reprod_check::explain::Explanation>,
+    /// Its run directory.
+    pub run_dir: PathBuf,
+}
+
+impl Finished {
+    /// The text of `report.txt` and of `reprod run` without `--json`.
+    pub fn report_text(&self) -> String {
+        let mut text = self.summary.to_text();
+        if let Some(explanation) = &self.explanation {
+            text.push('\n');
+            text.push_str(&explanation.to_text());
+        }
+        text
+    }
+}
+
+/// Runs `scenario` into a new run directory under `out` and writes its summary and report.
+/// `Err` when the run could not even be set up (no run directory, no history). Whatever happens
+/// once the history exists, the history is finished, the invariants that can be checked are,
+/// and a summary is written that says how the run really ended.
+pub async fn perform(
+    scenario: &Scenario,
+    scenario_path: &str,
+    out: &Path,
+    obs: &dyn Observer,
+    interrupt: &Interrupt,
+) -> Result<Finished, RunError> {
+    let (run_id, run_dir) = create_run_dir(out, scenario).map_err(|source| RunError::RunDir {
+        under: out.to_path_buf(),
+        source,
+    })?;
+    let conditions: Vec<String> = scenario
+        .active_conditions()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let info = RunInfo {
+        run_id: run_id.clone(),
+        scenario: scenario.name.clone(),
+        scenario_path: scenario_path.to_string(),
+        seed: scenario.seed,
+        started_at: crate::time::rfc3339_now(),
+        conditions: conditions.join(","),
+        params: scenario
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let history_path = run_dir.join("history.sqlite");
+    let clock = RunClock::start();
+    let (history, recorder) = History::create(&history_path, &info)?;
+    obs.note(&format!("reprod: run {run_id} in {}", run_dir.display()));
+    let database_url = match database_url(scenario, &run_dir) {
+        Ok(url) => url,
+        Err(e) => {
+            let _ = history
+                .finish(Status::StartFailed.as_str(), clock.now_us())
+                .await;
+            return Err(RunError::DatabaseUrl(e));
+        }
+    };
+    let failure = history.failure();
+    let cx = Cx { obs, interrupt };
+    let mut driven = drive(
+        &cx,
+        scenario,
+        &run_dir,
+        database_url.clone(),
+        clock,
+        recorder,
+        failure,
+    )
+    .await;
+    let end_us = clock.now_us();
+    let (status, _) = driven.ended.status();
+    if let Err(e) = history.finish(status.as_str(), end_us).await
+        && !matches!(driven.ended, Ended::HistoryFailed(_))
+    {
+        driven.ended = Ended::HistoryFailed(e.to_string());
+    }
+    let (status, status_reason) = driven.ended.status();
+    if let Some(reason) = &status_reason {
+        obs.problem(&format!(
+            "reprod: the run did not complete ({}): {reason}",
+            status.as_str()
+        ));
+    }
+    let stats = driven.stats.clone().unwrap_or_default();
+    let load_start_us = driven.load_start_us.unwrap_or(end_us);
+    let mut summary = summarize(
+        scenario,
+        &run_id,
+        &run_dir,
+        &conditions,
+        &stats,
+        load_start_us,
+    );
+    summary.status = status;
+    summary.status_reason = status_reason;
+    summary.dependencies = dependency_results(scenario, &history_path);
+    check(
+        obs,
+        scenario,
+        database_url.as_deref(),
+        &history_path,
+        &driven,
+        clock,
+        &mut summary,
+    )
+    .await;
+    summary.warnings = warnings(scenario, &stats, &driven, &history_path, summary.warnings);
+    summary.decide();
+    let explanation = if summary.violated() {
+        match reprod_check::explain::explain(&run_dir, None) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                obs.problem(&format!("reprod: cannot explain the run: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    summary.explanation = explanation.clone();
+    for i in summary.invariants.iter().filter(|i| i.error.is_some()) {
+        obs.problem(&format!(
+            "reprod: invariant {:?} could not be checked: {}",
+            i.name,
+            i.error.as_deref().unwrap_or_default()
+        ));
+    }
+    if status == Status::Interrupted {
+        obs.problem(&format!(
+            "reprod: interrupted; the history so far is in {}",
+            history_path.display()
+        ));
+    }
+    let finished = Finished {
+        summary,
+        explanation,
+        run_dir,
+    };
+    if let Err(e) = write_outputs(&finished) {
+        obs.problem(&format!(
+            "reprod: cannot write summary.json and report.txt in {}: {e}",
+            finished.run_dir.display()
+        ));
+    }
+    Ok(finished)
+}
+
+/// Checks every invariant it can and puts the results in `summary`. After a run that did not
+/// complete, each result is marked partial; when the history could not be written, the
+/// invariants that read it are reported unchecked instead of judged on what little it kept; when
+/// the load never started, nothing is checked.
+async fn check(
+    obs: &dyn Observer,
+    scenario: &Scenario,
+    database_url: Option<&str>,
+    history_path: &Path,
+    driven: &Driven,
+    clock: RunClock,
+    summary: &mut Summary,
+) {
+    if scenario.invariants.is_empty() {
+        return;
+    }
+    let Some(load_start_us) = driven.load_start_us else {
+        summary.invariants = scenario
+            .invariants
+            .iter()
+            .map(|i| InvariantResult {
+                name: i.name.clone(),
+                error: Some("the load never started".to_string()),
+                ..InvariantResult::default()
+            })
+            .collect();
+        return;
+    };
+    obs.note(&format!(
+        "reprod: checking {} invariant(s)",
+        scenario.invariants.len()
+    ));
+    let ok_keys = reprod_history::read::ok_keys(history_path).unwrap_or_default();
+    let mut checked = reprod_check::check_all(
+        scenario,
+        database_url,
+        history_path,
+        &ok_keys,
+        &driven.first_seen,
+        clock.now_us(),
+        load_start_us,
+    )
+    .await;
+    let history_lost = matches!(driven.ended, Ended::HistoryFailed(_));
+    let completed = matches!(driven.ended, Ended::Completed);
+    for (result, invariant) in checked.results.iter_mut().zip(&scenario.invariants) {
+        let reads_history = !matches!(invariant.kind, reprod_scenario::InvariantKind::Sql { .. });
+        if history_lost && reads_history {
+            *result = InvariantResult {
+                name: result.name.clone(),
+                error: Some(
+                    "the history could not be written in full, and this invariant is judged from it"
+                        .to_string(),
+                ),
+                ..InvariantResult::default()
+            };
+        } else if !completed && result.error.is_none() {
+            result.partial = true;
+        }
+    }
+    if history_lost {
+        checked.violations.retain(|v| {
+            scenario.invariants.iter().any(|i| {
+                i.name == v.invariant
+                    && matches!(i.kind, reprod_scenario::InvariantKind::Sql { .. })
+            })
+        });
+    }
+    if let Err(e) = reprod_history::read::append_violations(history_path, &checked.violations) {
+        obs.problem(&format!(
+            "reprod: cannot record violations in the history: {e}"
+        ));
+    }
+    summary.invariants = checked.results;
+    summary
+        .warnings
+        .extend(checked.notes.into_iter().map(|message| Warning {
+            kind: "invariant_privileges".to_string(),
+            subject: None,
+            message,
+        }));
+    if completed {
+        summary.thresholds = thresholds(scenario, &driven.stats.clone().unwrap_or_default());
+    }
+}
+
+/// What a reader must know about what the run did not exercise, first lines of the report.
+fn warnings(
+    scenario: &Scenario,
+    stats: &Stats,
+    driven: &Driven,
+    history: &Path,
+    mut out: Vec<Warning>,
+) -> Vec<Warning> {
+    if driven.load_start_us.is_some() && stats.ops == 0 {
+        out.push(Warning {
+            kind: "no_operations".to_string(),
+            subject: None,
+            message: "the run sent no operation, so it tested nothing (check the callers' rates, start times and the duration)".to_string(),
+        });
+    }
+    if stats.ops > 0 && stats.ok == 0 {
+        out.push(Warning {
+            kind: "no_successful_operations".to_string(),
+            subject: None,
+            message: format!(
+                "none of the {} operations succeeded, so nothing the service did was tested",
+                stats.ops
+            ),
+        });
+    }
+    for caller in &scenario.callers {
+        let start = caller.first_arrival();
+        if start >= scenario.duration {
+            out.push(Warning {
+                kind: "caller_after_load".to_string(),
+                subject: Some(caller.name.clone()),
+                message: format!(
+                    "caller {} starts at {}, when the load ({}) is already over: it sent nothing",
+                    caller.name,
+                    reprod_scenario::format_duration(start),
+                    reprod_scenario::format_duration(scenario.duration)
+                ),
+            });
+        }
+    }
+    for c in &stats.callers {
+        let not_ok = c.ops - c.ok;
+        if c.ops == 0 || (not_ok as f64) < 0.9 * c.ops as f64 {
+            continue;
+        }
+        let why = match reprod_history::read::commonest_failure(history, &c.name) {
+            Ok(Some(reprod_history::read::Failing {
+                status,
+                error,
+                count: n,
+                response,
+            })) => {
+                let ending = match (status, error) {
+                    (Some(s), _) => format!("answered {s}"),
+                    (None, Some(e)) => e,
+                    (None, None) => "ended without an answer".to_string(),
+                };
+                let body = response
+                    .filter(|b| !b.trim().is_empty())
+                    .map(|b| format!(": {}", snippet(&b, 160)))
+                    .unwrap_or_default();
+                format!("; the commonest: {n} {ending}{body}")
+            }
+            _ => String::new(),
+        };
+        out.push(Warning {
+            kind: "caller_failing".to_string(),
+            subject: Some(c.name.clone()),
+            message: format!(
+                "{} of caller {}'s {} operations did not succeed{why}: a race cannot show in requests the service refuses",
+                not_ok, c.name, c.ops
+            ),
+        });
+    }
+    if driven.cut_lines > 0 {
+        out.push(Warning {
+            kind: "service_output_cut".to_string(),
+            subject: None,
+            message: format!(
+                "{} line(s) of service output were longer than {} bytes and were cut where reprod reads them (the log files keep every byte)",
+                driven.cut_lines,
+                reprod_services::MAX_LINE_BYTES
+            ),
+        });
+    }
+    out
+}
+
+/// At most `max` characters of `text` on one line.
+fn snippet(text: &str, max: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() > max {
+        format!("{}…", one_line.chars().take(max).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+/// The scenario's database URL with `{run_dir}` filled in.
+fn database_url(scenario: &Scenario, run_dir: &Path) -> Result<Option<String>, String> {
+    let Some(db) = &scenario.database else {
+        return Ok(None);
+    };
+    db.url
+        .render(|var, out| {
+            if *var == Var::RunDir {
+                out.push_str(&run_dir.display().to_string());
+                true
+            } else {
+                false
+            }
+        })
+        .map(Some)
+        .map_err(|v| format!("cannot fill {v} in the database URL"))
+}
+
+/// Resolves with the reason once the history writer failed; pending while it works.
+async fn history_failed(failure: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = failure.borrow_and_update().clone() {
+            return format!("the history could not be written: {reason}");
+        }
+        if failure.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// What the phases share: where notes go, and the stop request.
+struct Cx<'a> {
+    obs: &'a dyn Observer,
+    interrupt: &'a Interrupt,
+}
+
+/// Fault layer, services, load, drain; always stops what it started.
+async fn drive(
+    cx: &Cx<'_>,
+    scenario: &Scenario,
+    run_dir: &Path,
+    database_url: Option<String>,
+    clock: RunClock,
+    recorder: Recorder,
+    mut failure: watch::Receiver<Option<String>>,
+) -> Driven {
+    let obs = cx.obs;
+    let faults = match FaultLayer::start(scenario, clock, recorder.clone()).await {
+        Ok(faults) => faults,
+        Err(e) => return Driven::before_load(Ended::StartFailed(e.to_string())),
+    };
+    let bindings = Bindings {
+        run_dir: run_dir.to_path_buf(),
+        database_url: database_url.clone(),
+        dependency_urls: scenario
+            .dependencies
+            .iter()
+            .filter_map(|d| Some((d.name.clone(), faults.dependency_url(&d.name)?.to_string())))
+            .collect(),
+        sink_urls: scenario
+            .sinks
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), faults.sink_url(&s.name)?.to_string())))
+            .collect(),
+    };
+    obs.note("reprod: starting services");
+    let started = tokio::select! {
+        started = Services::start(scenario, &bindings, clock, &recorder) => started.map_err(|e| Ended::StartFailed(e.to_string())),
+        _ = cx.interrupt.requested() => Err(Ended::Interrupted),
+        reason = history_failed(&mut failure) => Err(Ended::HistoryFailed(reason)),
+    };
+    let mut services = match started {
+        Ok(services) => services,
+        Err(ended) => {
+            faults.stop().await;
+            return Driven::before_load(ended);
+        }
+    };
+    // The load clock starts now, with every replica ready: nothing is planned inside the time
+    // the services took to start, so nothing is released late in a burst.
+    let load_start_us = clock.now_us();
+    faults.set_load_start(load_start_us);
+    recorder.record(Event::LoadStarted(load_start_us)).await;
+    // Invariants that ask for it are checked while load runs, to learn when each violation
+    // first appeared; the watcher stops when load and drain are over.
+    let (watch_stop, watch_stopped) = watch::channel(false);
+    let watcher = reprod_check::watch(
+        scenario,
+        database_url.as_deref(),
+        move || clock.now_us(),
+        watch_stopped,
+    );
+    let load_then_stop = async {
+        let outcome = load(
+            cx,
+            scenario,
+            &mut services,
+            clock,
+            recorder,
+            load_start_us,
+            &mut failure,
+        )
+        .await;
+        let _ = watch_stop.send(true);
+        outcome
+    };
+    let ((ended, stats), first_seen) = tokio::join!(load_then_stop, watcher);
+    services.stop().await;
+    faults.stop().await;
+    Driven {
+        ended,
+        stats: Some(stats),
+        first_seen,
+        load_start_us: Some(load_start_us),
+        cut_lines: services
+            .output()
+            .cut_lines
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+async fn load(
+    cx: &Cx<'_>,
+    scenario: &Scenario,
+    services: &mut Services,
+    clock: RunClock,
+    recorder: Recorder,
+    load_start_us: i64,
+    failure: &mut watch::Receiver<Option<String>>,
+) -> (Ended, Stats) {
+    let obs = cx.obs;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let live = Arc::new(Live::default());
+    let targets = services.all_targets().to_vec();
+    obs.note(&format!(
+        "reprod: load for up to {} (at most {} operations), conditions: {}",
+        reprod_scenario::format_duration(scenario.duration),
+        scenario.max_ops,
+        names(scenario)
+    ));
+    let engine = reprod_engine::run(reprod_engine::Input {
+        scenario,
+        targets: &targets,
+        clock,
+        recorder,
+        live: Arc::clone(&live),
+        stop: stop_rx,
+        load_start_us,
+    });
+    tokio::pin!(engine);
+    let mut problem = None;
+    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut window = Window::default();
+    let stats = loop {
+        tokio::select! {
+            stats = &mut engine => break stats,
+            _ = ticks.tick() => obs.progress(&window.snapshot(&live, clock, load_start_us, scenario.duration.as_secs_f64())),
+            death = services.died(), if problem.is_none() => {
+                problem = Some(Ended::ServiceFailed(death.to_string()));
+                let _ = stop_tx.send(true);
+            }
+            _ = cx.interrupt.requested(), if problem.is_none() => {
+                problem = Some(Ended::Interrupted);
+                let _ = stop_tx.send(true);
+            }
+            reason = history_failed(failure), if problem.is_none() => {
+                problem = Some(Ended::HistoryFailed(reason));
+                let _ = stop_tx.send(true);
+            }
+        }
+    };
+    obs.progress_done();
+    if let Some(failure) = &stats.engine_failure {
+        return (Ended::EngineFailed(failure.clone()), stats);
+    }
+    if let Some(problem) = problem {
+        return (problem, stats);
+    }
+    // Background work the load caused (workers, outbox relays) gets `drain` to finish.
+    if !scenario.drain.is_zero() {
+        obs.note(&format!(
+            "reprod: load done ({} operations); draining for {}",
+            stats.ops,
+            reprod_scenario::format_duration(scenario.drain)
+        ));
+        let ended = tokio::select! {
+            _ = tokio::time::sleep(scenario.drain) => Ended::Completed,
+            death = services.died() => Ended::ServiceFailed(death.to_string()),
+            _ = cx.interrupt.requested() => Ended::Interrupted,
+            reason = history_failed(failure) => Ended::HistoryFailed(reason),
+        };
+        return (ended, stats);
+    }
+    (Ended::Completed, stats)
+}
+
+fn names(scenario: &Scenario) -> String {
+    let active: Vec<&str> = scenario
+        .active_conditions()
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    if active.is_empty() {
+        "none (staging)".to_string()
+    } else {
+        active.join(", ")
+    }
+}
+
+/// How often the observer hears of the load's progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What the progress line needs between two snapshots.
+#[derive(Default)]
+struct Window {
+    done: u64,
+    at_s: f64,
+}
+
+impl Window {
+    fn snapshot(
+        &mut self,
+        live: &Live,
+        clock: RunClock,
+        load_start_us: i64,
+        planned_s: f64,
+    ) -> Progress {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = (clock.now_us() - load_start_us) as f64 / 1e6;
+        let done = live.done.load(Relaxed);
+        let rate = (done - self.done) as f64 / (now - self.at_s).max(1e-3);
+        (self.done, self.at_s) = (done, now);
+        let window = live.take_window();
+        Progress {
+            elapsed_s: now,
+            planned_s,
+            done,
+            ok: live.ok.load(Relaxed),
+            failed: live.failed.load(Relaxed),
+            ambiguous: live.ambiguous.load(Relaxed),
+            retries: live.retries.load(Relaxed),
+            rate_per_s: rate,
+            p99_ms: (window.count() > 0).then(|| window.quantile(0.99) as f64 / 1e3),
+        }
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1e3
+}
+
+fn summarize(
+    scenario: &Scenario,
+    run_id: &str,
+    run_dir: &Path,
+    conditions: &[String],
+    stats: &Stats,
+    load_start_us: i64,
+) -> Summary {
+    let duration_s = ((stats.load_end_us - load_start_us).max(0) as f64 / 1e6).max(1e-6);
+    let offered_window = (stats.last_intended_us - stats.first_intended_us) as f64 / 1e6;
+    let lat: &Histogram = &stats.latency;
+    Summary {
+        run_id: run_id.to_string(),
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        conditions: conditions.to_vec(),
+        params: scenario
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+        status: Status::Completed,
+        status_reason: None,
+        load_started_s: load_start_us as f64 / 1e6,
+        duration_s,
+        ops: OpCounts {
+            total: stats.ops,
+            ok: stats.ok,
+            failed: stats.failed,
+            ambiguous: stats.ambiguous,
+            unsent: stats.unsent,
+        },
+        attempts: AttemptCounts {
+            total: stats.attempts,
+            retries: stats.retries,
+        },
+        retry_amplification: if stats.ops == 0 {
+            0.0
+        } else {
+            stats.attempts as f64 / stats.ops as f64
+        },
+        offered_rps: if offered_window > 0.0 {
+            (stats.ops.saturating_sub(1)) as f64 / offered_window
+        } else {
+            0.0
+        },
+        throughput_rps: stats.ops as f64 / duration_s,
+        goodput_rps: stats.ok as f64 / duration_s,
+        latency_ms: Latency {
+            p50: ms(lat.quantile(0.5)),
+            p95: ms(lat.quantile(0.95)),
+            p99: ms(lat.quantile(0.99)),
+            p999: ms(lat.quantile(0.999)),
+            max: ms(lat.max()),
+        },
+        schedule_lag_ms: Lag {
+            p99: ms(stats.lag.quantile(0.99)),
+            max: ms(stats.lag.max()),
+        },
+        dependencies: Vec::new(),
+        invariants: Vec::new(),
+        thresholds: Vec::new(),
+        verdict: Verdict::Incomplete,
+        warnings: Vec::new(),
+        explanation: None,
+        run_dir: run_dir.display().to_string(),
+    }
+}
+
+fn thresholds(scenario: &Scenario, stats: &Stats) -> Vec<ThresholdResult> {
+    let duration_s = (stats.load_end_us - stats.first_intended_us).max(1) as f64 / 1e6;
+    let t = &scenario.thresholds;
+    let mut out = Vec::new();
+    if let Some(p99) = t.p99 {
+        let actual = ms(stats.latency.quantile(0.99));
+        let limit = p99.as_secs_f64() * 1e3;
+        out.push(ThresholdResult {
+            name: "p99_ms".into(),
+            limit,
+            actual,
+            held: actual <= limit,
+        });
+    }
+    if let Some(limit) = t.error_rate {
+        let actual = if stats.ops == 0 {
+            0.0
+        } else {
+            (stats.failed + stats.ambiguous) as f64 / stats.ops as f64
+        };
+        out.push(ThresholdResult {
+            name: "error_rate".into(),
+            limit,
+            actual,
+            held: actual <= limit,
+        });
+    }
+    if let Some(limit) = t.min_goodput_rps {
+        let actual = stats.ok as f64 / duration_s;
+        out.push(ThresholdResult {
+            name: "min_goodput_rps".into(),
+            limit,
+            actual,
+            held: actual >= limit,
+        });
+    }
+    out
+}
+
+fn dependency_results(scenario: &Scenario, history: &Path) -> Vec<DependencyResult> {
+    let delays = reprod_history::read::dependency_delays(history).unwrap_or_default();
+    scenario
+        .dependencies
+        .iter()
+        .map(|d| {
+            let mut requested = serde_json::Map::new();
+            let put = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: f64| {
+                m.insert(k.to_string(), serde_json::json!((v * 10.0).round() / 10.0));
+            };
+            match &d.latency {
+                Some(Shape::Percentiles {
+                    p50,
+                    p95,
+                    p99,
+                    p999,
+                }) => {
+                    put(&mut requested, "p50", p50.as_secs_f64() * 1e3);
+                    for (k, v) in [("p95", p95), ("p99", p99), ("p999", p999)] {
+                        if let Some(v) = v {
+                            put(&mut requested, k, v.as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+                Some(Shape::Fixed(v)) => put(&mut requested, "fixed", v.as_secs_f64() * 1e3),
+                Some(Shape::Uniform { min, max }) => {
+                    put(&mut requested, "min", min.as_secs_f64() * 1e3);
+                    put(&mut requested, "max", max.as_secs_f64() * 1e3);
+                }
+                None => {}
+            }
+            let samples = delays.get(&d.name).cloned().unwrap_or_default();
+            let mut hist = Histogram::default();
+            for s in &samples {
+                hist.record((*s).max(0) as u64);
+            }
+            let mut achieved = serde_json::Map::new();
+            if !samples.is_empty() {
+                for (k, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999)] {
+                    put(&mut achieved, k, ms(hist.quantile(q)));
+                }
+            }
+            DependencyResult {
+                name: d.name.clone(),
+                calls: samples.len() as u64,
+                requested_ms: requested,
+                achieved_ms: achieved,
+            }
+        })
+        .collect()
+}
+
+fn write_outputs(finished: &Finished) -> std::io::Result<()> {
+    let dir = &finished.run_dir;
+    write_whole(
+        &dir.join("summary.json"),
+        &(finished.summary.to_json() + "\n"),
+    )?;
+    write_whole(&dir.join("report.txt"), &finished.report_text())?;
+    write_whole(
+        &dir.join("junit.xml"),
+        &reprod_report::junit::render(&finished.summary),
+    )
+}
+
+/// Writes `text` to `path` whole or not at all: a full disk leaves no half-written file that a
+/// CI script would read as an empty summary.
+pub fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
