@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-pub use reprod_report::{Dimension, EntryKind, Explanation, TimelineEvent};
+pub use reprod_report::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 /// Why a run directory could not be explained.
@@ -93,9 +93,9 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
             .optional()
             .map_err(q)?,
     };
-    let timeline = match &key {
+    let (timeline, swimlanes) = match &key {
         Some(k) => timeline(&conn, k).map_err(q)?,
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let (violating_keys, clean_keys, comparison) = compare(&conn).map_err(q)?;
     Ok(Explanation {
@@ -104,14 +104,32 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
         invariants,
         key,
         timeline,
+        swimlanes,
         violating_keys,
         clean_keys,
         comparison,
     })
 }
 
-fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>> {
+/// Swimlanes by name, in order of first appearance.
+#[derive(Default)]
+struct Lanes(Vec<Lane>);
+
+impl Lanes {
+    fn push(&mut self, lane: &str, span: Span) {
+        match self.0.iter_mut().find(|l| l.name == lane) {
+            Some(l) => l.spans.push(span),
+            None => self.0.push(Lane {
+                name: lane.to_string(),
+                spans: vec![span],
+            }),
+        }
+    }
+}
+
+fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<(Vec<TimelineEvent>, Vec<Lane>)> {
     let mut raw: Vec<(i64, EntryKind, String)> = Vec::new();
+    let mut lanes = Lanes::default();
     let mut traces: HashMap<String, (String, i64)> = HashMap::new();
     let mut stmt = conn.prepare(
         "SELECT o.op_id, o.caller, o.trace_id, a.n, a.instance, a.version, a.sent_us, a.done_us, a.status, a.error,
@@ -149,6 +167,15 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
             (None, Some(e)) => format!("failed: {e}"),
             (None, None) => "no answer".to_string(),
         };
+        lanes.push(
+            &format!("{caller} → {instance}"),
+            Span {
+                start_us: sent,
+                end_us: done,
+                kind: EntryKind::Attempt,
+                label: format!("op {op} attempt {n}: {answer}"),
+            },
+        );
         raw.push((
             done,
             EntryKind::Response,
@@ -181,6 +208,19 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
     for row in rows {
         let (dep, trace, received, delay, fault, status, done, path) = row?;
         let fault = fault.map(|f| format!(", fault {f}")).unwrap_or_default();
+        lanes.push(
+            &dep,
+            Span {
+                start_us: received,
+                end_us: done,
+                kind: EntryKind::Dependency,
+                label: format!(
+                    "{}: delay {:.0} ms{fault}",
+                    label(&trace),
+                    delay as f64 / 1e3
+                ),
+            },
+        );
         raw.push((
             received,
             EntryKind::Dependency,
@@ -215,6 +255,15 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
         let idem = idem
             .map(|k| format!(" with Idempotency-Key {}", short(&k)))
             .unwrap_or_else(|| " without an idempotency key".to_string());
+        lanes.push(
+            &sink,
+            Span {
+                start_us: received,
+                end_us: received,
+                kind: EntryKind::Delivery,
+                label: format!("caused by {}{idem}", label(&trace)),
+            },
+        );
         raw.push((
             received,
             EntryKind::Delivery,
@@ -245,6 +294,19 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
     let mut found_after = Vec::new();
     for row in rows {
         let (inv, detail, found, mid_run) = row?;
+        lanes.push(
+            "violations",
+            Span {
+                start_us: found,
+                end_us: found,
+                kind: EntryKind::Violation,
+                label: if mid_run {
+                    format!("{inv}: first seen by the check during the run")
+                } else {
+                    format!("{inv}: found by the final check")
+                },
+            },
+        );
         if mid_run {
             seen_during.push((
                 found,
@@ -277,7 +339,7 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
             .map(|(t, k, text)| (t.max(end), k, text)),
     );
     let start = raw.first().map_or(0, |(t, _, _)| *t);
-    Ok(raw
+    let events = raw
         .into_iter()
         .map(|(t, kind, text)| TimelineEvent {
             at_us: t,
@@ -285,7 +347,8 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<Vec<TimelineEvent>
             kind,
             text,
         })
-        .collect())
+        .collect();
+    Ok((events, lanes.0))
 }
 
 fn short(key: &str) -> String {
@@ -409,7 +472,7 @@ fn compare(conn: &Connection) -> rusqlite::Result<(usize, usize, Vec<Dimension>)
             Box::new(|f: &KeyFacts| f.instances.len() >= 2),
         ),
         (
-            "versions".into(),
+            "mixed_versions".into(),
             "were served by 2+ versions".into(),
             Box::new(|f: &KeyFacts| f.versions.len() >= 2),
         ),
@@ -419,19 +482,19 @@ fn compare(conn: &Connection) -> rusqlite::Result<(usize, usize, Vec<Dimension>)
             Box::new(|f: &KeyFacts| f.queue_delay),
         ),
         (
-            "faults".into(),
+            "dependency_faults".into(),
             "saw an injected dependency fault".into(),
             Box::new(|f: &KeyFacts| f.fault),
         ),
         (
-            "hot_key".into(),
+            "hot_keys".into(),
             format!("were hot ({hot_threshold}+ operations)"),
             Box::new(move |f: &KeyFacts| f.ops >= hot_threshold),
         ),
     ];
     if slow_threshold != i64::MAX {
         dims.push((
-            "dependency_latency".into(),
+            "slow_dependency".into(),
             format!(
                 "saw a dependency delay of {:.0}+ ms",
                 slow_threshold as f64 / 1e3

@@ -7,21 +7,7 @@
 
 use serde::Serialize;
 
-/// z for a two-sided 95% interval.
-const Z95: f64 = 1.959_964;
-
-/// Wilson score interval for `k` successes in `n` trials (`(0, 1)` when `n` is 0).
-pub fn wilson(k: u64, n: u64) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let (k, n) = (k as f64, n as f64);
-    let p = k / n;
-    let z2 = Z95 * Z95;
-    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-    let half = Z95 * ((p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt()) / (1.0 + z2 / n);
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
+pub use reprod_report::wilson;
 
 /// What the completed trials of one group (one set of conditions) came to, for one question
 /// ("did any invariant break", or "did this invariant break").

@@ -1299,6 +1299,105 @@ pub mod read {
         rows.collect::<Result<_, _>>().map_err(fail)
     }
 
+    /// One interval of a run, for plots over time.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct Bucket {
+        /// Seconds from the load's start to the interval's start.
+        pub start_s: f64,
+        /// Operations intended to start in it (the offered load).
+        pub offered: u64,
+        /// Operations that ended in it.
+        pub done: u64,
+        /// ... ok.
+        pub ok: u64,
+        /// ... failed or ambiguous.
+        pub not_ok: u64,
+        /// Attempts after the first, of the operations that ended in it.
+        pub retries: u64,
+        /// Median latency (from intended start) of the operations that ended in it, ms.
+        pub p50_ms: f64,
+        /// 99th percentile of the same, ms.
+        pub p99_ms: f64,
+        /// Violations first seen in it (by a check during the run).
+        pub violations_seen: u64,
+    }
+
+    /// The run in intervals of `bucket_us` from `load_start_us` (at most `max_buckets` of them:
+    /// the interval grows to fit), streamed from the history without loading it whole. Also
+    /// returns the violations found only by the final check.
+    pub fn time_series(
+        path: &Path,
+        load_start_us: i64,
+        max_buckets: usize,
+    ) -> Result<(Vec<Bucket>, u64), HistoryError> {
+        let fail = |source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = open(path)?;
+        let end_us: i64 = conn
+            .query_row("SELECT COALESCE(MAX(done_us), 0) FROM ops", [], |r| {
+                r.get(0)
+            })
+            .map_err(fail)?;
+        let span_us = (end_us - load_start_us).max(1);
+        let bucket_us = (span_us / max_buckets.max(1) as i64 + 1).max(100_000);
+        let n = (span_us / bucket_us + 1) as usize;
+        let mut buckets: Vec<Bucket> = (0..n)
+            .map(|i| Bucket {
+                start_s: (i as i64 * bucket_us) as f64 / 1e6,
+                ..Bucket::default()
+            })
+            .collect();
+        let index = |us: i64| (((us - load_start_us).max(0) / bucket_us) as usize).min(n - 1);
+        let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut stmt = conn
+            .prepare("SELECT intended_start_us, done_us, outcome, attempts FROM ops")
+            .map_err(fail)?;
+        let mut rows = stmt.query([]).map_err(fail)?;
+        while let Some(r) = rows.next().map_err(fail)? {
+            let intended: i64 = r.get(0).map_err(fail)?;
+            let done: i64 = r.get(1).map_err(fail)?;
+            let ok = r.get_ref(2).map_err(fail)?.as_str().unwrap_or("") == "ok";
+            let attempts: i64 = r.get(3).map_err(fail)?;
+            buckets[index(intended)].offered += 1;
+            let b = &mut buckets[index(done)];
+            b.done += 1;
+            if ok {
+                b.ok += 1;
+            } else {
+                b.not_ok += 1;
+            }
+            b.retries += (attempts - 1).max(0) as u64;
+            latencies[index(done)].push((done - intended).clamp(0, i64::from(u32::MAX)) as u32);
+        }
+        for (b, mut l) in buckets.iter_mut().zip(latencies) {
+            if l.is_empty() {
+                continue;
+            }
+            l.sort_unstable();
+            let at = |q: f64| f64::from(l[((l.len() - 1) as f64 * q).round() as usize]) / 1e3;
+            b.p50_ms = at(0.5);
+            b.p99_ms = at(0.99);
+        }
+        let mut final_only = 0;
+        let mut stmt = conn
+            .prepare("SELECT found_us, found_by FROM violations")
+            .or_else(|_| conn.prepare("SELECT found_us, 'final_check' FROM violations"))
+            .map_err(fail)?;
+        let mut rows = stmt.query([]).map_err(fail)?;
+        while let Some(r) = rows.next().map_err(fail)? {
+            let found: i64 = r.get(0).map_err(fail)?;
+            let by: String = r.get(1).map_err(fail)?;
+            if by == "mid_run" {
+                buckets[index(found)].violations_seen += 1;
+            } else {
+                final_only += 1;
+            }
+        }
+        Ok((buckets, final_only))
+    }
+
     /// Appends violations to a finished history.
     pub fn append_violations(
         path: &Path,

@@ -38,6 +38,29 @@ pub struct TimelineEvent {
     pub text: String,
 }
 
+/// One lane of the swimlane timeline: a caller's attempts to one replica, a dependency, a sink,
+/// the violations.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lane {
+    /// `api → invoices/0`, `usage`, `email`, `violations`.
+    pub name: String,
+    /// What happened on it.
+    pub spans: Vec<Span>,
+}
+
+/// One thing on a lane, from its start to its end (equal for an instant).
+#[derive(Clone, Debug, Serialize)]
+pub struct Span {
+    /// Start, µs since the run started.
+    pub start_us: i64,
+    /// End, µs since the run started.
+    pub end_us: i64,
+    /// Where it comes from.
+    pub kind: EntryKind,
+    /// In words.
+    pub label: String,
+}
+
 /// One dimension of the comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct Dimension {
@@ -66,6 +89,8 @@ pub struct Explanation {
     pub key: Option<String>,
     /// The timeline.
     pub timeline: Vec<TimelineEvent>,
+    /// The same key's history as swimlanes (for `report.html`).
+    pub swimlanes: Vec<Lane>,
     /// Keys with a violation / without.
     pub violating_keys: usize,
     /// Keys operations touched that have no violation.

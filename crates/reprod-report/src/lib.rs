@@ -6,13 +6,15 @@
 #![deny(missing_docs)]
 
 mod explanation;
+pub mod html;
+pub mod isolation;
 pub mod junit;
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-pub use explanation::{Dimension, EntryKind, Explanation, TimelineEvent};
+pub use explanation::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
 
 /// Operation counts by outcome.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -538,6 +540,22 @@ pub fn verdict(
     } else {
         Verdict::Pass
     }
+}
+
+/// z for a two-sided 95% interval.
+const Z95: f64 = 1.959_964;
+
+/// Wilson score interval (95%) for `k` successes in `n` trials (`(0, 1)` when `n` is 0).
+pub fn wilson(k: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let z2 = Z95 * Z95;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z95 * ((p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt()) / (1.0 + z2 / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 fn first_line(text: &str) -> &str {

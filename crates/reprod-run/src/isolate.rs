@@ -20,9 +20,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use reprod_check::stats::{self, ConditionVerdict, Tally};
+pub use reprod_report::isolation::{
+    Answer, ConditionResult, GroupOut, IncompleteTrial, InvariantAnswer, Isolation,
+};
 use reprod_report::{Status, Verdict};
 use reprod_scenario::{Condition, Scenario, Template, Var};
-use serde::Serialize;
 
 use crate::session::perform;
 use crate::{Interrupt, Observer, Progress, RunError};
@@ -88,25 +90,6 @@ impl GroupRun {
     }
 }
 
-/// One group as `isolate --json` prints it.
-#[derive(Clone, Debug, Serialize)]
-pub struct GroupOut {
-    /// Completed trials.
-    pub trials: u64,
-    /// Trials in which it reproduced.
-    pub failures: u64,
-    /// 95% interval of the reproduction share.
-    pub failure_ci: (f64, f64),
-    /// Violating keys over keys touched, pooled over the trials.
-    pub key_rate: f64,
-    /// 95% interval of the per-key rate.
-    pub key_rate_ci: (f64, f64),
-    /// Trials that did not complete or sent no operation (not counted above).
-    pub incomplete: u64,
-    /// The trials' run directories.
-    pub run_dirs: Vec<String>,
-}
-
 fn group_out(run: &GroupRun, q: &Question) -> GroupOut {
     let t = run.tally(q);
     GroupOut {
@@ -118,79 +101,6 @@ fn group_out(run: &GroupRun, q: &Question) -> GroupOut {
         incomplete: run.incomplete.len() as u64,
         run_dirs: run.run_dirs.clone(),
     }
-}
-
-/// A condition's verdict.
-#[derive(Clone, Debug, Serialize)]
-pub struct ConditionResult {
-    /// Condition name.
-    pub name: String,
-    /// Its trials with the condition off.
-    #[serde(flatten)]
-    pub without: GroupOut,
-    /// Switching it off drops reproduction significantly.
-    pub necessary: bool,
-    /// `necessary`, `amplifies`, `not necessary` or `undecided`.
-    pub verdict: String,
-}
-
-/// The answer to one question: any invariant, or one invariant.
-#[derive(Clone, Debug, Serialize)]
-pub struct Answer {
-    /// Every active condition on.
-    pub baseline: GroupOut,
-    /// One per active condition, switched off.
-    pub conditions: Vec<ConditionResult>,
-    /// Everything off.
-    pub staging: GroupOut,
-    /// The smallest set found that still reproduces.
-    pub minimal: Vec<String>,
-    /// A `reprod run` command that reproduces with only that set.
-    pub command: Option<String>,
-}
-
-/// One invariant's answer.
-#[derive(Clone, Debug, Serialize)]
-pub struct InvariantAnswer {
-    /// The invariant.
-    pub name: String,
-    /// Its answer.
-    #[serde(flatten)]
-    pub answer: Answer,
-}
-
-/// A trial that did not complete.
-#[derive(Clone, Debug, Serialize)]
-pub struct IncompleteTrial {
-    /// The conditions it ran with.
-    pub conditions: Vec<String>,
-    /// Its run directory.
-    pub run_dir: String,
-    /// Why it does not count.
-    pub reason: String,
-}
-
-/// What `isolate --json` prints: the answer for "any invariant" at the top level (the
-/// contract), each invariant's under `invariants`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Isolation {
-    /// The answer for any invariant.
-    #[serde(flatten)]
-    pub any: Answer,
-    /// Per invariant.
-    pub invariants: Vec<InvariantAnswer>,
-    /// Whether the baseline reproduced at all (when not, there was nothing to isolate).
-    pub baseline_reproduced: bool,
-    /// Trials that did not complete or sent nothing, not counted anywhere.
-    pub incomplete_trials: Vec<IncompleteTrial>,
-    /// Trials run, and the most that could have been run.
-    pub trials_run: u64,
-    /// The announced upper bound.
-    pub trials_bound: u64,
-    /// Where the trials' run directories are.
-    pub isolate_dir: String,
-    /// Wall-clock seconds.
-    pub elapsed_s: f64,
 }
 
 /// Checks that `scenario` can be isolated with trials of `duration`: no caller may start after
@@ -482,6 +392,22 @@ pub async fn isolate(
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     debug_assert!(result.trials_run <= result.trials_bound);
+    let _ = std::fs::create_dir_all(&out);
+    for (file, text) in [
+        ("isolate.html", result.to_html(&scenario.name)),
+        ("junit.xml", result.to_junit(&scenario.name)),
+        (
+            "isolation.json",
+            serde_json::to_string_pretty(&result).unwrap_or_default() + "\n",
+        ),
+    ] {
+        if let Err(e) = crate::session::write_whole(&out.join(file), &text) {
+            obs.problem(&format!(
+                "reprod: cannot write {file} in {}: {e}",
+                out.display()
+            ));
+        }
+    }
     Ok(result)
 }
 
@@ -607,96 +533,6 @@ fn command(options: &Options, minimal: &[String]) -> String {
         let _ = write!(command, " --only {}", minimal.join(","));
     }
     command
-}
-
-impl Isolation {
-    /// The table `reprod isolate` prints.
-    pub fn to_text(&self) -> String {
-        let mut text = String::new();
-        if self.invariants.is_empty() {
-            answer_text(&mut text, None, &self.any);
-        } else {
-            answer_text(&mut text, Some("any invariant"), &self.any);
-            for i in &self.invariants {
-                answer_text(&mut text, Some(&i.name), &i.answer);
-            }
-        }
-        if !self.incomplete_trials.is_empty() {
-            let _ = writeln!(
-                text,
-                "\n{} trial(s) did not count (not completed, or no operation sent):",
-                self.incomplete_trials.len()
-            );
-            for t in &self.incomplete_trials {
-                let _ = writeln!(text, "  {}: {}", t.run_dir, t.reason);
-            }
-        }
-        let _ = writeln!(
-            text,
-            "{} trials (at most {} announced) in {} ({:.0} s)",
-            self.trials_run, self.trials_bound, self.isolate_dir, self.elapsed_s
-        );
-        text
-    }
-}
-
-fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
-    let share = |g: &GroupOut| {
-        format!(
-            "{}/{} ({:.0}%)",
-            g.failures,
-            g.trials,
-            100.0 * g.failures as f64 / g.trials.max(1) as f64
-        )
-    };
-    let pct = |x: f64| format!("{:.1}%", x * 100.0);
-    if let Some(title) = title {
-        let _ = writeln!(out, "\n== {title}");
-    }
-    if a.conditions.is_empty() && a.baseline.failures == 0 {
-        let _ = writeln!(
-            out,
-            "baseline: {} — the bug did not reproduce with every condition on",
-            share(&a.baseline)
-        );
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "{:<18} {:<14} {:<14} {:<22} verdict",
-        "condition", "with", "without", "per-key rate (without)"
-    );
-    for c in &a.conditions {
-        let _ = writeln!(
-            out,
-            "{:<18} {:<14} {:<14} {:<22} {}",
-            c.name,
-            share(&a.baseline),
-            share(&c.without),
-            format!("{} → {}", pct(a.baseline.key_rate), pct(c.without.key_rate)),
-            c.verdict
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{:<18} {:<14} {:<14} {:<22}",
-        "staging (all off)",
-        share(&a.baseline),
-        share(&a.staging),
-        format!("{} → {}", pct(a.baseline.key_rate), pct(a.staging.key_rate))
-    );
-    if let Some(command) = &a.command {
-        let _ = writeln!(
-            out,
-            "minimal set: {}",
-            if a.minimal.is_empty() {
-                "none (reproduces in staging)".to_string()
-            } else {
-                a.minimal.join(", ")
-            }
-        );
-        let _ = writeln!(out, "reproduce with: {command}");
-    }
 }
 
 #[cfg(test)]

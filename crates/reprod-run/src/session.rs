@@ -861,6 +861,40 @@ fn write_outputs(finished: &Finished) -> std::io::Result<()> {
     write_whole(
         &dir.join("junit.xml"),
         &reprod_report::junit::render(&finished.summary),
+    )?;
+    write_whole(&dir.join("report.html"), &html(finished))
+}
+
+/// Most intervals a plot over time has: the interval grows with the run.
+const MAX_PLOT_POINTS: usize = 300;
+
+/// `report.html`: the summary and explanation, and the run over time from the history.
+pub fn html(finished: &Finished) -> String {
+    let history = finished.run_dir.join("history.sqlite");
+    let load_start_us = (finished.summary.load_started_s * 1e6) as i64;
+    let (buckets, final_only) =
+        reprod_history::read::time_series(&history, load_start_us, MAX_PLOT_POINTS)
+            .unwrap_or_default();
+    let series: Vec<reprod_report::html::TimePoint> = buckets
+        .into_iter()
+        .map(|b| reprod_report::html::TimePoint {
+            start_s: b.start_s,
+            offered: b.offered,
+            done: b.done,
+            ok: b.ok,
+            not_ok: b.not_ok,
+            retries: b.retries,
+            p50_ms: b.p50_ms,
+            p99_ms: b.p99_ms,
+            violations_seen: b.violations_seen,
+        })
+        .collect();
+    reprod_report::html::render(
+        &finished.summary,
+        &reprod_report::html::Page {
+            series: &series,
+            final_only_violations: final_only,
+        },
     )
 }
 

@@ -28,6 +28,17 @@ pub fn main(args: IsolateArgs) -> u8 {
         let console = Console::new(args.quiet);
         match reprod_run::isolate::isolate(scenario, options, &console, &interrupt).await {
             Ok(result) => {
+                if let Some(path) = &args.junit
+                    && let Err(e) = reprod_run::session::write_whole(
+                        path,
+                        &result.to_junit(&args.scenario.scenario.display().to_string()),
+                    )
+                {
+                    errln!(
+                        "reprod: cannot write the JUnit XML to {}: {e}",
+                        path.display()
+                    );
+                }
                 if args.json {
                     outln!(
                         "{}",

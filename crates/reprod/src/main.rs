@@ -101,6 +101,10 @@ struct IsolateArgs {
     /// Only problems and the result on stderr: no per-trial lines.
     #[arg(long, short)]
     quiet: bool,
+    /// Also write the isolation's JUnit XML here (its directory has junit.xml and
+    /// isolate.html).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

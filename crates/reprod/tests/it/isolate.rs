@@ -5,14 +5,17 @@ use serde_json::Value;
 
 use crate::support::{TempDir, invoices, run_json};
 
-fn isolate(extra: &[&str]) -> (Option<i32>, Value, String) {
+/// Runs `reprod isolate --json` on the invoice scenario: (exit code, JSON, stderr, the directory
+/// that holds the trials).
+fn isolate(extra: &[&str]) -> (Option<i32>, Value, String, TempDir) {
     let out = TempDir::new();
-    run_json("isolate", &invoices(), out.path(), extra)
+    let (code, json, stderr) = run_json("isolate", &invoices(), out.path(), extra);
+    (code, json, stderr, out)
 }
 
 #[test]
 fn isolate_says_when_the_baseline_never_reproduces() {
-    let (code, json, stderr) = isolate(&[
+    let (code, json, stderr, _out) = isolate(&[
         "--set",
         "variant=fixed",
         "--trials",
@@ -31,7 +34,7 @@ fn isolate_says_when_the_baseline_never_reproduces() {
 
 #[test]
 fn isolate_tells_the_naive_conditions_apart() {
-    let (code, json, stderr) = isolate(&[
+    let (code, json, stderr, _out) = isolate(&[
         "--set",
         "variant=naive",
         "--trials",
@@ -93,4 +96,36 @@ fn isolate_tells_the_naive_conditions_apart() {
         command.ends_with(&format!("--set variant=naive --only {}", minimal.join(","))),
         "the command reruns the minimal set: {command}"
     );
+    // Each invariant gets its own answer from the same trials.
+    let per_invariant: Vec<&str> = json["invariants"]
+        .as_array()
+        .expect("invariants")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(
+        per_invariant,
+        [
+            "one invoice per account and period",
+            "one email per invoice"
+        ]
+    );
+    assert!(
+        json["trials_run"].as_u64() <= json["trials_bound"].as_u64(),
+        "the announced bound holds: {json}"
+    );
+    // isolate.html as a browser shows it.
+    let dir = std::path::PathBuf::from(json["isolate_dir"].as_str().expect("isolate_dir"));
+    assert!(dir.join("junit.xml").exists() && dir.join("isolation.json").exists());
+    if let Some(dom) =
+        crate::outputs::render_in_chromium(&dir.join("isolate.html"), &dir.join("isolate.png"))
+    {
+        for id in ["share-0", "rate-0", "share-1", "share-2"] {
+            assert!(dom.contains(&format!("<svg id=\"{id}\"")), "no {id} plot");
+        }
+        assert!(
+            dom.matches("class=\"bar\"").count() >= 7 * 2,
+            "a bar per group"
+        );
+    }
 }

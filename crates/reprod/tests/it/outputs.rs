@@ -24,6 +24,66 @@ pub fn python_with(module: &str) -> Option<String> {
     None
 }
 
+/// Renders `page` in headless Chromium: its DOM as the browser built it, and a screenshot kept
+/// at `screenshot` (an artifact to look at). `None` (SKIPPED) without Chromium, unless
+/// `REPROD_CI` is set.
+pub fn render_in_chromium(page: &std::path::Path, screenshot: &std::path::Path) -> Option<String> {
+    let chromium = std::env::var("REPROD_CHROMIUM").unwrap_or_else(|_| "chromium".to_string());
+    let profile = page.with_extension("chromium-profile");
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,2600",
+    ];
+    let url = format!("file://{}", page.canonicalize().expect("page").display());
+    let dom = Command::new(&chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", &url])
+        .output();
+    let Ok(dom) = dom else {
+        assert!(
+            std::env::var_os("REPROD_CI").is_none(),
+            "REPROD_CI is set but {chromium} is not installed (apt-get install chromium)"
+        );
+        eprintln!("SKIPPED (browser half): {chromium} is not installed (apt-get install chromium)");
+        return None;
+    };
+    assert!(dom.status.success(), "{}", text(&dom.stderr));
+    let shot = Command::new(&chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(&url)
+        .output()
+        .expect("chromium");
+    assert!(shot.status.success(), "{}", text(&shot.stderr));
+    let size = std::fs::metadata(screenshot).map_or(0, |m| m.len());
+    assert!(
+        size > 20_000,
+        "a screenshot with something in it: {size} bytes"
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+    Some(text(&dom.stdout))
+}
+
+/// The `d` attribute of each plotted series in a DOM, with how many points it has.
+fn plotted_points(dom: &str) -> Vec<usize> {
+    dom.split("class=\"series\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let d = rest.split(" d=\"").nth(1)?.split('"').next()?;
+            Some(d.matches(['M', 'L']).count())
+        })
+        .collect()
+}
+
 const READ_JUNIT: &str = r#"
 import sys, junitparser
 xml = junitparser.JUnitXml.fromfile(sys.argv[1])
@@ -59,7 +119,8 @@ fn junit_and_the_step_summary_say_what_the_run_found() {
         !text(&output.stderr).contains("reprod: starting services"),
         "--quiet keeps phase notes off"
     );
-    let in_run_dir = std::fs::read_to_string(run_dir(&out).join("junit.xml")).expect("junit.xml");
+    let dir_of_run = run_dir(&out);
+    let in_run_dir = std::fs::read_to_string(dir_of_run.join("junit.xml")).expect("junit.xml");
     assert_eq!(
         in_run_dir,
         std::fs::read_to_string(&junit).expect("--junit file")
@@ -70,6 +131,36 @@ fn junit_and_the_step_summary_say_what_the_run_found() {
         "{md}"
     );
     assert!(md.contains("**violated**"), "{md}");
+
+    // report.html as a browser shows it: every plot drawn, the swimlanes of the violating key.
+    let page = dir_of_run.join("report.html");
+    let size = std::fs::metadata(&page).expect("report.html").len();
+    assert!(size < 5_000_000, "{size}");
+    if let Some(dom) = render_in_chromium(&page, &dir_of_run.join("report.png")) {
+        for id in [
+            "rates",
+            "latency",
+            "retries-errors",
+            "violations",
+            "swimlanes",
+            "comparison",
+        ] {
+            assert!(
+                dom.contains(&format!("<svg id=\"{id}\"")),
+                "no {id} plot in the page"
+            );
+        }
+        let points = plotted_points(&dom);
+        assert!(
+            points.len() >= 8 && points.iter().all(|n| *n >= 10),
+            "{points:?}"
+        );
+        assert!(
+            dom.matches("class=\"span\"").count() >= 4,
+            "the swimlanes hold spans"
+        );
+        assert!(dom.contains("timeline of acct_"), "the page names the key");
+    }
 
     let Some(python) = python_with("junitparser") else {
         return;

@@ -1,0 +1,388 @@
+//! `reprod isolate`'s answer as typed values, and its renderings: the table it prints, the JSON
+//! (`isolate --json`, a documented contract), JUnit XML and `isolate.html`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::html::Bar;
+use crate::junit::escape;
+
+/// A JUnit case's outcome: (element, type, message).
+type Outcome = (&'static str, &'static str, String);
+
+/// One group as `isolate --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupOut {
+    /// Completed trials.
+    pub trials: u64,
+    /// Trials in which it reproduced.
+    pub failures: u64,
+    /// 95% interval of the reproduction share.
+    pub failure_ci: (f64, f64),
+    /// Violating keys over keys touched, pooled over the trials.
+    pub key_rate: f64,
+    /// 95% interval of the per-key rate.
+    pub key_rate_ci: (f64, f64),
+    /// Trials that did not complete or sent no operation (not counted above).
+    pub incomplete: u64,
+    /// The trials' run directories.
+    pub run_dirs: Vec<String>,
+}
+
+/// A condition's verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConditionResult {
+    /// Condition name.
+    pub name: String,
+    /// Its trials with the condition off.
+    #[serde(flatten)]
+    pub without: GroupOut,
+    /// Switching it off drops reproduction significantly.
+    pub necessary: bool,
+    /// `necessary`, `amplifies`, `not necessary` or `undecided`.
+    pub verdict: String,
+}
+
+/// The answer to one question: any invariant, or one invariant.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// Every active condition on.
+    pub baseline: GroupOut,
+    /// One per active condition, switched off.
+    pub conditions: Vec<ConditionResult>,
+    /// Everything off.
+    pub staging: GroupOut,
+    /// The smallest set found that still reproduces.
+    pub minimal: Vec<String>,
+    /// A `reprod run` command that reproduces with only that set.
+    pub command: Option<String>,
+}
+
+/// One invariant's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct InvariantAnswer {
+    /// The invariant.
+    pub name: String,
+    /// Its answer.
+    #[serde(flatten)]
+    pub answer: Answer,
+}
+
+/// A trial that did not complete.
+#[derive(Clone, Debug, Serialize)]
+pub struct IncompleteTrial {
+    /// The conditions it ran with.
+    pub conditions: Vec<String>,
+    /// Its run directory.
+    pub run_dir: String,
+    /// Why it does not count.
+    pub reason: String,
+}
+
+/// What `isolate --json` prints: the answer for "any invariant" at the top level (the
+/// contract), each invariant's under `invariants`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Isolation {
+    /// The answer for any invariant.
+    #[serde(flatten)]
+    pub any: Answer,
+    /// Per invariant.
+    pub invariants: Vec<InvariantAnswer>,
+    /// Whether the baseline reproduced at all (when not, there was nothing to isolate).
+    pub baseline_reproduced: bool,
+    /// Trials that did not complete or sent nothing, not counted anywhere.
+    pub incomplete_trials: Vec<IncompleteTrial>,
+    /// Trials run, and the most that could have been run.
+    pub trials_run: u64,
+    /// The announced upper bound.
+    pub trials_bound: u64,
+    /// Where the trials' run directories are.
+    pub isolate_dir: String,
+    /// Wall-clock seconds.
+    pub elapsed_s: f64,
+}
+
+impl Isolation {
+    /// The table `reprod isolate` prints.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        if self.invariants.is_empty() {
+            answer_text(&mut text, None, &self.any);
+        } else {
+            answer_text(&mut text, Some("any invariant"), &self.any);
+            for i in &self.invariants {
+                answer_text(&mut text, Some(&i.name), &i.answer);
+            }
+        }
+        if !self.incomplete_trials.is_empty() {
+            let _ = writeln!(
+                text,
+                "\n{} trial(s) did not count (not completed, or no operation sent):",
+                self.incomplete_trials.len()
+            );
+            for t in &self.incomplete_trials {
+                let _ = writeln!(text, "  {}: {}", t.run_dir, t.reason);
+            }
+        }
+        let _ = writeln!(
+            text,
+            "{} trials (at most {} announced) in {} ({:.0} s)",
+            self.trials_run, self.trials_bound, self.isolate_dir, self.elapsed_s
+        );
+        text
+    }
+}
+
+fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
+    let share = |g: &GroupOut| {
+        format!(
+            "{}/{} ({:.0}%)",
+            g.failures,
+            g.trials,
+            100.0 * g.failures as f64 / g.trials.max(1) as f64
+        )
+    };
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
+    if let Some(title) = title {
+        let _ = writeln!(out, "\n== {title}");
+    }
+    if a.conditions.is_empty() && a.baseline.failures == 0 {
+        let _ = writeln!(
+            out,
+            "baseline: {} — the bug did not reproduce with every condition on",
+            share(&a.baseline)
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<18} {:<14} {:<14} {:<22} verdict",
+        "condition", "with", "without", "per-key rate (without)"
+    );
+    for c in &a.conditions {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<14} {:<14} {:<22} {}",
+            c.name,
+            share(&a.baseline),
+            share(&c.without),
+            format!("{} → {}", pct(a.baseline.key_rate), pct(c.without.key_rate)),
+            c.verdict
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<18} {:<14} {:<14} {:<22}",
+        "staging (all off)",
+        share(&a.baseline),
+        share(&a.staging),
+        format!("{} → {}", pct(a.baseline.key_rate), pct(a.staging.key_rate))
+    );
+    if let Some(command) = &a.command {
+        let _ = writeln!(
+            out,
+            "minimal set: {}",
+            if a.minimal.is_empty() {
+                "none (reproduces in staging)".to_string()
+            } else {
+                a.minimal.join(", ")
+            }
+        );
+        let _ = writeln!(out, "reproduce with: {command}");
+    }
+}
+
+impl Isolation {
+    /// `isolate.html`: per question, the reproduction share and the per-key rate of every group
+    /// with their 95% intervals, the verdicts, the minimal set and its command. Self-contained.
+    pub fn to_html(&self, scenario: &str) -> String {
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>reprod isolate {}</title><style>{}</style></head><body>\n<h1>reprod isolate {}</h1>\n<p>{} trials (at most {} announced), {:.0} s; trials in <code>{}</code></p>\n",
+            escape(scenario),
+            crate::html::STYLE,
+            escape(scenario),
+            self.trials_run,
+            self.trials_bound,
+            self.elapsed_s,
+            escape(&self.isolate_dir)
+        );
+        let mut questions = vec![("any invariant".to_string(), &self.any)];
+        questions.extend(self.invariants.iter().map(|i| (i.name.clone(), &i.answer)));
+        for (n, (name, a)) in questions.iter().enumerate() {
+            let _ = writeln!(out, "<h2>{}</h2>", escape(name));
+            let mut groups: Vec<(String, &GroupOut, &str)> =
+                vec![("baseline (all on)".to_string(), &a.baseline, "#c62828")];
+            for c in &a.conditions {
+                groups.push((format!("without {}", c.name), &c.without, "#1565c0"));
+            }
+            groups.push(("staging (all off)".to_string(), &a.staging, "#2e7d32"));
+            let share: Vec<Bar<'_>> = groups
+                .iter()
+                .map(|(label, g, color)| Bar {
+                    label: label.clone(),
+                    value: g.failures as f64 / g.trials.max(1) as f64,
+                    interval: g.failure_ci,
+                    color,
+                    note: format!("{}/{} trials", g.failures, g.trials),
+                })
+                .collect();
+            crate::html::interval_bars(
+                &mut out,
+                &format!("share-{n}"),
+                "share of trials that reproduced",
+                &share,
+            );
+            let rate_max = groups
+                .iter()
+                .map(|(_, g, _)| g.key_rate_ci.1)
+                .fold(0.0_f64, f64::max)
+                .max(1e-6);
+            let rate: Vec<Bar<'_>> = groups
+                .iter()
+                .map(|(label, g, color)| Bar {
+                    label: label.clone(),
+                    value: g.key_rate / rate_max,
+                    interval: (g.key_rate_ci.0 / rate_max, g.key_rate_ci.1 / rate_max),
+                    color,
+                    note: format!("{:.1}% of keys", g.key_rate * 100.0),
+                })
+                .collect();
+            crate::html::interval_bars(
+                &mut out,
+                &format!("rate-{n}"),
+                "violating keys per key touched (scaled to the largest interval)",
+                &rate,
+            );
+            out.push_str("<table><tr><th>condition</th><th>verdict</th></tr>\n");
+            for c in &a.conditions {
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    escape(&c.name),
+                    escape(&c.verdict)
+                );
+            }
+            out.push_str("</table>\n");
+            if let Some(command) = &a.command {
+                let _ = writeln!(
+                    out,
+                    "<p>minimal set: <b>{}</b><br>reproduce with: <code>{}</code></p>",
+                    if a.minimal.is_empty() {
+                        "none (reproduces in staging)".to_string()
+                    } else {
+                        escape(&a.minimal.join(", "))
+                    },
+                    escape(command)
+                );
+            }
+        }
+        if !self.incomplete_trials.is_empty() {
+            out.push_str("<h2>Trials that did not count</h2><ul>\n");
+            for t in &self.incomplete_trials {
+                let _ = writeln!(
+                    out,
+                    "<li><code>{}</code>: {}</li>",
+                    escape(&t.run_dir),
+                    escape(&t.reason)
+                );
+            }
+            out.push_str("</ul>\n");
+        }
+        out.push_str("</body></html>\n");
+        out
+    }
+
+    /// JUnit XML: whether the baseline reproduced, one case per question naming what it needs,
+    /// and an error case when trials did not count.
+    pub fn to_junit(&self, scenario: &str) -> String {
+        let mut cases: Vec<(String, Option<Outcome>)> = vec![(
+            "the baseline reproduces".to_string(),
+            (!self.baseline_reproduced).then(|| {
+                (
+                    "failure",
+                    "not_reproduced",
+                    "no invariant was violated with every condition on".to_string(),
+                )
+            }),
+        )];
+        let mut questions = vec![("any invariant".to_string(), &self.any)];
+        questions.extend(self.invariants.iter().map(|i| (i.name.clone(), &i.answer)));
+        for (name, a) in questions {
+            if a.command.is_some() {
+                cases.push((
+                    format!(
+                        "{name}: needs {}",
+                        if a.minimal.is_empty() {
+                            "nothing (staging reproduces)".to_string()
+                        } else {
+                            a.minimal.join(", ")
+                        }
+                    ),
+                    None,
+                ));
+            }
+        }
+        cases.push((
+            "every trial completed".to_string(),
+            (!self.incomplete_trials.is_empty()).then(|| {
+                (
+                    "error",
+                    "incomplete_trials",
+                    format!("{} trial(s) did not count", self.incomplete_trials.len()),
+                )
+            }),
+        ));
+        let failures = cases
+            .iter()
+            .filter(|c| matches!(c.1, Some(("failure", ..))))
+            .count();
+        let errors = cases
+            .iter()
+            .filter(|c| matches!(c.1, Some(("error", ..))))
+            .count();
+        let mut out = String::new();
+        let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        let _ = writeln!(
+            out,
+            r#"<testsuites name="reprod" tests="{}" failures="{failures}" errors="{errors}" time="{:.3}">"#,
+            cases.len(),
+            self.elapsed_s
+        );
+        let _ = writeln!(
+            out,
+            r#"  <testsuite name="{}" tests="{}" failures="{failures}" errors="{errors}" skipped="0" time="{:.3}">"#,
+            escape(&format!("reprod isolate {scenario}")),
+            cases.len(),
+            self.elapsed_s
+        );
+        for (name, outcome) in &cases {
+            match outcome {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        r#"    <testcase classname="isolate" name="{}" time="0"/>"#,
+                        escape(name)
+                    );
+                }
+                Some((element, kind, message)) => {
+                    let _ = writeln!(
+                        out,
+                        r#"    <testcase classname="isolate" name="{}" time="0"><{element} type="{kind}" message="{}"/></testcase>"#,
+                        escape(name),
+                        escape(message)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "    <system-out>{}</system-out>",
+            escape(&self.to_text())
+        );
+        let _ = writeln!(out, "  </testsuite>\n</testsuites>");
+        out
+    }
+}
