@@ -4,10 +4,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a timeline line comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// An attempt was sent.
@@ -26,7 +26,7 @@ pub enum EntryKind {
 }
 
 /// One line of a timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelineEvent {
     /// When, in µs since the run started (the history's clock).
     pub at_us: i64,
@@ -40,7 +40,7 @@ pub struct TimelineEvent {
 
 /// One lane of the swimlane timeline: a caller's attempts to one replica, a dependency, a sink,
 /// the violations.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Lane {
     /// `api → invoices/0`, `usage`, `email`, `violations`.
     pub name: String,
@@ -49,7 +49,7 @@ pub struct Lane {
 }
 
 /// One thing on a lane, from its start to its end (equal for an instant).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Span {
     /// Start, µs since the run started.
     pub start_us: i64,
@@ -62,7 +62,7 @@ pub struct Span {
 }
 
 /// One dimension of the comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Dimension {
     /// Short name.
     pub name: String,
@@ -77,7 +77,7 @@ pub struct Dimension {
 }
 
 /// What `reprod explain` prints.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Explanation {
     /// The run.
     pub run_id: String,

@@ -12,12 +12,12 @@ pub mod junit;
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use explanation::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
 
 /// Operation counts by outcome.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OpCounts {
     /// All operations dispatched.
     pub total: u64,
@@ -32,7 +32,7 @@ pub struct OpCounts {
 }
 
 /// Attempt counts.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AttemptCounts {
     /// All attempts sent.
     pub total: u64,
@@ -41,7 +41,7 @@ pub struct AttemptCounts {
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50: f64,
@@ -56,7 +56,7 @@ pub struct Latency {
 }
 
 /// Schedule lag in milliseconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Lag {
     /// 99th percentile.
     pub p99: f64,
@@ -65,7 +65,7 @@ pub struct Lag {
 }
 
 /// How a run ended: the one fact every verdict starts from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Load ran its course and the drain finished.
@@ -98,7 +98,7 @@ impl Status {
 }
 
 /// What a run proved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// A completed run, operations sent, every invariant checked and held, every threshold met.
@@ -124,7 +124,7 @@ impl Verdict {
 }
 
 /// Something a reader of the verdict must know: the run may not have tested what it seems to.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Warning {
     /// Machine-readable kind: `caller_failing`, `caller_after_load`, `no_operations`,
     /// `history_incomplete`, `service_output_cut`.
@@ -137,7 +137,7 @@ pub struct Warning {
 }
 
 /// One invariant's verdict.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct InvariantResult {
     /// Name from the scenario.
     pub name: String,
@@ -160,7 +160,7 @@ pub struct InvariantResult {
 }
 
 /// One threshold's verdict.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ThresholdResult {
     /// `p99`, `error_rate` or `min_goodput_rps`.
     pub name: String,
@@ -173,7 +173,7 @@ pub struct ThresholdResult {
 }
 
 /// Requested vs achieved latency of a dependency or sink.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DependencyResult {
     /// Name.
     pub name: String,
@@ -186,7 +186,7 @@ pub struct DependencyResult {
 }
 
 /// The run summary (`summary.json`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
     /// Run id (the run directory's name).
     pub run_id: String,

@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod export;
 pub mod isolate;
 pub mod session;
 pub mod time;

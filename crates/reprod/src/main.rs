@@ -79,6 +79,43 @@ enum Command {
     /// Find which conditions are necessary for the bug: repeated trials with each condition
     /// switched off, reproduction rates with 95% intervals, and a minimal set.
     Isolate(IsolateArgs),
+    /// Write a stored run in another tool's format: OTLP traces, or report.html again.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// The run as OpenTelemetry traces (OTLP/JSON): each operation a trace, each attempt a
+    /// client span, dependency calls and sink deliveries as server spans, violations as events.
+    Otlp(OtlpArgs),
+    /// Draw report.html again from a run directory's summary.json and history.
+    Html(HtmlArgs),
+}
+
+#[derive(Debug, Args)]
+struct OtlpArgs {
+    /// A run directory (reprod-runs/<run-id>).
+    run_dir: PathBuf,
+    /// Send to this OTLP/HTTP endpoint (`/v1/traces` is appended), for example
+    /// http://127.0.0.1:4318, instead of writing a file.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// The file to write (default: RUN_DIR/traces.otlp.jsonl), one OTLP/JSON request a line.
+    #[arg(long, value_name = "FILE", conflicts_with = "endpoint")]
+    out: Option<PathBuf>,
+    /// Allow an endpoint that is not on this machine (by default only loopback).
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+#[derive(Debug, Args)]
+struct HtmlArgs {
+    /// A run directory (reprod-runs/<run-id>).
+    run_dir: PathBuf,
+    /// The file to write (default: RUN_DIR/report.html).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +266,8 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain(&args),
         Command::Demo(args) => demo::main(args),
         Command::Isolate(args) => isolate::main(args),
+        Command::Export(ExportCommand::Otlp(args)) => export_otlp(args),
+        Command::Export(ExportCommand::Html(args)) => export_html(&args),
     })
 }
 
@@ -308,6 +347,78 @@ fn explain(args: &ExplainArgs) -> u8 {
         Err(e) => {
             errln!("reprod: {e}");
             exit::USAGE
+        }
+    }
+}
+
+fn export_otlp(args: OtlpArgs) -> u8 {
+    use reprod_run::export::Destination;
+    let to = match &args.endpoint {
+        Some(url) => {
+            let Some(host) = reprod_scenario::host_of(url) else {
+                errln!(
+                    "reprod: --endpoint {url:?} is not an http:// URL; write it like http://127.0.0.1:4318"
+                );
+                return exit::USAGE;
+            };
+            if !reprod_scenario::is_loopback(host) && !args.allow_remote {
+                errln!(
+                    "reprod: --endpoint {url} is not on this machine; reprod only sends to loopback unless you add --allow-remote"
+                );
+                return exit::USAGE;
+            }
+            Destination::Endpoint(url.clone())
+        }
+        None => Destination::File(
+            args.out
+                .clone()
+                .unwrap_or_else(|| args.run_dir.join("traces.otlp.jsonl")),
+        ),
+    };
+    run::on_runtime(|_| async move {
+        match reprod_run::export::otlp(&args.run_dir, &to).await {
+            Ok(done) => {
+                let place = match &to {
+                    Destination::File(path) => path.display().to_string(),
+                    Destination::Endpoint(url) => format!("{url}/v1/traces"),
+                };
+                outln!(
+                    "exported {} traces ({} spans) in {} OTLP request(s) to {place}",
+                    done.traces,
+                    done.spans,
+                    done.requests
+                );
+                exit::PASS
+            }
+            Err(e @ reprod_run::export::ExportError::NotARun(_)) => {
+                errln!("reprod: {e}");
+                exit::USAGE
+            }
+            Err(e) => {
+                errln!("reprod: {e}");
+                exit::INCOMPLETE
+            }
+        }
+    })
+}
+
+fn export_html(args: &HtmlArgs) -> u8 {
+    let to = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.run_dir.join("report.html"));
+    match reprod_run::export::html(&args.run_dir, &to) {
+        Ok(()) => {
+            outln!("{}", to.display());
+            exit::PASS
+        }
+        Err(e @ reprod_run::export::ExportError::NotARun(_)) => {
+            errln!("reprod: {e}");
+            exit::USAGE
+        }
+        Err(e) => {
+            errln!("reprod: {e}");
+            exit::INCOMPLETE
         }
     }
 }

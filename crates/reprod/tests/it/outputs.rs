@@ -84,6 +84,49 @@ fn plotted_points(dom: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Decodes an OTLP/JSON export with the OpenTelemetry project's own protobuf messages. Its
+/// JSON parser follows protobuf's mapping (bytes as base64), while OTLP/JSON writes trace and
+/// span ids as hex, so ids are converted first; every other field must be known to the messages.
+const READ_OTLP: &str = r#"
+import sys, json, base64
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+traces, spans, events, kinds, orphans, resends = set(), 0, 0, {}, 0, 0
+for line in open(sys.argv[1]):
+    doc = json.loads(line)
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for sp in ss["spans"]:
+                for f in ("traceId", "spanId", "parentSpanId"):
+                    if f in sp:
+                        sp[f] = base64.b64encode(bytes.fromhex(sp[f])).decode()
+    request = json_format.Parse(json.dumps(doc), trace_service_pb2.ExportTraceServiceRequest())
+    ids = set()
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                assert len(sp.trace_id) == 16 and len(sp.span_id) == 8, sp
+                assert sp.end_time_unix_nano >= sp.start_time_unix_nano > 1_700_000_000 * 10**9
+                ids.add((sp.trace_id, sp.span_id))
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                traces.add(sp.trace_id)
+                spans += 1
+                events += len(sp.events)
+                kinds[sp.kind] = kinds.get(sp.kind, 0) + 1
+                if sp.parent_span_id and (sp.trace_id, sp.parent_span_id) not in ids:
+                    orphans += 1
+                for a in sp.attributes:
+                    if a.key == "http.request.resend_count" and a.value.int_value > 0:
+                        resends += 1
+print("traces", len(traces))
+print("spans", spans)
+print("kinds", ",".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+print("events", events)
+print("orphans", orphans)
+"#;
+
 const READ_JUNIT: &str = r#"
 import sys, junitparser
 xml = junitparser.JUnitXml.fromfile(sys.argv[1])
@@ -160,6 +203,49 @@ fn junit_and_the_step_summary_say_what_the_run_found() {
             "the swimlanes hold spans"
         );
         assert!(dom.contains("timeline of acct_"), "the page names the key");
+    }
+
+    // The run as OTLP traces, decoded by the OpenTelemetry project's protobuf messages.
+    let exported = reprod(&["export", "otlp", dir_of_run.to_str().expect("utf-8")])
+        .output()
+        .expect("export");
+    assert_eq!(
+        exported.status.code(),
+        Some(0),
+        "{}",
+        text(&exported.stderr)
+    );
+    let ops = crate::support::scalar(
+        &dir_of_run.join("history.sqlite"),
+        "SELECT COUNT(*) FROM ops",
+    );
+    assert!(
+        text(&exported.stdout).starts_with(&format!("exported {ops} traces")),
+        "{}",
+        text(&exported.stdout)
+    );
+    if let Some(python) = python_with("opentelemetry.proto") {
+        let decoded = Command::new(python)
+            .args(["-c", READ_OTLP])
+            .arg(dir_of_run.join("traces.otlp.jsonl"))
+            .output()
+            .expect("python");
+        let listing = text(&decoded.stdout);
+        assert!(
+            decoded.status.success(),
+            "{}\n{listing}",
+            text(&decoded.stderr)
+        );
+        assert!(listing.contains(&format!("traces {ops}\n")), "{listing}");
+        assert!(
+            listing.contains("kinds 1=") && listing.contains("2=") && listing.contains("3="),
+            "{listing}"
+        );
+        assert!(listing.contains("orphans 0\n"), "{listing}");
+        assert!(
+            !listing.contains("events 0\n"),
+            "violations are span events: {listing}"
+        );
     }
 
     let Some(python) = python_with("junitparser") else {
