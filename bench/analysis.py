@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Analysis speed: `reprod explain` over a generated history of 1,000,000 operations.
+"""Analysis speed: `reprod explain` and `report.html` over a generated history of 1,000,000 operations.
 
 Builds a run directory whose history.sqlite has the schema of a real run (taken from a fresh
 `reprod run` of a tiny scenario, so it never drifts from the code) and fills it with a million
@@ -7,6 +7,8 @@ operations on 50,000 keys, their attempts (5% retried), 300,000 dependency calls
 deliveries joined by trace id, and violations on 2,000 keys, then times `reprod explain` on it
 (timeline of one key + the violating-vs-clean comparison over every key), twice. Like a finished
 run's history it has no indexes: the first `reprod explain` builds them, the second finds them.
+Then times `reprod export html` (report.html: the plots over time streamed from every operation,
+the swimlanes and the comparison) and reports the page's size.
 
 Usage: python3 bench/analysis.py [--ops 1000000]   (needs cargo build --release --workspace)
 """
@@ -121,6 +123,17 @@ def main():
                 sys.exit(out.stderr)
             print(f"reprod explain ({what}): {elapsed:.2f} s (exit {out.returncode})")
         print("\n" + "\n".join(out.stdout.splitlines()[-12:]))
+        explained = subprocess.run([REPROD, "explain", run_dir, "--json"], capture_output=True, text=True)
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            f.write('{"run_id": "generated", "scenario": "generated", "status": "completed", '
+                    '"verdict": "fail", "load_started_s": 0, "explanation": ' + explained.stdout + "}")
+        t = time.time()
+        out = subprocess.run([REPROD, "export", "html", run_dir], capture_output=True, text=True)
+        elapsed = time.time() - t
+        if out.returncode != 0:
+            sys.exit(out.stderr)
+        size = os.path.getsize(os.path.join(run_dir, "report.html"))
+        print(f"\nreprod export html: {elapsed:.2f} s, report.html {size / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":

@@ -8,20 +8,20 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
+use reprod_history::HistoryError;
+use reprod_history::query::Reader;
 pub use reprod_report::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 /// Why a run directory could not be explained.
-#[derive(Debug)]
-pub struct ExplainError(pub String);
-
-impl std::fmt::Display for ExplainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The path is not a run directory: the user named the wrong thing.
+    #[error("{0}")]
+    NotARun(String),
+    /// The history could not be read.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
-
-impl std::error::Error for ExplainError {}
 
 /// Longest timeline shown.
 const MAX_TIMELINE: usize = 60;
@@ -31,7 +31,7 @@ const MAX_TIMELINE: usize = 60;
 pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, ExplainError> {
     let history = run_dir.join("history.sqlite");
     if !run_dir.is_dir() {
-        return Err(ExplainError(format!(
+        return Err(ExplainError::NotARun(format!(
             "{} is not a directory",
             run_dir.display()
         )));
@@ -44,7 +44,7 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
                     .collect()
             })
             .unwrap_or_default();
-        return Err(ExplainError(format!(
+        return Err(ExplainError::NotARun(format!(
             "{} has no history.sqlite, so it is not a reprod run directory (it holds: {})",
             run_dir.display(),
             if present.is_empty() {
@@ -57,47 +57,19 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
     // The timelines read by key and trace id. A history that cannot be written (a read-only
     // copy) is read without indexes: the same answers, found more slowly.
     let _ = reprod_history::read::index(&history);
-    let conn = Connection::open_with_flags(&history, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| ExplainError(format!("cannot open {}: {e}", history.display())))?;
-    let q = |e: rusqlite::Error| ExplainError(format!("reading {}: {e}", history.display()));
-    let (run_id, status): (String, String) = conn
-        .query_row("SELECT run_id, status FROM run", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .map_err(q)?;
-
-    let mut invariants = Vec::new();
-    {
-        let mut stmt = conn
-            .prepare("SELECT invariant, COUNT(DISTINCT key) FROM violations GROUP BY invariant ORDER BY MIN(rowid)")
-            .map_err(q)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(q)?;
-        for row in rows {
-            invariants.push(row.map_err(q)?);
-        }
-    }
+    let reader = Reader::open(&history)?;
+    let run = reader.run()?;
+    let (run_id, status) = (run.run_id, run.status);
+    let invariants = reader.violations_per_invariant()?;
     let key = match key {
         Some(k) => Some(k.to_string()),
-        // The violating key with the fewest operations tells its story with the least noise.
-        None => conn
-            .query_row(
-                "SELECT v.key FROM violations v LEFT JOIN ops o ON o.key = v.key
-                 GROUP BY v.key ORDER BY COUNT(o.op_id), MIN(v.rowid) LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(q)?,
+        None => reader.quietest_violating_key()?,
     };
     let (timeline, swimlanes) = match &key {
-        Some(k) => timeline(&conn, k).map_err(q)?,
+        Some(k) => timeline(&reader, k)?,
         None => (Vec::new(), Vec::new()),
     };
-    let (violating_keys, clean_keys, comparison) = compare(&conn).map_err(q)?;
+    let (violating_keys, clean_keys, comparison) = compare(&reader)?;
     Ok(Explanation {
         run_id,
         status,
@@ -127,32 +99,24 @@ impl Lanes {
     }
 }
 
-fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<(Vec<TimelineEvent>, Vec<Lane>)> {
+fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>), HistoryError> {
     let mut raw: Vec<(i64, EntryKind, String)> = Vec::new();
     let mut lanes = Lanes::default();
     let mut traces: HashMap<String, (String, i64)> = HashMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT o.op_id, o.caller, o.trace_id, a.n, a.instance, a.version, a.sent_us, a.done_us, a.status, a.error,
-                a.idempotency_key
-         FROM ops o JOIN attempts a ON a.op_id = o.op_id WHERE o.key = ?1 ORDER BY a.sent_us",
-    )?;
-    let rows = stmt.query_map(params![key], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, i64>(6)?,
-            r.get::<_, i64>(7)?,
-            r.get::<_, Option<i64>>(8)?,
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<String>>(10)?,
-        ))
-    })?;
-    for row in rows {
-        let (op, caller, trace, n, instance, version, sent, done, status, error, idem) = row?;
+    for a in reader.attempts_of_key(key)? {
+        let reprod_history::query::KeyAttempt {
+            op_id: op,
+            caller,
+            trace_id: trace,
+            n,
+            instance,
+            version,
+            sent_us: sent,
+            done_us: done,
+            status,
+            error,
+            idempotency_key: idem,
+        } = a;
         traces.insert(trace, (caller.clone(), op));
         let idem = idem
             .map(|k| format!(", Idempotency-Key {}", short(&k)))
@@ -189,24 +153,17 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<(Vec<TimelineEvent
         Some((caller, op)) => format!("{caller} op {op}"),
         None => "an operation on another key".to_string(),
     };
-    let mut stmt = conn.prepare(
-        "SELECT dependency, trace_id, received_us, delay_us, fault, status, done_us, path FROM dependency_calls
-         WHERE key = ?1 OR trace_id IN (SELECT trace_id FROM ops WHERE key = ?1) ORDER BY received_us",
-    )?;
-    let rows = stmt.query_map(params![key], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, Option<String>>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-            r.get::<_, i64>(6)?,
-            r.get::<_, String>(7)?,
-        ))
-    })?;
-    for row in rows {
-        let (dep, trace, received, delay, fault, status, done, path) = row?;
+    for c in reader.calls_of_key(key)? {
+        let reprod_history::query::KeyCall {
+            dependency: dep,
+            trace_id: trace,
+            received_us: received,
+            delay_us: delay,
+            fault,
+            status,
+            done_us: done,
+            path,
+        } = c;
         let fault = fault.map(|f| format!(", fault {f}")).unwrap_or_default();
         lanes.push(
             &dep,
@@ -238,20 +195,13 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<(Vec<TimelineEvent
             ));
         }
     }
-    let mut stmt = conn.prepare(
-        "SELECT sink, trace_id, received_us, idempotency_key FROM sink_deliveries
-         WHERE key = ?1 OR trace_id IN (SELECT trace_id FROM ops WHERE key = ?1) ORDER BY received_us",
-    )?;
-    let rows = stmt.query_map(params![key], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (sink, trace, received, idem) = row?;
+    for d in reader.deliveries_of_key(key)? {
+        let reprod_history::query::KeyDelivery {
+            sink,
+            trace_id: trace,
+            received_us: received,
+            idempotency_key: idem,
+        } = d;
         let idem = idem
             .map(|k| format!(" with Idempotency-Key {}", short(&k)))
             .unwrap_or_else(|| " without an idempotency key".to_string());
@@ -270,30 +220,15 @@ fn timeline(conn: &Connection, key: &str) -> rusqlite::Result<(Vec<TimelineEvent
             format!("{sink} delivery caused by {}{idem}", label(&trace)),
         ));
     }
-    // Histories written before `found_by` existed say nothing of who found a violation.
-    let mut stmt = conn
-        .prepare(
-            "SELECT invariant, detail, found_us, found_by = 'mid_run' FROM violations
-             WHERE key = ?1 ORDER BY found_us, rowid",
-        )
-        .or_else(|_| {
-            conn.prepare(
-                "SELECT invariant, detail, found_us, 0 FROM violations WHERE key = ?1
-                 ORDER BY found_us, rowid",
-            )
-        })?;
-    let rows = stmt.query_map(params![key], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, bool>(3)?,
-        ))
-    })?;
     let mut seen_during = Vec::new();
     let mut found_after = Vec::new();
-    for row in rows {
-        let (inv, detail, found, mid_run) = row?;
+    for v in reader.violations_of_key(key)? {
+        let reprod_history::query::KeyViolation {
+            invariant: inv,
+            detail,
+            found_us: found,
+            mid_run,
+        } = v;
         lanes.push(
             "violations",
             Span {
@@ -373,63 +308,39 @@ struct KeyFacts {
     fault: bool,
 }
 
-fn compare(conn: &Connection) -> rusqlite::Result<(usize, usize, Vec<Dimension>)> {
+fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryError> {
     let mut facts: HashMap<String, KeyFacts> = HashMap::new();
     let mut trace_key: HashMap<String, String> = HashMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT key, caller, started_us, done_us, attempts, queue_delay_us, trace_id FROM ops",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let key: String = r.get(0)?;
-            let f = facts.entry(key.clone()).or_default();
-            f.callers.insert(r.get(1)?);
-            f.ops += 1;
-            f.intervals.push((r.get(2)?, r.get(3)?));
-            f.retried |= r.get::<_, i64>(4)? > 1;
-            f.queue_delay |= r.get::<_, i64>(5)? > 0;
-            trace_key.insert(r.get(6)?, key);
+    reader.for_each_op(|op| {
+        let f = facts.entry(op.key.to_string()).or_default();
+        f.callers.insert(op.caller.to_string());
+        f.ops += 1;
+        f.intervals.push((op.started_us, op.done_us));
+        f.retried |= op.attempts > 1;
+        f.queue_delay |= op.queue_delay_us > 0;
+        trace_key.insert(op.trace_id.to_string(), op.key.to_string());
+    })?;
+    reader.for_each_attempt_replica(|key, instance, version| {
+        if let Some(f) = facts.get_mut(key) {
+            f.instances.insert(instance.to_string());
+            f.versions.insert(version.to_string());
         }
-    }
-    {
-        let mut stmt = conn.prepare(
-            "SELECT o.key, a.instance, a.version FROM attempts a JOIN ops o ON o.op_id = a.op_id",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            if let Some(f) = facts.get_mut(&r.get::<_, String>(0)?) {
-                f.instances.insert(r.get(1)?);
-                f.versions.insert(r.get(2)?);
-            }
+    })?;
+    reader.for_each_dependency_call(|key, trace, delay, fault| {
+        let key = key
+            .filter(|k| facts.contains_key(*k))
+            .map(str::to_string)
+            .or_else(|| trace.and_then(|t| trace_key.get(t).cloned()));
+        if let Some(f) = key.and_then(|k| facts.get_mut(&k)) {
+            f.max_dependency_delay_us = f.max_dependency_delay_us.max(delay);
+            f.fault |= fault.is_some_and(|x| x != "caller_gone");
         }
-    }
-    {
-        let mut stmt =
-            conn.prepare("SELECT key, trace_id, delay_us, fault FROM dependency_calls")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let key: Option<String> = r.get(0)?;
-            let trace: Option<String> = r.get(1)?;
-            let key = key
-                .filter(|k| facts.contains_key(k))
-                .or_else(|| trace.and_then(|t| trace_key.get(&t).cloned()));
-            if let Some(f) = key.and_then(|k| facts.get_mut(&k)) {
-                f.max_dependency_delay_us = f.max_dependency_delay_us.max(r.get(2)?);
-                f.fault |= r
-                    .get::<_, Option<String>>(3)?
-                    .is_some_and(|x| x != "caller_gone");
-            }
-        }
-    }
-    let violating: BTreeSet<String> = {
-        let mut stmt = conn.prepare("SELECT DISTINCT key FROM violations")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.collect::<Result<BTreeSet<_>, _>>()?
-            .into_iter()
-            .filter(|k| facts.contains_key(k))
-            .collect()
-    };
+    })?;
+    let violating: BTreeSet<String> = reader
+        .violating_keys()?
+        .into_iter()
+        .filter(|k| facts.contains_key(k))
+        .collect();
     let clean: Vec<&String> = facts.keys().filter(|k| !violating.contains(*k)).collect();
     if violating.is_empty() || clean.is_empty() {
         return Ok((violating.len(), clean.len(), Vec::new()));

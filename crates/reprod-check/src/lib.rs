@@ -45,6 +45,8 @@ pub struct Checked {
 struct Violation {
     key: String,
     detail: String,
+    /// The row's cells as (column, value), when it came from a query.
+    cells: Vec<(String, String)>,
 }
 
 /// When each (invariant, key) violation was first seen during the run, µs since its start.
@@ -361,7 +363,7 @@ fn violation(cells: Vec<(String, String)>, key_column: &str) -> Result<Violation
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join(", ");
-    Ok(Violation { key, detail })
+    Ok(Violation { key, detail, cells })
 }
 
 /// Every column of a row as (name, value as text), on either backend.
@@ -434,6 +436,7 @@ fn sink_rule(
                 format!("{raw} deliveries")
             };
             violations.push(Violation {
+                cells: Vec::new(),
                 key: key.clone(),
                 detail,
             });
@@ -443,6 +446,7 @@ fn sink_rule(
         for key in ok_keys {
             if !per_key.contains_key(key) {
                 violations.push(Violation {
+                    cells: Vec::new(),
                     key: key.clone(),
                     detail: "no delivery for a key whose operation succeeded".to_string(),
                 });
@@ -452,13 +456,7 @@ fn sink_rule(
     Ok(violations)
 }
 
-/// One answered attempt, as response invariants see it.
-struct Answer {
-    key: String,
-    op: i64,
-    status: i64,
-    body: Option<String>,
-}
+use reprod_history::query::{Answer, Reader};
 
 /// Answered attempts of `caller`'s operations (all callers when `None`), only 2xx ones when
 /// `only_success`.
@@ -467,26 +465,9 @@ fn responses(
     caller: Option<&str>,
     only_success: bool,
 ) -> Result<Vec<Answer>, String> {
-    let conn = reprod_history::read::open(history).map_err(|e| e.to_string())?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT o.key, o.op_id, a.status, a.response FROM attempts a JOIN ops o ON o.op_id = a.op_id
-             WHERE a.status IS NOT NULL AND (?1 IS NULL OR o.caller = ?1)
-               AND (?2 = 0 OR a.status BETWEEN 200 AND 299)
-             ORDER BY a.attempt_id",
-        )
-        .map_err(|e| e.to_string())?;
-    let rows = stmt
-        .query_map(rusqlite::params![caller, only_success], |r| {
-            Ok(Answer {
-                key: r.get(0)?,
-                op: r.get(1)?,
-                status: r.get(2)?,
-                body: r.get(3)?,
-            })
-        })
-        .map_err(|e| e.to_string())?;
-    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    Reader::open(history)
+        .and_then(|r| r.answers(caller, only_success))
+        .map_err(|e| e.to_string())
 }
 
 /// Every successful response for one key carries the same value at `pointer`. Responses whose
@@ -513,6 +494,7 @@ fn responses_agree(
         .into_iter()
         .filter(|(_, seen)| seen.len() > 1)
         .map(|(key, seen)| Violation {
+            cells: Vec::new(),
             key,
             detail: format!(
                 "{} different values at {pointer}: {}",
@@ -550,6 +532,7 @@ fn no_status(
                 String::new()
             };
             Violation {
+                cells: Vec::new(),
                 detail: format!(
                     "{}{more}",
                     seen.into_iter().take(3).collect::<Vec<_>>().join(", ")
@@ -570,29 +553,16 @@ async fn counter(
     history: &Path,
     caller: Option<&str>,
 ) -> Result<Vec<Violation>, String> {
-    let bounds: BTreeMap<String, (i64, i64)> = {
-        let conn = reprod_history::read::open(history).map_err(|e| e.to_string())?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT key, SUM(outcome = 'ok'), SUM(outcome IN ('ok', 'ambiguous')) FROM ops
-                 WHERE ?1 IS NULL OR caller = ?1 GROUP BY key",
-            )
-            .map_err(|e| e.to_string())?;
-        stmt.query_map(rusqlite::params![caller], |r| {
-            Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
-        })
-        .map_err(|e| e.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?
-    };
+    let bounds = Reader::open(history)
+        .and_then(|r| r.counter_bounds(caller))
+        .map_err(|e| e.to_string())?;
     let mut values: BTreeMap<String, i64> = BTreeMap::new();
     for row in sql(url, query, key_column).await?.0 {
-        // The row's detail is "col=value, ..."; the value column is the one that is not the key.
+        // The value column is the one that is not the key.
         let value = row
-            .detail
-            .split(", ")
-            .filter_map(|part| part.split_once('='))
-            .find(|(col, _)| *col != key_column)
+            .cells
+            .iter()
+            .find(|(col, _)| col != key_column)
             .and_then(|(_, v)| v.parse::<i64>().ok())
             .ok_or_else(|| {
                 format!(
@@ -607,6 +577,7 @@ async fn counter(
         let value = values.get(key).copied().unwrap_or(0);
         if value < *confirmed || value > *attempted {
             violations.push(Violation {
+                cells: Vec::new(),
                 key: key.clone(),
                 detail: format!(
                     "value {value} outside [{confirmed}, {attempted}]: {confirmed} operation(s) confirmed ok, {attempted} possibly applied"
@@ -617,6 +588,7 @@ async fn counter(
     for (key, value) in values {
         if !bounds.contains_key(&key) && value != 0 {
             violations.push(Violation {
+                cells: Vec::new(),
                 detail: format!("value {value} for a key no operation touched"),
                 key,
             });

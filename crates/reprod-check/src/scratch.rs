@@ -6,46 +6,90 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
+/// Why a scratch database could not be made or dropped, and on which side.
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    /// The URL given is not one reprod can use (the user's side).
+    #[error("{0}")]
+    BadUrl(String),
+    /// The server could not be reached (the database's side).
+    #[error("cannot reach PostgreSQL at {url}: {source}")]
+    Unreachable {
+        /// The server, password masked.
+        url: String,
+        /// The error.
+        source: sqlx::Error,
+    },
+    /// The server refused (privileges, a name taken, ...).
+    #[error("cannot {verb} database {name}: {source}")]
+    Refused {
+        /// `create` or `drop`.
+        verb: &'static str,
+        /// The database.
+        name: String,
+        /// The server's answer.
+        source: sqlx::Error,
+    },
+    /// reprod's own name for the database would not be safe to quote (a bug, never user input).
+    #[error("{0:?} is not a safe scratch database name")]
+    UnsafeName(String),
+}
+
 /// Creates database `name` on the server `admin_url` points at; returns its URL.
-pub async fn create(admin_url: &str, name: &str) -> Result<String, String> {
+pub async fn create(admin_url: &str, name: &str) -> Result<String, ScratchError> {
     let sql = format!("CREATE DATABASE \"{name}\"");
     administer(admin_url, name, "create", &sql).await?;
-    let mut url = url::Url::parse(admin_url).map_err(|e| format!("bad database URL: {e}"))?;
+    let mut url = url::Url::parse(admin_url)
+        .map_err(|e| ScratchError::BadUrl(format!("bad database URL: {e}")))?;
     url.set_path(&format!("/{name}"));
     Ok(url.to_string())
 }
 
 /// Drops database `name` (and the connections still open to it).
-pub async fn drop(admin_url: &str, name: &str) -> Result<(), String> {
+pub async fn drop(admin_url: &str, name: &str) -> Result<(), ScratchError> {
     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     administer(admin_url, name, "drop", &sql).await
 }
 
 /// Checks `name`, then runs `sql` (which does `verb` to database `name`) on its own connection.
-async fn administer(admin_url: &str, name: &str, verb: &str, sql: &str) -> Result<(), String> {
+async fn administer(
+    admin_url: &str,
+    name: &str,
+    verb: &'static str,
+    sql: &str,
+) -> Result<(), ScratchError> {
     check_name(name)?;
     let mut conn = connect(admin_url).await?;
     let done = sqlx::query(sql)
         .execute(&mut conn)
         .await
         .map(|_| ())
-        .map_err(|e| format!("cannot {verb} database {name}: {e}"));
+        .map_err(|source| ScratchError::Refused {
+            verb,
+            name: name.to_string(),
+            source,
+        });
     let _ = conn.close().await;
     done
 }
 
-async fn connect(admin_url: &str) -> Result<PgConnection, String> {
+async fn connect(admin_url: &str) -> Result<PgConnection, ScratchError> {
     if !(admin_url.starts_with("postgres://") || admin_url.starts_with("postgresql://")) {
-        return Err(format!("{admin_url:?} is not a postgres:// URL"));
+        return Err(ScratchError::BadUrl(format!(
+            "{admin_url:?} is not a postgres:// URL; write it like postgres://user@127.0.0.1:5432/postgres"
+        )));
     }
     PgConnectOptions::from_str(admin_url)
-        .map_err(|e| format!("bad database URL: {e}"))?
+        .map_err(|e| ScratchError::BadUrl(format!("bad database URL: {e}")))?
         .connect()
         .await
-        .map_err(|e| format!("cannot reach PostgreSQL at {}: {e}", redact(admin_url)))
+        .map_err(|source| ScratchError::Unreachable {
+            url: redact(admin_url),
+            source,
+        })
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), ScratchError> {
     if !name.is_empty()
         && name
             .bytes()
@@ -53,7 +97,7 @@ fn check_name(name: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a safe scratch database name"))
+        Err(ScratchError::UnsafeName(name.to_string()))
     }
 }
 

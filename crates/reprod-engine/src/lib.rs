@@ -29,7 +29,6 @@ use reprod_history::ids::{self, TraceId};
 use reprod_history::{AttemptRecord, Event, Name, OpRecord, Outcome, Recorder, RunClock, Snippet};
 use reprod_http as http;
 use reprod_scenario::{Backoff, Balance, Caller, IdempotencyMode, Jitter, Scenario, Template, Var};
-use reprod_services::Target;
 use tokio::sync::watch;
 
 use runner::{Runner, Stopped};
@@ -126,6 +125,17 @@ pub struct CallerStats {
     pub ops: u64,
     /// ... ok.
     pub ok: u64,
+}
+
+/// One replica a caller can send to: the engine's view of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Base URL, no trailing slash.
+    pub url: String,
+    /// `service/index`, as recorded on attempts.
+    pub instance: String,
+    /// Version label.
+    pub version: String,
 }
 
 /// Inputs of one run of the engine.

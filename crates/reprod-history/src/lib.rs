@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod ids;
+pub mod query;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -1106,6 +1107,35 @@ mod tests {
     }
 }
 
+/// Appends violations to a finished history.
+pub fn write_violations(path: &Path, violations: &[ViolationRecord]) -> Result<(), HistoryError> {
+    let fail = |source| HistoryError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(fail)?;
+    let tx = conn.transaction().map_err(fail)?;
+    for v in violations {
+        tx.execute(
+            "INSERT INTO violations (invariant, key, detail, found_us, found_by)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                v.invariant,
+                v.key,
+                v.detail,
+                v.found_us,
+                if v.seen_mid_run {
+                    "mid_run"
+                } else {
+                    "final_check"
+                }
+            ],
+        )
+        .map_err(fail)?;
+    }
+    tx.commit().map_err(fail)
+}
+
 /// Reading a finished (or crashed) history.
 pub mod read {
     use std::collections::BTreeMap;
@@ -1113,7 +1143,7 @@ pub mod read {
 
     use rusqlite::{Connection, OpenFlags, params};
 
-    use super::{HistoryError, ViolationRecord};
+    use super::HistoryError;
 
     /// Indexes a history for reading by key, operation and trace id, unless it already is. A
     /// run leaves its history unindexed: at full rate, sorting every operation's key costs a
@@ -1396,37 +1426,5 @@ pub mod read {
             }
         }
         Ok((buckets, final_only))
-    }
-
-    /// Appends violations to a finished history.
-    pub fn append_violations(
-        path: &Path,
-        violations: &[ViolationRecord],
-    ) -> Result<(), HistoryError> {
-        let fail = |source| HistoryError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut conn = Connection::open(path).map_err(fail)?;
-        let tx = conn.transaction().map_err(fail)?;
-        for v in violations {
-            tx.execute(
-                "INSERT INTO violations (invariant, key, detail, found_us, found_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    v.invariant,
-                    v.key,
-                    v.detail,
-                    v.found_us,
-                    if v.seen_mid_run {
-                        "mid_run"
-                    } else {
-                        "final_check"
-                    }
-                ],
-            )
-            .map_err(fail)?;
-        }
-        tx.commit().map_err(fail)
     }
 }

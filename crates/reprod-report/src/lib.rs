@@ -185,8 +185,10 @@ pub struct DependencyResult {
     pub achieved_ms: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The run summary (`summary.json`).
+/// The run summary (`summary.json`). Read back leniently: a field missing from the file takes
+/// its default.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     /// Run id (the run directory's name).
     pub run_id: String,

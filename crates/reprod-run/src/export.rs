@@ -15,11 +15,11 @@
 //!
 //! **HTML** (`html`): `report.html` drawn again from a run directory's `summary.json` and history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OptionalExtension, params};
+use reprod_history::query::{ChunkQuery, Reader};
 use serde_json::{Value, json};
 
 /// Operations per `ExportTraceServiceRequest`.
@@ -32,13 +32,8 @@ pub enum ExportError {
     #[error("{0}")]
     NotARun(String),
     /// Reading the history failed.
-    #[error("reading {path}: {source}")]
-    History {
-        /// The history file.
-        path: PathBuf,
-        /// The error.
-        source: rusqlite::Error,
-    },
+    #[error(transparent)]
+    Read(reprod_history::HistoryError),
     /// Writing the output failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -94,37 +89,25 @@ pub async fn otlp(run_dir: &Path, to: &Destination) -> Result<Exported, ExportEr
     let history = history_of(run_dir)?;
     // Reads by operation and trace id: index the history as `explain` does (best effort).
     let _ = reprod_history::read::index(&history);
-    let fail = |source| ExportError::History {
-        path: history.clone(),
-        source,
-    };
-    let conn =
-        reprod_history::read::open(&history).map_err(|e| ExportError::NotARun(e.to_string()))?;
-    let (run_id, scenario, seed, started_at): (String, String, i64, String) = conn
-        .query_row(
-            "SELECT run_id, scenario, seed, started_at FROM run",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .map_err(fail)?;
-    let epoch_ns = u128::from(crate::time::parse_rfc3339(&started_at).unwrap_or(0)) * 1_000_000_000;
+    let reader = Reader::open(&history).map_err(|e| ExportError::NotARun(e.to_string()))?;
+    let run = reader.run().map_err(ExportError::Read)?;
+    let epoch_ns =
+        u128::from(crate::time::parse_rfc3339(&run.started_at).unwrap_or(0)) * 1_000_000_000;
     let nanos = |us: i64| (epoch_ns + u128::from(us.max(0) as u64) * 1_000).to_string();
     let resource = json!({"attributes": [
         attr("service.name", json!({"stringValue": "reprod"})),
-        attr("reprod.run_id", json!({"stringValue": run_id})),
-        attr("reprod.scenario", json!({"stringValue": scenario})),
-        attr("reprod.seed", json!({"intValue": seed.to_string()})),
+        attr("reprod.run_id", json!({"stringValue": run.run_id})),
+        attr("reprod.scenario", json!({"stringValue": run.scenario})),
+        attr("reprod.seed", json!({"intValue": run.seed.to_string()})),
     ]});
-    let first_op_of_key = violations_by_first_op(&conn).map_err(fail)?;
-    let max_op: i64 = conn
-        .query_row("SELECT COALESCE(MAX(op_id), 0) FROM ops", [], |r| r.get(0))
-        .map_err(fail)?;
+    let first_op_of_key = reader.violations_by_first_op().map_err(ExportError::Read)?;
+    let max_op = reader.max_op_id().map_err(ExportError::Read)?;
     let mut sink = Sink::open(to)?;
     let mut exported = Exported::default();
     let mut from = 0;
     while from <= max_op {
         let to_op = from + OPS_PER_REQUEST;
-        let spans = chunk(&conn, from, to_op, &nanos, &first_op_of_key).map_err(fail)?;
+        let spans = chunk(&reader, from, to_op, &nanos, &first_op_of_key)?;
         from = to_op;
         if spans.traces == 0 {
             continue;
@@ -163,30 +146,6 @@ type ViolationEvent = (String, String, i64);
 /// Per trace id: its root span id, and its attempts as (span id, sent, done).
 type TraceSpans = BTreeMap<String, (String, Vec<(String, i64, i64)>)>;
 
-/// Per operation id, the violations to show on its root span: each violating key's violations
-/// go to the first operation on that key.
-fn violations_by_first_op(
-    conn: &rusqlite::Connection,
-) -> rusqlite::Result<HashMap<i64, Vec<ViolationEvent>>> {
-    let mut out: HashMap<i64, Vec<ViolationEvent>> = HashMap::new();
-    let mut stmt = conn.prepare("SELECT invariant, key, detail, found_us FROM violations")?;
-    let rows: Vec<(String, String, String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut first = conn.prepare("SELECT MIN(op_id) FROM ops WHERE key = ?1")?;
-    for (invariant, key, detail, found_us) in rows {
-        if let Some(Some(op)) = first
-            .query_row(params![key], |r| r.get::<_, Option<i64>>(0))
-            .optional()?
-        {
-            out.entry(op)
-                .or_default()
-                .push((invariant, detail, found_us));
-        }
-    }
-    Ok(out)
-}
-
 struct Chunk {
     traces: u64,
     spans: Vec<Value>,
@@ -194,86 +153,79 @@ struct Chunk {
 
 /// The spans of the operations with `from <= op_id < to`.
 fn chunk(
-    conn: &rusqlite::Connection,
+    reader: &Reader,
     from: i64,
     to: i64,
     nanos: &dyn Fn(i64) -> String,
-    violations: &HashMap<i64, Vec<ViolationEvent>>,
-) -> rusqlite::Result<Chunk> {
+    violations: &BTreeMap<i64, Vec<ViolationEvent>>,
+) -> Result<Chunk, ExportError> {
     let mut spans = Vec::new();
     // Operations: (trace id, root span id, its attempts' (span id, sent, done)).
     let mut traces: TraceSpans = BTreeMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT op_id, caller, key, intended_start_us, started_us, done_us, outcome, attempts,
-                trace_id FROM ops WHERE op_id >= ?1 AND op_id < ?2 ORDER BY op_id",
-    )?;
-    let mut rows = stmt.query(params![from, to])?;
-    while let Some(r) = rows.next()? {
-        let op: i64 = r.get(0)?;
-        let caller: String = r.get(1)?;
-        let key: String = r.get(2)?;
-        let intended: i64 = r.get(3)?;
-        let done: i64 = r.get(5)?;
-        let outcome: String = r.get(6)?;
-        let trace: String = r.get(8)?;
-        // The root's span id: derived from the operation, distinct from every attempt's.
-        let root = format!("{:016x}", (op as u64) | (1 << 63));
-        let events: Vec<Value> = violations
-            .get(&op)
-            .into_iter()
-            .flatten()
-            .map(|(invariant, detail, found)| {
-                json!({
-                    "timeUnixNano": nanos(*found),
-                    "name": "invariant violated",
-                    "attributes": [
-                        attr("reprod.invariant", string(invariant)),
-                        attr("reprod.violation", string(detail)),
-                    ],
+    reader
+        .for_each_row_between(ChunkQuery::Ops, from, to, |r| {
+            let op: i64 = r.get(0)?;
+            let caller: String = r.get(1)?;
+            let key: String = r.get(2)?;
+            let intended: i64 = r.get(3)?;
+            let done: i64 = r.get(5)?;
+            let outcome: String = r.get(6)?;
+            let trace: String = r.get(8)?;
+            // The root's span id: derived from the operation, distinct from every attempt's.
+            let root = format!("{:016x}", (op as u64) | (1 << 63));
+            let events: Vec<Value> = violations
+                .get(&op)
+                .into_iter()
+                .flatten()
+                .map(|(invariant, detail, found)| {
+                    json!({
+                        "timeUnixNano": nanos(*found),
+                        "name": "invariant violated",
+                        "attributes": [
+                            attr("reprod.invariant", string(invariant)),
+                            attr("reprod.violation", string(detail)),
+                        ],
+                    })
                 })
-            })
-            .collect();
-        let mut span = json!({
-            "traceId": trace,
-            "spanId": root,
-            "name": format!("{caller} operation"),
-            "kind": 1,
-            "startTimeUnixNano": nanos(intended),
-            "endTimeUnixNano": nanos(done.max(intended)),
-            "attributes": [
-                attr("reprod.op_id", int(op)),
-                attr("reprod.caller", string(&caller)),
-                attr("reprod.key", string(&key)),
-                attr("reprod.outcome", string(&outcome)),
-                attr("reprod.attempts", int(r.get(7)?)),
-                attr("reprod.schedule_lag_us", int(r.get::<_, i64>(4)? - intended)),
-            ],
-            "status": match outcome.as_str() {
-                "ok" => json!({"code": 1}),
-                other => json!({"code": 2, "message": format!("operation {other}")}),
-            },
-        });
-        if !events.is_empty() {
-            span["events"] = Value::Array(events);
-        }
-        spans.push(span);
-        traces.insert(trace, (root, Vec::new()));
-    }
+                .collect();
+            let mut span = json!({
+                "traceId": trace,
+                "spanId": root,
+                "name": format!("{caller} operation"),
+                "kind": 1,
+                "startTimeUnixNano": nanos(intended),
+                "endTimeUnixNano": nanos(done.max(intended)),
+                "attributes": [
+                    attr("reprod.op_id", int(op)),
+                    attr("reprod.caller", string(&caller)),
+                    attr("reprod.key", string(&key)),
+                    attr("reprod.outcome", string(&outcome)),
+                    attr("reprod.attempts", int(r.get(7)?)),
+                    attr("reprod.schedule_lag_us", int(r.get::<_, i64>(4)? - intended)),
+                ],
+                "status": match outcome.as_str() {
+                    "ok" => json!({"code": 1}),
+                    other => json!({"code": 2, "message": format!("operation {other}")}),
+                },
+            });
+            if !events.is_empty() {
+                span["events"] = Value::Array(events);
+            }
+            spans.push(span);
+            traces.insert(trace, (root, Vec::new()));
+            Ok(())
+        })
+        .map_err(ExportError::Read)?;
     let count = traces.len() as u64;
-    let mut stmt = conn.prepare(
-        "SELECT a.op_id, a.n, a.traceparent, a.instance, a.version, a.sent_us, a.done_us, a.status,
-                a.error, a.idempotency_key
-         FROM attempts a WHERE a.op_id >= ?1 AND a.op_id < ?2 ORDER BY a.attempt_id",
-    )?;
-    let mut rows = stmt.query(params![from, to])?;
-    while let Some(r) = rows.next()? {
+    reader
+        .for_each_row_between(ChunkQuery::Attempts, from, to, |r| {
         let traceparent: String = r.get(2)?;
         let mut parts = traceparent.split('-').skip(1);
         let (Some(trace), Some(span_id)) = (parts.next(), parts.next()) else {
-            continue;
+            return Ok(());
         };
         let Some((root, attempts)) = traces.get_mut(trace) else {
-            continue;
+            return Ok(());
         };
         let n: i64 = r.get(1)?;
         let sent: i64 = r.get(5)?;
@@ -317,77 +269,68 @@ fn chunk(
                 json!({"code": 0})
             },
         }));
-    }
-    for (table, what) in [
-        ("dependency_calls", "dependency"),
-        ("sink_deliveries", "sink"),
+        Ok(())
+    })
+    .map_err(ExportError::Read)?;
+    for (query, what) in [
+        (ChunkQuery::DependencyCalls, "dependency"),
+        (ChunkQuery::Deliveries, "sink"),
     ] {
-        let sql = if table == "dependency_calls" {
-            "SELECT d.call_id, d.trace_id, d.dependency, d.received_us, d.done_us, d.status, d.fault,
-                    d.delay_us, d.key, d.method || ' ' || d.path
-             FROM dependency_calls d JOIN ops o ON o.trace_id = d.trace_id
-             WHERE o.op_id >= ?1 AND o.op_id < ?2"
-        } else {
-            "SELECT d.delivery_id, d.trace_id, d.sink, d.received_us, d.received_us, d.status,
-                    CASE WHEN d.duplicate THEN 'duplicate' END, 0, d.key,
-                    COALESCE(d.idempotency_key, '')
-             FROM sink_deliveries d JOIN ops o ON o.trace_id = d.trace_id
-             WHERE o.op_id >= ?1 AND o.op_id < ?2"
-        };
-        let mut stmt = conn.prepare(sql)?;
-        let mut rows = stmt.query(params![from, to])?;
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let trace: String = r.get(1)?;
-            let Some((root, attempts)) = traces.get(&trace) else {
-                continue;
-            };
-            let name: String = r.get(2)?;
-            let received: i64 = r.get(3)?;
-            let done: i64 = r.get(4)?;
-            let status: Option<i64> = r.get(5)?;
-            // Under the attempt it happened during, else under the operation.
-            let parent = attempts
-                .iter()
-                .find(|(_, sent, end)| *sent <= received && received <= *end)
-                .map_or(root.clone(), |(span, _, _)| span.clone());
-            let mut attributes = vec![
-                attr(&format!("reprod.{what}"), string(&name)),
-                attr(
-                    if what == "dependency" {
-                        "reprod.request"
-                    } else {
-                        "reprod.idempotency_key"
-                    },
-                    string(&r.get::<_, String>(9)?),
-                ),
-                attr("reprod.injected_delay_us", int(r.get(7)?)),
-            ];
-            if let Some(s) = status {
-                attributes.push(attr("http.response.status_code", int(s)));
-            }
-            if let Some(k) = r.get::<_, Option<String>>(8)? {
-                attributes.push(attr("reprod.key", string(&k)));
-            }
-            if let Some(f) = r.get::<_, Option<String>>(6)? {
-                attributes.push(attr("reprod.fault", string(&f)));
-            }
-            let salt: u64 = if what == "dependency" {
-                1 << 62
-            } else {
-                1 << 61
-            };
-            spans.push(json!({
-                "traceId": trace,
-                "spanId": format!("{:016x}", (id as u64) | salt),
-                "parentSpanId": parent,
-                "name": format!("{what} {name}"),
-                "kind": 2,
-                "startTimeUnixNano": nanos(received),
-                "endTimeUnixNano": nanos(done.max(received)),
-                "attributes": attributes,
-            }));
-        }
+        reader
+            .for_each_row_between(query, from, to, |r| {
+                let id: i64 = r.get(0)?;
+                let trace: String = r.get(1)?;
+                let Some((root, attempts)) = traces.get(&trace) else {
+                    return Ok(());
+                };
+                let name: String = r.get(2)?;
+                let received: i64 = r.get(3)?;
+                let done: i64 = r.get(4)?;
+                let status: Option<i64> = r.get(5)?;
+                // Under the attempt it happened during, else under the operation.
+                let parent = attempts
+                    .iter()
+                    .find(|(_, sent, end)| *sent <= received && received <= *end)
+                    .map_or(root.clone(), |(span, _, _)| span.clone());
+                let mut attributes = vec![
+                    attr(&format!("reprod.{what}"), string(&name)),
+                    attr(
+                        if what == "dependency" {
+                            "reprod.request"
+                        } else {
+                            "reprod.idempotency_key"
+                        },
+                        string(&r.get::<_, String>(9)?),
+                    ),
+                    attr("reprod.injected_delay_us", int(r.get(7)?)),
+                ];
+                if let Some(s) = status {
+                    attributes.push(attr("http.response.status_code", int(s)));
+                }
+                if let Some(k) = r.get::<_, Option<String>>(8)? {
+                    attributes.push(attr("reprod.key", string(&k)));
+                }
+                if let Some(f) = r.get::<_, Option<String>>(6)? {
+                    attributes.push(attr("reprod.fault", string(&f)));
+                }
+                let salt: u64 = if what == "dependency" {
+                    1 << 62
+                } else {
+                    1 << 61
+                };
+                spans.push(json!({
+                    "traceId": trace,
+                    "spanId": format!("{:016x}", (id as u64) | salt),
+                    "parentSpanId": parent,
+                    "name": format!("{what} {name}"),
+                    "kind": 2,
+                    "startTimeUnixNano": nanos(received),
+                    "endTimeUnixNano": nanos(done.max(received)),
+                    "attributes": attributes,
+                }));
+                Ok(())
+            })
+            .map_err(ExportError::Read)?;
     }
     Ok(Chunk {
         traces: count,

@@ -193,7 +193,7 @@ impl Trials<'_> {
                 let name = format!("reprod_isolate_{}_{}", std::process::id(), self.run_counter);
                 let url = reprod_check::scratch::create(admin, &name)
                     .await
-                    .map_err(RunError::Scratch)?;
+                    .map_err(RunError::from)?;
                 if let Some(db) = &mut s.database {
                     db.url = Template::literal(&url);
                 }

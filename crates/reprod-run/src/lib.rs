@@ -99,6 +99,6 @@ pub enum RunError {
     #[error("{0}")]
     DatabaseUrl(String),
     /// A scratch database for a trial could not be made.
-    #[error("{0}")]
-    Scratch(String),
+    #[error(transparent)]
+    Scratch(#[from] reprod_check::scratch::ScratchError),
 }

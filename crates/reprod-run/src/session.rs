@@ -323,7 +323,7 @@ async fn check(
             })
         });
     }
-    if let Err(e) = reprod_history::read::append_violations(history_path, &checked.violations) {
+    if let Err(e) = reprod_history::write_violations(history_path, &checked.violations) {
         obs.problem(&format!(
             "reprod: cannot record violations in the history: {e}"
         ));
@@ -572,7 +572,20 @@ async fn load(
     let obs = cx.obs;
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = Arc::new(Live::default());
-    let targets = services.all_targets().to_vec();
+    let targets: Vec<Vec<reprod_engine::Target>> = services
+        .replicas()
+        .iter()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .map(|r| reprod_engine::Target {
+                    url: r.url.clone(),
+                    instance: r.instance.clone(),
+                    version: r.version.clone(),
+                })
+                .collect()
+        })
+        .collect();
     obs.note(&format!(
         "reprod: load for up to {} (at most {} operations), conditions: {}",
         reprod_scenario::format_duration(scenario.duration),

@@ -739,14 +739,34 @@ fn request(cx: &mut Cx<'_, '_>, r: &RawRequest) -> Option<RequestTemplate> {
     })
 }
 
+#[derive(Clone, Copy)]
+enum ArrivalKind {
+    Constant,
+    Poisson,
+    Burst,
+    Batch,
+}
+
+#[derive(Clone, Copy)]
+enum DistributionKind {
+    Uniform,
+    Zipf,
+    Hot,
+}
+
 fn arrival(cx: &mut Cx<'_, '_>, c: &RawCaller) -> Option<Arrival> {
     let kind = match &c.arrival {
         Some(a) => cx.choice(
             a,
             "arrival",
-            &[("constant", 0), ("poisson", 1), ("burst", 2), ("batch", 3)],
+            &[
+                ("constant", ArrivalKind::Constant),
+                ("poisson", ArrivalKind::Poisson),
+                ("burst", ArrivalKind::Burst),
+                ("batch", ArrivalKind::Batch),
+            ],
         )?,
-        None => 0,
+        None => ArrivalKind::Constant,
     };
     let start = cx.duration_or(&c.start, "start", Duration::ZERO);
     let stop = c.stop.as_ref().and_then(|s| cx.duration(s, "stop"));
@@ -775,17 +795,17 @@ fn arrival(cx: &mut Cx<'_, '_>, c: &RawCaller) -> Option<Arrival> {
         Some(r)
     };
     Some(match kind {
-        0 => Arrival::Constant {
+        ArrivalKind::Constant => Arrival::Constant {
             rate_per_s: need_rate(cx)?,
             start,
             stop,
         },
-        1 => Arrival::Poisson {
+        ArrivalKind::Poisson => Arrival::Poisson {
             rate_per_s: need_rate(cx)?,
             start,
             stop,
         },
-        2 => {
+        ArrivalKind::Burst => {
             let Some(count) = &c.count else {
                 cx.err(
                     c.name.span(),
@@ -799,7 +819,7 @@ fn arrival(cx: &mut Cx<'_, '_>, c: &RawCaller) -> Option<Arrival> {
                 at,
             }
         }
-        _ => Arrival::Batch {
+        ArrivalKind::Batch => Arrival::Batch {
             at,
             spread: cx.duration_or(&c.spread, "spread", Duration::ZERO),
         },
@@ -830,12 +850,16 @@ fn keys(cx: &mut Cx<'_, '_>, k: Option<&RawKeys>) -> Keys {
             cx.choice(
                 d,
                 "keys.distribution",
-                &[("uniform", 0), ("zipf", 1), ("hot", 2)],
+                &[
+                    ("uniform", DistributionKind::Uniform),
+                    ("zipf", DistributionKind::Zipf),
+                    ("hot", DistributionKind::Hot),
+                ],
             )
         })
-        .unwrap_or(0);
+        .unwrap_or(DistributionKind::Uniform);
     let distribution = match kind {
-        1 => {
+        DistributionKind::Zipf => {
             let s =
                 k.s.as_ref()
                     .and_then(|s| cx.number(s, "keys.s"))
@@ -849,13 +873,13 @@ fn keys(cx: &mut Cx<'_, '_>, k: Option<&RawKeys>) -> Keys {
             }
             KeyDistribution::Zipf { s }
         }
-        2 => KeyDistribution::Hot {
+        DistributionKind::Hot => KeyDistribution::Hot {
             fraction: cx
                 .fraction(&k.hot_fraction, "keys.hot_fraction")
                 .unwrap_or(0.1),
             share: cx.fraction(&k.hot_share, "keys.hot_share").unwrap_or(0.9),
         },
-        _ => KeyDistribution::Uniform,
+        DistributionKind::Uniform => KeyDistribution::Uniform,
     };
     Keys {
         count,
@@ -1135,23 +1159,38 @@ fn dependency(
 }
 
 fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule> {
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Error,
+        Throttle,
+        Hang,
+        Reset,
+        Ambiguous,
+        Duplicate,
+    }
+    #[derive(Clone, Copy)]
+    enum Mode {
+        Drop,
+        Reset,
+        Delay,
+    }
     let kind = cx.choice(
         &f.kind,
         "fault kind",
         &[
-            ("error", 0),
-            ("throttle", 1),
-            ("hang", 2),
-            ("reset", 3),
-            ("ambiguous", 4),
-            ("duplicate", 5),
+            ("error", Kind::Error),
+            ("throttle", Kind::Throttle),
+            ("hang", Kind::Hang),
+            ("reset", Kind::Reset),
+            ("ambiguous", Kind::Ambiguous),
+            ("duplicate", Kind::Duplicate),
         ],
     )?;
     let probability = cx
         .fraction(&f.probability, "fault probability")
         .unwrap_or(1.0);
     let kind = match kind {
-        0 => {
+        Kind::Error => {
             let status = f.status.as_ref().map_or(500, |s| *s.get_ref());
             if !(400..=599).contains(&status) {
                 cx.err(
@@ -1168,7 +1207,7 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
                 ),
             }
         }
-        1 => {
+        Kind::Throttle => {
             let Some(rate) = &f.rate else {
                 cx.err(
                     f.kind.span(),
@@ -1191,22 +1230,26 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
                 retry_after: cx.duration_or(&f.retry_after, "retry_after", Duration::from_secs(1)),
             }
         }
-        2 => FaultKind::Hang,
-        3 => FaultKind::Reset,
-        4 => {
+        Kind::Hang => FaultKind::Hang,
+        Kind::Reset => FaultKind::Reset,
+        Kind::Ambiguous => {
             let mode = match &f.mode {
                 Some(m) => cx.choice(
                     m,
                     "ambiguous mode",
-                    &[("drop", 0), ("reset", 1), ("delay", 2)],
+                    &[
+                        ("drop", Mode::Drop),
+                        ("reset", Mode::Reset),
+                        ("delay", Mode::Delay),
+                    ],
                 )?,
-                None => 0,
+                None => Mode::Drop,
             };
             FaultKind::Ambiguous {
                 mode: match mode {
-                    0 => AmbiguousMode::Drop,
-                    1 => AmbiguousMode::Reset,
-                    _ => AmbiguousMode::Delay(cx.duration_or(
+                    Mode::Drop => AmbiguousMode::Drop,
+                    Mode::Reset => AmbiguousMode::Reset,
+                    Mode::Delay => AmbiguousMode::Delay(cx.duration_or(
                         &f.delay,
                         "delay",
                         Duration::from_secs(5),
@@ -1214,7 +1257,7 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
                 },
             }
         }
-        _ => {
+        Kind::Duplicate => {
             if !is_proxy {
                 cx.err(
                     f.kind.span(),

@@ -40,9 +40,9 @@ pub struct Bindings {
     pub sink_urls: BTreeMap<String, String>,
 }
 
-/// One replica a caller can send to.
+/// One replica as started: where it listens and what it is.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct Replica {
     /// Base URL, no trailing slash.
     pub url: String,
     /// `service/index`, as recorded on attempts.
@@ -141,7 +141,7 @@ impl std::fmt::Display for Death {
 #[derive(Debug)]
 pub struct Services {
     output: Arc<OutputCounts>,
-    targets: Vec<Vec<Target>>,
+    replicas: Vec<Vec<Replica>>,
     supervisors: Vec<(watch::Sender<bool>, oneshot::Receiver<()>)>,
     deaths: mpsc::Receiver<Death>,
 }
@@ -159,7 +159,7 @@ impl Services {
         let (death_tx, deaths) = mpsc::channel(64);
         let mut services = Services {
             output: Arc::new(OutputCounts::default()),
-            targets: Vec::new(),
+            replicas: Vec::new(),
             supervisors: Vec::new(),
             deaths,
         };
@@ -171,7 +171,7 @@ impl Services {
         for service in &scenario.services {
             let mut targets = Vec::new();
             match &service.kind {
-                ServiceKind::External { url } => targets.push(Target {
+                ServiceKind::External { url } => targets.push(Replica {
                     url: url.clone(),
                     instance: format!("{}/0", service.name),
                     version: service.versions[0].clone(),
@@ -218,7 +218,7 @@ impl Services {
                     }
                 }
             }
-            services.targets.push(targets);
+            services.replicas.push(targets);
         }
         Ok(services)
     }
@@ -229,8 +229,8 @@ impl Services {
     }
 
     /// Every service's replicas, in scenario order.
-    pub fn all_targets(&self) -> &[Vec<Target>] {
-        &self.targets
+    pub fn replicas(&self) -> &[Vec<Replica>] {
+        &self.replicas
     }
 
     /// Resolves when a replica exits on its own; pending forever while all are alive.
@@ -332,7 +332,7 @@ async fn start_replica(
     recorder: &Recorder,
     deaths: mpsc::Sender<Death>,
     counts: &Arc<OutputCounts>,
-) -> Result<(Target, (watch::Sender<bool>, oneshot::Receiver<()>)), ServiceError> {
+) -> Result<(Replica, (watch::Sender<bool>, oneshot::Receiver<()>)), ServiceError> {
     let uses_port = spec
         .command
         .iter()
@@ -541,7 +541,7 @@ async fn start_replica(
         let _ = done_tx.send(());
     });
     Ok((
-        Target {
+        Replica {
             url,
             instance: format!("{}/{}", spec.service, spec.replica),
             version: spec.version.to_string(),

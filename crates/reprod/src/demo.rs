@@ -62,7 +62,7 @@ async fn demo(args: DemoArgs, interrupt: Interrupt) -> u8 {
         }
         match finished {
             Ok(f) => runs.push((variant, f)),
-            Err(e) => return crate::run::setup_failed(&e),
+            Err(e) => return crate::run::setup_failed(e),
         }
     }
     report(&args, &out, &runs)

@@ -2,7 +2,9 @@
 //! or the JSON, and picks the exit code: 0 answered, 1 the baseline never reproduced, 2 the
 //! scenario cannot be isolated as it is, 3 no baseline trial completed (or Ctrl-C).
 
-use reprod_run::isolate::{IsolateError, Options};
+use reprod_run::isolate::Options;
+
+use crate::failure::Failure;
 
 use crate::progress::Console;
 use crate::{IsolateArgs, exit};
@@ -15,8 +17,7 @@ pub fn main(args: IsolateArgs) -> u8 {
         scenario.duration = d;
     }
     if let Err(e) = reprod_run::isolate::check_duration(&scenario) {
-        errln!("reprod: {e}");
-        return exit::USAGE;
+        return Failure::from(e).exit();
     }
     let options = Options {
         trials: args.trials,
@@ -53,14 +54,7 @@ pub fn main(args: IsolateArgs) -> u8 {
                     exit::VIOLATED
                 }
             }
-            Err(e @ IsolateError::Unfit(_)) => {
-                errln!("reprod: {e}");
-                exit::USAGE
-            }
-            Err(e) => {
-                errln!("reprod isolate: {e}");
-                exit::INCOMPLETE
-            }
+            Err(e) => Failure::from(e).exit(),
         }
     })
 }

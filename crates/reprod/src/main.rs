@@ -32,6 +32,7 @@ macro_rules! out {
 }
 
 mod demo;
+mod failure;
 mod isolate;
 mod progress;
 mod run;
@@ -344,10 +345,7 @@ fn explain(args: &ExplainArgs) -> u8 {
             }
             exit::PASS
         }
-        Err(e) => {
-            errln!("reprod: {e}");
-            exit::USAGE
-        }
+        Err(e) => failure::Failure::from(e).exit(),
     }
 }
 
@@ -390,14 +388,7 @@ fn export_otlp(args: OtlpArgs) -> u8 {
                 );
                 exit::PASS
             }
-            Err(e @ reprod_run::export::ExportError::NotARun(_)) => {
-                errln!("reprod: {e}");
-                exit::USAGE
-            }
-            Err(e) => {
-                errln!("reprod: {e}");
-                exit::INCOMPLETE
-            }
+            Err(e) => failure::Failure::from(e).exit(),
         }
     })
 }
@@ -412,13 +403,6 @@ fn export_html(args: &HtmlArgs) -> u8 {
             outln!("{}", to.display());
             exit::PASS
         }
-        Err(e @ reprod_run::export::ExportError::NotARun(_)) => {
-            errln!("reprod: {e}");
-            exit::USAGE
-        }
-        Err(e) => {
-            errln!("reprod: {e}");
-            exit::INCOMPLETE
-        }
+        Err(e) => failure::Failure::from(e).exit(),
     }
 }

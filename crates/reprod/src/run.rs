@@ -63,7 +63,7 @@ pub fn main(args: RunArgs) -> u8 {
         let finished =
             match reprod_run::perform(&scenario, &shown, &args.out, &console, &interrupt).await {
                 Ok(finished) => finished,
-                Err(e) => return setup_failed(&e),
+                Err(e) => return setup_failed(e),
             };
         if args.json {
             outln!("{}", finished.summary.to_json());
@@ -107,9 +107,8 @@ pub fn step_summary(finished: &Finished) {
 }
 
 /// Says why a run could not even be set up; exit 3.
-pub fn setup_failed(e: &RunError) -> u8 {
-    errln!("reprod: {e}");
-    exit::INCOMPLETE
+pub fn setup_failed(e: RunError) -> u8 {
+    crate::failure::Failure::from(e).exit()
 }
 
 /// The exit code a run earns: 0 pass, 1 fail (also for a violation found in a run that did not

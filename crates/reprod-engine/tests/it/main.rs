@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use reprod_engine::{Input, Live, Stats};
+use reprod_engine::{Input, Live, Stats, Target};
 use reprod_history::{History, RunClock, RunInfo};
-use reprod_services::Target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

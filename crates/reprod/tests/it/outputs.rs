@@ -224,6 +224,53 @@ fn junit_and_the_step_summary_say_what_the_run_found() {
         "{}",
         text(&exported.stdout)
     );
+    // Sent over OTLP/HTTP to a server on this machine (one that answers 200 to every POST);
+    // elsewhere only when asked.
+    let mut server = Command::new(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_reprod")).with_file_name("bench-server"),
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("bench-server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("listening line");
+    let endpoint = line.trim().trim_start_matches("listening on ").to_string();
+    let sent = reprod(&[
+        "export",
+        "otlp",
+        dir_of_run.to_str().expect("utf-8"),
+        "--endpoint",
+        &endpoint,
+    ])
+    .output()
+    .expect("export");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    assert!(
+        text(&sent.stdout).contains(&format!("to {endpoint}/v1/traces")),
+        "{}",
+        text(&sent.stdout)
+    );
+    let remote = reprod(&[
+        "export",
+        "otlp",
+        dir_of_run.to_str().expect("utf-8"),
+        "--endpoint",
+        "http://10.1.2.3:4318",
+    ])
+    .output()
+    .expect("export");
+    assert_eq!(remote.status.code(), Some(2));
+    assert!(
+        text(&remote.stderr).contains("--allow-remote"),
+        "{}",
+        text(&remote.stderr)
+    );
     if let Some(python) = python_with("opentelemetry.proto") {
         let decoded = Command::new(python)
             .args(["-c", READ_OTLP])

@@ -1,0 +1,550 @@
+//! The history's queries: the only SQL over `history.sqlite` outside the writer. Every query
+//! returns typed rows; the ones over tables that can hold a million rows stream them to a
+//! callback instead of loading them. Explanations, checks and exports read the history here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::HistoryError;
+
+/// A history opened for reading.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The `run` table's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRow {
+    /// The run id.
+    pub run_id: String,
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: i64,
+    /// Wall-clock start, RFC 3339.
+    pub started_at: String,
+    /// `completed`, `interrupted`, ..., or `running` when the run never finished.
+    pub status: String,
+}
+
+/// An attempt of an operation on one key, for that key's timeline.
+#[derive(Clone, Debug)]
+pub struct KeyAttempt {
+    /// Operation id.
+    pub op_id: i64,
+    /// Its caller.
+    pub caller: String,
+    /// Its trace id.
+    pub trace_id: String,
+    /// 1 = first try.
+    pub n: i64,
+    /// Replica.
+    pub instance: String,
+    /// Its version label.
+    pub version: String,
+    /// Sent.
+    pub sent_us: i64,
+    /// Answered or abandoned.
+    pub done_us: i64,
+    /// HTTP status, if any.
+    pub status: Option<i64>,
+    /// Transport error or timeout.
+    pub error: Option<String>,
+    /// Idempotency key sent.
+    pub idempotency_key: Option<String>,
+}
+
+/// A dependency call about one key (by extracted key or by trace).
+#[derive(Clone, Debug)]
+pub struct KeyCall {
+    /// Dependency.
+    pub dependency: String,
+    /// Trace id of its `traceparent`.
+    pub trace_id: Option<String>,
+    /// Arrived.
+    pub received_us: i64,
+    /// Injected delay.
+    pub delay_us: i64,
+    /// Fault injected.
+    pub fault: Option<String>,
+    /// Status sent back.
+    pub status: Option<i64>,
+    /// Ended.
+    pub done_us: i64,
+    /// Path and query.
+    pub path: String,
+}
+
+/// A sink delivery about one key.
+#[derive(Clone, Debug)]
+pub struct KeyDelivery {
+    /// Sink.
+    pub sink: String,
+    /// Trace id of its `traceparent`.
+    pub trace_id: Option<String>,
+    /// Arrived.
+    pub received_us: i64,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// A violation recorded for one key.
+#[derive(Clone, Debug)]
+pub struct KeyViolation {
+    /// Invariant.
+    pub invariant: String,
+    /// Evidence.
+    pub detail: String,
+    /// When first seen.
+    pub found_us: i64,
+    /// Seen first by a check during the run (else by the final check).
+    pub mid_run: bool,
+}
+
+/// One operation, as the comparison of keys reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct OpFacts<'a> {
+    /// Its key.
+    pub key: &'a str,
+    /// Its caller.
+    pub caller: &'a str,
+    /// First attempt sent.
+    pub started_us: i64,
+    /// Ended.
+    pub done_us: i64,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Queue delay planned.
+    pub queue_delay_us: i64,
+    /// Trace id.
+    pub trace_id: &'a str,
+}
+
+/// One answered attempt, as response invariants read it.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The operation's key.
+    pub key: String,
+    /// The operation.
+    pub op: i64,
+    /// Status.
+    pub status: i64,
+    /// Start of the body.
+    pub body: Option<String>,
+}
+
+impl Reader {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> Result<Reader, HistoryError> {
+        Ok(Reader {
+            conn: crate::read::open(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn fail(&self, source: rusqlite::Error) -> HistoryError {
+        HistoryError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The run's own row.
+    pub fn run(&self) -> Result<RunRow, HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT run_id, scenario, seed, started_at, status FROM run",
+                [],
+                |r| {
+                    Ok(RunRow {
+                        run_id: r.get(0)?,
+                        scenario: r.get(1)?,
+                        seed: r.get(2)?,
+                        started_at: r.get(3)?,
+                        status: r.get(4)?,
+                    })
+                },
+            )
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Violating keys per invariant, in the order the invariants were first violated.
+    pub fn violations_per_invariant(&self) -> Result<Vec<(String, u64)>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT invariant, COUNT(DISTINCT key) FROM violations GROUP BY invariant
+                 ORDER BY MIN(rowid)",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// The violating key with the fewest operations: it tells its story with the least noise.
+    pub fn quietest_violating_key(&self) -> Result<Option<String>, HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT v.key FROM violations v LEFT JOIN ops o ON o.key = v.key
+                 GROUP BY v.key ORDER BY COUNT(o.op_id), MIN(v.rowid) LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Every attempt of every operation on `key`, in the order they were sent.
+    pub fn attempts_of_key(&self, key: &str) -> Result<Vec<KeyAttempt>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT o.op_id, o.caller, o.trace_id, a.n, a.instance, a.version, a.sent_us,
+                        a.done_us, a.status, a.error, a.idempotency_key
+                 FROM ops o JOIN attempts a ON a.op_id = o.op_id WHERE o.key = ?1
+                 ORDER BY a.sent_us",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeyAttempt {
+                    op_id: r.get(0)?,
+                    caller: r.get(1)?,
+                    trace_id: r.get(2)?,
+                    n: r.get(3)?,
+                    instance: r.get(4)?,
+                    version: r.get(5)?,
+                    sent_us: r.get(6)?,
+                    done_us: r.get(7)?,
+                    status: r.get(8)?,
+                    error: r.get(9)?,
+                    idempotency_key: r.get(10)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Dependency calls about `key`: extracted as its key, or caused by one of its operations.
+    pub fn calls_of_key(&self, key: &str) -> Result<Vec<KeyCall>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT dependency, trace_id, received_us, delay_us, fault, status, done_us, path
+                 FROM dependency_calls
+                 WHERE key = ?1 OR trace_id IN (SELECT trace_id FROM ops WHERE key = ?1)
+                 ORDER BY received_us",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeyCall {
+                    dependency: r.get(0)?,
+                    trace_id: r.get(1)?,
+                    received_us: r.get(2)?,
+                    delay_us: r.get(3)?,
+                    fault: r.get(4)?,
+                    status: r.get(5)?,
+                    done_us: r.get(6)?,
+                    path: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Sink deliveries about `key`, by extracted key or by the trace of one of its operations.
+    pub fn deliveries_of_key(&self, key: &str) -> Result<Vec<KeyDelivery>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT sink, trace_id, received_us, idempotency_key FROM sink_deliveries
+                 WHERE key = ?1 OR trace_id IN (SELECT trace_id FROM ops WHERE key = ?1)
+                 ORDER BY received_us",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeyDelivery {
+                    sink: r.get(0)?,
+                    trace_id: r.get(1)?,
+                    received_us: r.get(2)?,
+                    idempotency_key: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// The violations of `key`, first seen first. Histories written before `found_by` existed
+    /// say nothing of who found a violation: those read as found by the final check.
+    pub fn violations_of_key(&self, key: &str) -> Result<Vec<KeyViolation>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT invariant, detail, found_us, found_by = 'mid_run' FROM violations
+                 WHERE key = ?1 ORDER BY found_us, rowid",
+            )
+            .or_else(|_| {
+                self.conn.prepare(
+                    "SELECT invariant, detail, found_us, 0 FROM violations WHERE key = ?1
+                     ORDER BY found_us, rowid",
+                )
+            })
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeyViolation {
+                    invariant: r.get(0)?,
+                    detail: r.get(1)?,
+                    found_us: r.get(2)?,
+                    mid_run: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Every operation, streamed.
+    pub fn for_each_op(&self, mut each: impl FnMut(OpFacts<'_>)) -> Result<(), HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, caller, started_us, done_us, attempts, queue_delay_us, trace_id
+                 FROM ops",
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            let text = |i: usize| r.get_ref(i).map(|v| v.as_str().unwrap_or(""));
+            each(OpFacts {
+                key: text(0).map_err(|e| self.fail(e))?,
+                caller: text(1).map_err(|e| self.fail(e))?,
+                started_us: r.get(2).map_err(|e| self.fail(e))?,
+                done_us: r.get(3).map_err(|e| self.fail(e))?,
+                attempts: r.get(4).map_err(|e| self.fail(e))?,
+                queue_delay_us: r.get(5).map_err(|e| self.fail(e))?,
+                trace_id: text(6).map_err(|e| self.fail(e))?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every attempt's (key of its operation, replica, version), streamed.
+    pub fn for_each_attempt_replica(
+        &self,
+        mut each: impl FnMut(&str, &str, &str),
+    ) -> Result<(), HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT o.key, a.instance, a.version FROM attempts a JOIN ops o ON o.op_id = a.op_id",
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            let text = |i: usize| r.get_ref(i).map(|v| v.as_str().unwrap_or("").to_string());
+            let (key, instance, version) = (
+                text(0).map_err(|e| self.fail(e))?,
+                text(1).map_err(|e| self.fail(e))?,
+                text(2).map_err(|e| self.fail(e))?,
+            );
+            each(&key, &instance, &version);
+        }
+        Ok(())
+    }
+
+    /// Every dependency call's (extracted key, trace id, injected delay, fault), streamed.
+    pub fn for_each_dependency_call(
+        &self,
+        mut each: impl FnMut(Option<&str>, Option<&str>, i64, Option<&str>),
+    ) -> Result<(), HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, trace_id, delay_us, fault FROM dependency_calls")
+            .map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            let key: Option<String> = r.get(0).map_err(|e| self.fail(e))?;
+            let trace: Option<String> = r.get(1).map_err(|e| self.fail(e))?;
+            let delay: i64 = r.get(2).map_err(|e| self.fail(e))?;
+            let fault: Option<String> = r.get(3).map_err(|e| self.fail(e))?;
+            each(key.as_deref(), trace.as_deref(), delay, fault.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Every key with a violation.
+    pub fn violating_keys(&self) -> Result<BTreeSet<String>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT key FROM violations")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Answered attempts of `caller`'s operations (all callers when `None`), only 2xx ones when
+    /// `only_success`, in the order they were recorded.
+    pub fn answers(
+        &self,
+        caller: Option<&str>,
+        only_success: bool,
+    ) -> Result<Vec<Answer>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT o.key, o.op_id, a.status, a.response FROM attempts a
+                 JOIN ops o ON o.op_id = a.op_id
+                 WHERE a.status IS NOT NULL AND (?1 IS NULL OR o.caller = ?1)
+                   AND (?2 = 0 OR a.status BETWEEN 200 AND 299)
+                 ORDER BY a.attempt_id",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![caller, only_success], |r| {
+                Ok(Answer {
+                    key: r.get(0)?,
+                    op: r.get(1)?,
+                    status: r.get(2)?,
+                    body: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Per key, (operations confirmed ok, operations possibly applied: ok + ambiguous), of
+    /// `caller`'s operations (all callers when `None`): the bounds of Jepsen's counter check.
+    pub fn counter_bounds(
+        &self,
+        caller: Option<&str>,
+    ) -> Result<BTreeMap<String, (i64, i64)>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, SUM(outcome = 'ok'), SUM(outcome IN ('ok', 'ambiguous')) FROM ops
+                 WHERE ?1 IS NULL OR caller = ?1 GROUP BY key",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![caller], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// The largest operation id (0 when there is none).
+    pub fn max_op_id(&self) -> Result<i64, HistoryError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(op_id), 0) FROM ops", [], |r| r.get(0))
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Per operation id, the violations of the key it is the first operation on: (invariant,
+    /// detail, found).
+    pub fn violations_by_first_op(
+        &self,
+    ) -> Result<BTreeMap<i64, Vec<FirstOpViolation>>, HistoryError> {
+        let mut out: BTreeMap<i64, Vec<FirstOpViolation>> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT (SELECT MIN(op_id) FROM ops o WHERE o.key = v.key), invariant, detail,
+                        found_us FROM violations v",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Option<i64>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.fail(e))?;
+        for row in rows {
+            let (op, invariant, detail, found) = row.map_err(|e| self.fail(e))?;
+            if let Some(op) = op {
+                out.entry(op).or_default().push((invariant, detail, found));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams the rows of `sql` (one of the export's chunk queries, bound to `from` and `to`)
+    /// to `each`, as SQLite values.
+    pub fn for_each_row_between(
+        &self,
+        sql: ChunkQuery,
+        from: i64,
+        to: i64,
+        mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), HistoryError> {
+        let mut stmt = self.conn.prepare(sql.sql()).map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query(params![from, to]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            each(r).map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A violation as [`Reader::violations_by_first_op`] gives it: (invariant, detail, found).
+pub type FirstOpViolation = (String, String, i64);
+
+/// The export's queries over a range of operation ids, `from <= op_id < to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkQuery {
+    /// op_id, caller, key, intended_start_us, started_us, done_us, outcome, attempts, trace_id.
+    Ops,
+    /// op_id, n, traceparent, instance, version, sent_us, done_us, status, error,
+    /// idempotency_key.
+    Attempts,
+    /// call_id, trace_id, dependency, received_us, done_us, status, fault, delay_us, key,
+    /// "METHOD path".
+    DependencyCalls,
+    /// delivery_id, trace_id, sink, received_us, received_us, status, 'duplicate' or NULL, 0,
+    /// key, idempotency key ('' when none).
+    Deliveries,
+}
+
+impl ChunkQuery {
+    fn sql(self) -> &'static str {
+        match self {
+            ChunkQuery::Ops => {
+                "SELECT op_id, caller, key, intended_start_us, started_us, done_us, outcome,
+                        attempts, trace_id
+                 FROM ops WHERE op_id >= ?1 AND op_id < ?2 ORDER BY op_id"
+            }
+            ChunkQuery::Attempts => {
+                "SELECT op_id, n, traceparent, instance, version, sent_us, done_us, status, error,
+                        idempotency_key
+                 FROM attempts WHERE op_id >= ?1 AND op_id < ?2 ORDER BY attempt_id"
+            }
+            ChunkQuery::DependencyCalls => {
+                "SELECT d.call_id, d.trace_id, d.dependency, d.received_us, d.done_us, d.status,
+                        d.fault, d.delay_us, d.key, d.method || ' ' || d.path
+                 FROM dependency_calls d JOIN ops o ON o.trace_id = d.trace_id
+                 WHERE o.op_id >= ?1 AND o.op_id < ?2"
+            }
+            ChunkQuery::Deliveries => {
+                "SELECT d.delivery_id, d.trace_id, d.sink, d.received_us, d.received_us, d.status,
+                        CASE WHEN d.duplicate THEN 'duplicate' END, 0, d.key,
+                        COALESCE(d.idempotency_key, '')
+                 FROM sink_deliveries d JOIN ops o ON o.trace_id = d.trace_id
+                 WHERE o.op_id >= ?1 AND o.op_id < ?2"
+            }
+        }
+    }
+}
