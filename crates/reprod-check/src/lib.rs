@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use reprod_history::ViolationRecord;
-use reprod_report::InvariantResult;
+use reprod_report::{InvariantResult, ThresholdResult};
 use reprod_scenario::{Invariant, InvariantKind, RetryOn, Scenario, SinkRule};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -210,6 +210,58 @@ fn record(
             partial: false,
         }),
     }
+}
+
+/// What a run's thresholds are judged on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadFigures {
+    /// p99 latency from intended start, ms.
+    pub p99_ms: f64,
+    /// Operations that ended.
+    pub ops: u64,
+    /// ... ok.
+    pub ok: u64,
+    /// ... failed or ambiguous.
+    pub not_ok: u64,
+    /// Seconds from the first intended start to the load's end.
+    pub duration_s: f64,
+}
+
+/// Judges a completed run's figures against the scenario's thresholds.
+pub fn thresholds(t: &reprod_scenario::Thresholds, load: &LoadFigures) -> Vec<ThresholdResult> {
+    let mut out = Vec::new();
+    if let Some(p99) = t.p99 {
+        let limit = p99.as_secs_f64() * 1e3;
+        out.push(ThresholdResult {
+            name: "p99_ms".into(),
+            limit,
+            actual: load.p99_ms,
+            held: load.p99_ms <= limit,
+        });
+    }
+    if let Some(limit) = t.error_rate {
+        let actual = if load.ops == 0 {
+            0.0
+        } else {
+            load.not_ok as f64 / load.ops as f64
+        };
+        out.push(ThresholdResult {
+            name: "error_rate".into(),
+            limit,
+            actual,
+            held: actual <= limit,
+        });
+    }
+    if let Some(limit) = t.min_goodput_rps {
+        let actual = load.ok as f64 / load.duration_s.max(1e-6);
+        out.push(ThresholdResult {
+            name: "min_goodput_rps".into(),
+            limit,
+            actual,
+            held: actual >= limit,
+        });
+    }
+    out
 }
 
 /// Runs `query` read-only; every row is a violation keyed by `key_column`. Returns the rows
@@ -595,4 +647,38 @@ async fn counter(
         }
     }
     Ok(violations)
+}
+
+#[cfg(test)]
+mod threshold_tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_judged_against_their_limits() {
+        let t = reprod_scenario::Thresholds {
+            p99: Some(Duration::from_millis(100)),
+            error_rate: Some(0.01),
+            min_goodput_rps: Some(50.0),
+        };
+        let judged = thresholds(
+            &t,
+            &LoadFigures {
+                p99_ms: 150.0,
+                ops: 1000,
+                ok: 995,
+                not_ok: 5,
+                duration_s: 10.0,
+            },
+        );
+        let held: Vec<(&str, bool)> = judged.iter().map(|r| (r.name.as_str(), r.held)).collect();
+        assert_eq!(
+            held,
+            [
+                ("p99_ms", false),
+                ("error_rate", true),
+                ("min_goodput_rps", true)
+            ]
+        );
+        assert!((judged[2].actual - 99.5).abs() < 1e-9);
+    }
 }

@@ -18,6 +18,7 @@ mod hist;
 mod keys;
 mod runner;
 mod schedule;
+mod series;
 mod stop;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ pub(crate) use contain_panic as contain;
 pub use hist::Histogram;
 pub use keys::KeySampler;
 pub use schedule::{PlannedOp, Schedule};
+pub use series::SeriesPoint;
 
 /// Bytes of each response body kept in the history.
 const KEPT_RESPONSE_BYTES: usize = 512;
@@ -114,6 +116,8 @@ pub struct Stats {
     /// The engine itself failed (a contained panic while running an operation): the run
     /// stopped and cannot be trusted to have sent what it planned.
     pub engine_failure: Option<String>,
+    /// The run over time, for the report's plots.
+    pub series: Vec<SeriesPoint>,
 }
 
 /// What one caller's operations came to.
@@ -224,6 +228,10 @@ pub async fn run(input: Input<'_>) -> Stats {
         .max()
         .unwrap_or(0);
     let signal = Arc::new(StopSignal::default());
+    live.lock_timings().series = Some(series::Series::new(
+        load_start_us,
+        scenario.duration.as_micros() as i64 + max_delay_us,
+    ));
     let shared = Arc::new(Shared {
         seed: scenario.seed,
         callers: scenario
@@ -284,9 +292,13 @@ pub async fn run(input: Input<'_>) -> Stats {
     }
     bridge.abort();
     // The progress display keeps its window; the run's totals are taken.
-    let (latency, lag) = {
+    let (latency, lag, series) = {
         let mut t = shared.live.lock_timings();
-        (std::mem::take(&mut t.latency), std::mem::take(&mut t.lag))
+        (
+            std::mem::take(&mut t.latency),
+            std::mem::take(&mut t.lag),
+            t.series.take().map(|s| s.points()).unwrap_or_default(),
+        )
     };
     let dispatched = shared.pool.dispatched();
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -314,6 +326,7 @@ pub async fn run(input: Input<'_>) -> Stats {
             })
             .collect(),
         engine_failure: lock(&shared.failure).take(),
+        series,
     }
 }
 
@@ -402,6 +415,8 @@ struct Timings {
     latency: Histogram,
     lag: Histogram,
     window: Histogram,
+    /// The run over time, once the load started.
+    series: Option<series::Series>,
 }
 
 /// How one attempt ended.
@@ -584,6 +599,14 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     t.latency.record(latency_us);
     t.window.record(latency_us);
     t.lag.record(lag_us);
+    if let Some(series) = &mut t.series {
+        series.record(
+            op.at_us,
+            done_us,
+            outcome == Outcome::Ok,
+            u64::from(attempts.saturating_sub(1)),
+        );
+    }
 }
 
 /// Retries may not exceed `budget` per operation started (gRPC-style retry throttling), with a

@@ -1329,6 +1329,32 @@ pub mod read {
         rows.collect::<Result<_, _>>().map_err(fail)
     }
 
+    /// When violations were first seen by checks during the run (run clock µs, in order), and
+    /// how many only the final check found.
+    pub fn violation_times(path: &Path) -> Result<(Vec<i64>, u64), HistoryError> {
+        let fail = |source| HistoryError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = open(path)?;
+        let mut stmt = conn
+            .prepare("SELECT found_us, found_by FROM violations ORDER BY found_us")
+            .or_else(|_| conn.prepare("SELECT found_us, 'final_check' FROM violations"))
+            .map_err(fail)?;
+        let mut rows = stmt.query([]).map_err(fail)?;
+        let (mut seen, mut final_only) = (Vec::new(), 0);
+        while let Some(r) = rows.next().map_err(fail)? {
+            let found: i64 = r.get(0).map_err(fail)?;
+            let by: String = r.get(1).map_err(fail)?;
+            if by == "mid_run" {
+                seen.push(found);
+            } else {
+                final_only += 1;
+            }
+        }
+        Ok((seen, final_only))
+    }
+
     /// One interval of a run, for plots over time.
     #[derive(Clone, Debug, Default, PartialEq)]
     pub struct Bucket {

@@ -441,6 +441,7 @@ pub fn html(run_dir: &Path, to: &Path) -> Result<(), ExportError> {
         explanation: summary.explanation.clone(),
         summary,
         run_dir: run_dir.to_path_buf(),
+        series: Vec::new(),
     };
     crate::session::write_whole(to, &crate::session::html(&finished)).map_err(|source| {
         ExportError::Write {

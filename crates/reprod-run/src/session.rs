@@ -104,6 +104,9 @@ pub struct Finished {
     pub explanation: Option<reprod_check::explain::Explanation>,
     /// Its run directory.
     pub run_dir: PathBuf,
+    /// The run over time as the engine counted it (empty when the load never ran, or for a
+    /// stored run: then the plots are read from the history).
+    pub series: Vec<reprod_engine::SeriesPoint>,
 }
 
 impl Finished {
@@ -245,6 +248,7 @@ pub async fn perform(
         summary,
         explanation,
         run_dir,
+        series: stats.series.clone(),
     };
     if let Err(e) = write_outputs(&finished) {
         obs.problem(&format!(
@@ -774,42 +778,16 @@ fn summarize(
 }
 
 fn thresholds(scenario: &Scenario, stats: &Stats) -> Vec<ThresholdResult> {
-    let duration_s = (stats.load_end_us - stats.first_intended_us).max(1) as f64 / 1e6;
-    let t = &scenario.thresholds;
-    let mut out = Vec::new();
-    if let Some(p99) = t.p99 {
-        let actual = ms(stats.latency.quantile(0.99));
-        let limit = p99.as_secs_f64() * 1e3;
-        out.push(ThresholdResult {
-            name: "p99_ms".into(),
-            limit,
-            actual,
-            held: actual <= limit,
-        });
-    }
-    if let Some(limit) = t.error_rate {
-        let actual = if stats.ops == 0 {
-            0.0
-        } else {
-            (stats.failed + stats.ambiguous) as f64 / stats.ops as f64
-        };
-        out.push(ThresholdResult {
-            name: "error_rate".into(),
-            limit,
-            actual,
-            held: actual <= limit,
-        });
-    }
-    if let Some(limit) = t.min_goodput_rps {
-        let actual = stats.ok as f64 / duration_s;
-        out.push(ThresholdResult {
-            name: "min_goodput_rps".into(),
-            limit,
-            actual,
-            held: actual >= limit,
-        });
-    }
-    out
+    reprod_check::thresholds(
+        &scenario.thresholds,
+        &reprod_check::LoadFigures {
+            p99_ms: ms(stats.latency.quantile(0.99)),
+            ops: stats.ops,
+            ok: stats.ok,
+            not_ok: stats.failed + stats.ambiguous,
+            duration_s: (stats.load_end_us - stats.first_intended_us).max(1) as f64 / 1e6,
+        },
+    )
 }
 
 fn dependency_results(scenario: &Scenario, history: &Path) -> Vec<DependencyResult> {
@@ -881,27 +859,57 @@ fn write_outputs(finished: &Finished) -> std::io::Result<()> {
 /// Most intervals a plot over time has: the interval grows with the run.
 const MAX_PLOT_POINTS: usize = 300;
 
-/// `report.html`: the summary and explanation, and the run over time from the history.
+/// `report.html`: the summary and explanation, and the run over time — as the engine counted
+/// it, or read back from the history for a stored run.
 pub fn html(finished: &Finished) -> String {
     let history = finished.run_dir.join("history.sqlite");
     let load_start_us = (finished.summary.load_started_s * 1e6) as i64;
-    let (buckets, final_only) =
+    let mut series: Vec<reprod_report::html::TimePoint> = if finished.series.is_empty() {
         reprod_history::read::time_series(&history, load_start_us, MAX_PLOT_POINTS)
-            .unwrap_or_default();
-    let series: Vec<reprod_report::html::TimePoint> = buckets
-        .into_iter()
-        .map(|b| reprod_report::html::TimePoint {
-            start_s: b.start_s,
-            offered: b.offered,
-            done: b.done,
-            ok: b.ok,
-            not_ok: b.not_ok,
-            retries: b.retries,
-            p50_ms: b.p50_ms,
-            p99_ms: b.p99_ms,
-            violations_seen: b.violations_seen,
-        })
-        .collect();
+            .map(|(buckets, _)| buckets)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| reprod_report::html::TimePoint {
+                start_s: b.start_s,
+                offered: b.offered,
+                done: b.done,
+                ok: b.ok,
+                not_ok: b.not_ok,
+                retries: b.retries,
+                p50_ms: b.p50_ms,
+                p99_ms: b.p99_ms,
+                violations_seen: 0,
+            })
+            .collect()
+    } else {
+        finished
+            .series
+            .iter()
+            .map(|p| reprod_report::html::TimePoint {
+                start_s: p.start_s,
+                offered: p.offered,
+                done: p.done,
+                ok: p.ok,
+                not_ok: p.not_ok,
+                retries: p.retries,
+                p50_ms: p.p50_ms,
+                p99_ms: p.p99_ms,
+                violations_seen: 0,
+            })
+            .collect()
+    };
+    let (seen, final_only) = reprod_history::read::violation_times(&history).unwrap_or_default();
+    if let Some(width_s) = series.get(1).map(|p| p.start_s - series[0].start_s)
+        && width_s > 0.0
+    {
+        for at in seen {
+            let i = (((at - load_start_us).max(0) as f64 / 1e6) / width_s) as usize;
+            let last = series.len() - 1;
+            series[i.min(last)].violations_seen += 1;
+        }
+    } else if let Some(first) = series.first_mut() {
+        first.violations_seen += seen.len() as u64;
+    }
     reprod_report::html::render(
         &finished.summary,
         &reprod_report::html::Page {
