@@ -532,7 +532,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
         }
         let on = &spec.retry.on;
         let (retryable, retry_after) = match end {
-            AttemptEnd::Status(s, _) if (200..300).contains(&s) => {
+            AttemptEnd::Status(s, _) if spec.ok.status(s) => {
                 outcome = Outcome::Ok;
                 break;
             }

@@ -394,8 +394,9 @@ impl Reader {
         rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }
 
-    /// Answered attempts of `caller`'s operations (all callers when `None`), only 2xx ones when
-    /// `only_success`, in the order they were recorded.
+    /// Answered attempts of `caller`'s operations (all callers when `None`) in the order they
+    /// were recorded; with `only_success`, only the attempt that ended each operation ok (so
+    /// a caller's own `ok` statuses decide what a success is).
     pub fn answers(
         &self,
         caller: Option<&str>,
@@ -407,7 +408,7 @@ impl Reader {
                 "SELECT o.key, o.op_id, a.status, a.response FROM attempts a
                  JOIN ops o ON o.op_id = a.op_id
                  WHERE a.status IS NOT NULL AND (?1 IS NULL OR o.caller = ?1)
-                   AND (?2 = 0 OR a.status BETWEEN 200 AND 299)
+                   AND (?2 = 0 OR (o.outcome = 'ok' AND a.n = o.attempts))
                  ORDER BY a.attempt_id",
             )
             .map_err(|e| self.fail(e))?;

@@ -544,6 +544,40 @@ pub fn verdict(
     }
 }
 
+/// What a run's outcome can be rendered as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `report.txt` and `reprod run`'s output: the summary, then the explanation.
+    Text,
+    /// `summary.json` and `--json` (the contract).
+    Json,
+    /// `junit.xml` and `--junit`.
+    Junit,
+    /// `report.html`.
+    Html,
+    /// The GitHub step summary.
+    Markdown,
+}
+
+/// The one rendering entry point for a run: its summary (with the explanation it carries) as
+/// `format`. `page` holds what only the HTML needs (the run over time).
+pub fn render(summary: &Summary, format: Format, page: &html::Page<'_>) -> String {
+    match format {
+        Format::Text => {
+            let mut text = summary.to_text();
+            if let Some(explanation) = &summary.explanation {
+                text.push('\n');
+                text.push_str(&explanation.to_text());
+            }
+            text
+        }
+        Format::Json => summary.to_json() + "\n",
+        Format::Junit => junit::render(summary),
+        Format::Html => html::render(summary, page),
+        Format::Markdown => summary.to_markdown(),
+    }
+}
+
 /// z for a two-sided 95% interval.
 const Z95: f64 = 1.959_964;
 

@@ -112,12 +112,11 @@ pub struct Finished {
 impl Finished {
     /// The text of `report.txt` and of `reprod run` without `--json`.
     pub fn report_text(&self) -> String {
-        let mut text = self.summary.to_text();
-        if let Some(explanation) = &self.explanation {
-            text.push('\n');
-            text.push_str(&explanation.to_text());
-        }
-        text
+        reprod_report::render(
+            &self.summary,
+            reprod_report::Format::Text,
+            &reprod_report::html::Page::default(),
+        )
     }
 }
 
@@ -843,16 +842,19 @@ fn dependency_results(scenario: &Scenario, history: &Path) -> Vec<DependencyResu
 }
 
 fn write_outputs(finished: &Finished) -> std::io::Result<()> {
+    use reprod_report::Format;
     let dir = &finished.run_dir;
-    write_whole(
-        &dir.join("summary.json"),
-        &(finished.summary.to_json() + "\n"),
-    )?;
-    write_whole(&dir.join("report.txt"), &finished.report_text())?;
-    write_whole(
-        &dir.join("junit.xml"),
-        &reprod_report::junit::render(&finished.summary),
-    )?;
+    let plain = reprod_report::html::Page::default();
+    for (file, format) in [
+        ("summary.json", Format::Json),
+        ("report.txt", Format::Text),
+        ("junit.xml", Format::Junit),
+    ] {
+        write_whole(
+            &dir.join(file),
+            &reprod_report::render(&finished.summary, format, &plain),
+        )?;
+    }
     write_whole(&dir.join("report.html"), &html(finished))
 }
 

@@ -54,7 +54,11 @@ pub fn parse(
         .and_then(|s| s.to_str())
         .unwrap_or("scenario")
         .to_string();
-    match validate::validate(raw, sets, &default_name, &mut diagnostics) {
+    let base_dir = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match validate::validate(raw, sets, &default_name, base_dir, &mut diagnostics) {
         Some(scenario) if diagnostics.is_empty() => Ok(scenario),
         _ => Err(diagnostics.into_error(path)),
     }

@@ -59,6 +59,9 @@ pub struct Service {
     pub name: String,
     /// How it is reached.
     pub kind: ServiceKind,
+    /// The directory a command service runs in (relative paths in the scenario are relative to
+    /// the scenario file); `None`: reprod's own.
+    pub cwd: Option<std::path::PathBuf>,
     /// Replica count (1 for an external URL).
     pub replicas: u32,
     /// Version label per replica, cycled when shorter than `replicas`.
@@ -128,6 +131,9 @@ pub struct Caller {
     pub retry: Retry,
     /// Idempotency-key policy.
     pub idempotency: Idempotency,
+    /// The statuses that mean the operation succeeded (default: any 2xx): its outcome, its
+    /// retries and the response invariants follow them.
+    pub ok: RetryOn,
 }
 
 impl Caller {

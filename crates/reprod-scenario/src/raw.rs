@@ -48,6 +48,7 @@ pub struct RawDatabase {
 pub struct RawService {
     pub name: S<String>,
     pub command: Option<S<Vec<S<String>>>>,
+    pub cwd: Option<S<String>>,
     pub url: Option<S<String>>,
     pub replicas: Option<S<i64>>,
     #[serde(default)]
@@ -89,6 +90,7 @@ pub struct RawCaller {
     pub timeout: Option<S<String>>,
     pub retry: Option<RawRetry>,
     pub idempotency: Option<RawIdempotency>,
+    pub ok: Option<S<Vec<S<toml::Value>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -163,6 +163,7 @@ pub fn validate(
     raw: RawScenario,
     sets: &[(String, String)],
     default_name: &str,
+    base_dir: &std::path::Path,
     d: &mut Diagnostics<'_>,
 ) -> Option<Scenario> {
     let params = params(&raw, sets, d);
@@ -257,6 +258,7 @@ pub fn validate(
                 &sinks_names,
                 &allow_hosts,
                 raw.database.is_some(),
+                base_dir,
             )
         })
         .collect();
@@ -454,6 +456,7 @@ fn service(
     sinks: &[String],
     allow_hosts: &[String],
     has_db: bool,
+    base_dir: &std::path::Path,
 ) -> Option<Service> {
     let name = s.name.get_ref().clone();
     let check = |cx: &mut Cx<'_, '_>, v: &S<String>| {
@@ -582,9 +585,29 @@ fn service(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), check(cx, v)?)))
         .collect();
+    let cwd = s.cwd.as_ref().and_then(|dir| {
+        if matches!(kind, ServiceKind::External { .. }) {
+            cx.err(
+                dir.span(),
+                "cwd is for a command reprod starts; a service at a url runs where it runs",
+                None,
+            );
+            return None;
+        }
+        if dir.get_ref().trim().is_empty() {
+            cx.err(
+                dir.span(),
+                "cwd must name a directory",
+                Some("for example cwd = \"../app\""),
+            );
+            return None;
+        }
+        Some(base_dir.join(dir.get_ref()))
+    });
     Some(Service {
         name,
         kind,
+        cwd,
         replicas,
         versions,
         ready_path,
@@ -668,6 +691,23 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
         );
     }
     let retry = retry(cx, c.retry.as_ref());
+    let ok = match &c.ok {
+        Some(list) => {
+            let ok = status_list(cx, list.get_ref(), "ok");
+            if ok.statuses.is_empty() && ok.classes.is_empty() {
+                cx.err(
+                    list.span(),
+                    "ok must name at least one status or class",
+                    Some("the default is [\"2xx\"]; add the redirects your service answers with, like [\"2xx\", 302]"),
+                );
+            }
+            ok
+        }
+        None => RetryOn {
+            classes: vec![2],
+            ..RetryOn::default()
+        },
+    };
     let idempotency = match &c.idempotency {
         Some(i) => Idempotency {
             mode: cx
@@ -702,6 +742,7 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
         timeout,
         retry,
         idempotency,
+        ok,
     })
 }
 
@@ -1410,29 +1451,7 @@ fn invariant(
         });
     }
     if let Some(list) = &i.no_status {
-        let mut statuses = RetryOn::default();
-        for item in list.get_ref() {
-            match item.get_ref() {
-                toml::Value::Integer(code) if (100..=599).contains(code) => {
-                    statuses.statuses.push(*code as u16)
-                }
-                toml::Value::String(s)
-                    if s.len() == 3
-                        && s.ends_with("xx")
-                        && s.starts_with(['1', '2', '3', '4', '5']) =>
-                {
-                    statuses.classes.push(u16::from(s.as_bytes()[0] - b'0'));
-                }
-                other => cx.err(
-                    item.span(),
-                    format!(
-                        "no_status item {} is neither a status nor a class like \"5xx\"",
-                        type_name(other)
-                    ),
-                    None,
-                ),
-            }
-        }
+        let statuses = status_list(cx, list.get_ref(), "no_status");
         return Some(Invariant {
             name,
             kind: InvariantKind::NoStatus { statuses, caller },
@@ -1521,6 +1540,34 @@ fn thresholds(cx: &mut Cx<'_, '_>, t: &RawThresholds) -> Thresholds {
             .as_ref()
             .and_then(|v| cx.number(v, "thresholds.min_goodput_rps")),
     }
+}
+
+/// A list of statuses and classes (`[429, "5xx"]`), as `no_status` and a caller's `ok` take it.
+fn status_list(cx: &mut Cx<'_, '_>, list: &[S<toml::Value>], what: &str) -> RetryOn {
+    let mut statuses = RetryOn::default();
+    for item in list {
+        match item.get_ref() {
+            toml::Value::Integer(code) if (100..=599).contains(code) => {
+                statuses.statuses.push(*code as u16)
+            }
+            toml::Value::String(s)
+                if s.len() == 3
+                    && s.ends_with("xx")
+                    && s.starts_with(['1', '2', '3', '4', '5']) =>
+            {
+                statuses.classes.push(u16::from(s.as_bytes()[0] - b'0'));
+            }
+            other => cx.err(
+                item.span(),
+                format!(
+                    "{what} item {} is neither a status nor a class like \"5xx\"",
+                    type_name(other)
+                ),
+                Some("write statuses as numbers (302) and classes as strings (\"2xx\")"),
+            ),
+        }
+    }
+    statuses
 }
 
 /// How a TOML value's type reads in a message.

@@ -182,6 +182,7 @@ impl Services {
                             service.versions[replica as usize % service.versions.len()].clone();
                         let spec = ReplicaSpec {
                             service: &service.name,
+                            cwd: service.cwd.as_deref(),
                             replica,
                             version: &version,
                             command,
@@ -255,6 +256,7 @@ impl Services {
 
 struct ReplicaSpec<'a> {
     service: &'a str,
+    cwd: Option<&'a Path>,
     replica: u32,
     version: &'a str,
     command: &'a [Template],
@@ -363,7 +365,30 @@ async fn start_replica(
             })?;
     let log = Arc::new(tokio::sync::Mutex::new(tokio::io::BufWriter::new(log_file)));
 
+    if let Some(dir) = spec.cwd
+        && !dir.is_dir()
+    {
+        return Err(ServiceError::Spawn {
+            service: spec.service.to_string(),
+            replica: spec.replica,
+            program: program.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("its cwd {} is not a directory", dir.display()),
+            ),
+        });
+    }
+    // A relative program with a slash (./server.sh) is looked for in the service's cwd.
+    let program = match spec.cwd {
+        Some(dir) if program.is_relative() && program.components().count() > 1 => {
+            dir.join(&program)
+        }
+        _ => program,
+    };
     let mut cmd = Command::new(&program);
+    if let Some(dir) = spec.cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use reprod_report::Verdict;
+use reprod_report::{Format, Verdict};
 use reprod_run::{Finished, Interrupt, RunError};
 use reprod_scenario::Scenario;
 
@@ -66,16 +66,14 @@ pub fn main(args: RunArgs) -> u8 {
                 Err(e) => return setup_failed(e),
             };
         if args.json {
-            outln!("{}", finished.summary.to_json());
+            out!("{}", rendered(&finished, Format::Json));
         } else {
             out!("{}", finished.report_text());
             outln!("run directory: {}", finished.run_dir.display());
         }
         if let Some(path) = &args.junit
-            && let Err(e) = reprod_run::session::write_whole(
-                path,
-                &reprod_report::junit::render(&finished.summary),
-            )
+            && let Err(e) =
+                reprod_run::session::write_whole(path, &rendered(&finished, Format::Junit))
         {
             errln!(
                 "reprod: cannot write the JUnit XML to {}: {e}",
@@ -97,13 +95,22 @@ pub fn step_summary(finished: &Finished) {
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut f| f.write_all(finished.summary.to_markdown().as_bytes()));
+        .and_then(|mut f| f.write_all(rendered(finished, Format::Markdown).as_bytes()));
     if let Err(e) = written {
         errln!(
             "reprod: cannot append to GITHUB_STEP_SUMMARY ({}): {e}",
             std::path::Path::new(&path).display()
         );
     }
+}
+
+/// The run's outcome as `format` (none of these needs the plots).
+fn rendered(finished: &Finished, format: Format) -> String {
+    reprod_report::render(
+        &finished.summary,
+        format,
+        &reprod_report::html::Page::default(),
+    )
 }
 
 /// Says why a run could not even be set up; exit 3.

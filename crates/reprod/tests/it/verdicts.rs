@@ -386,3 +386,63 @@ no_status = ["5xx"]
     assert_eq!(json["baseline"]["incomplete"], 0, "{json}");
     assert_eq!(json["incomplete_trials"].as_array().map(Vec::len), Some(0));
 }
+
+/// A caller says which statuses mean success: a login that answers 302 succeeds with
+/// `ok = ["2xx", 302]`, and without it every operation failed and nothing was tested.
+#[test]
+fn a_redirect_counts_as_success_when_the_caller_says_so() {
+    let dir = TempDir::new();
+    dir.write(
+        "redirects.py",
+        r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(302)
+        self.send_header("location", "/home")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(f"listening on http://127.0.0.1:{server.server_port}", flush=True)
+server.serve_forever()
+"#,
+    );
+    let scenario = |ok: &str| {
+        format!(
+            r#"
+duration = "1s"
+drain = "0s"
+[[service]]
+name = "web"
+# cwd is relative to this file: the script sits beside it.
+command = ["python3", "redirects.py"]
+cwd = "."
+ready = {{ stdout_prefix = "listening on ", timeout = "20s" }}
+[[caller]]
+name = "login"
+request = {{ method = "POST", path = "/login", body = "user=a" }}
+rate = 20
+{ok}
+"#
+        )
+    };
+    let with = dir.write("with-ok.toml", &scenario(r#"ok = ["2xx", 302]"#));
+    let (code, summary, stderr) = run_json("run", &with, &dir.path().join("with"), &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{summary}");
+    assert_eq!(summary["ops"]["ok"], summary["ops"]["total"], "{summary}");
+    let without = dir.write("without-ok.toml", &scenario(""));
+    let (code, summary, stderr) = run_json("run", &without, &dir.path().join("without"), &[]);
+    assert_eq!(code, Some(3), "{stderr}\n{summary}");
+    assert_eq!(summary["ops"]["ok"], 0);
+    let found = warnings(&summary);
+    assert!(
+        found
+            .iter()
+            .any(|(k, m)| k == "caller_failing" && m.contains("answered 302")),
+        "{found:?}"
+    );
+}
