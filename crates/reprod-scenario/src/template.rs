@@ -21,6 +21,9 @@ pub enum Var {
     Version,
     /// `{database.url}`: the scenario's database URL.
     DatabaseUrl,
+    /// `{database.host}`, `{database.port}`, ...: one part of it, for services configured by
+    /// parts (`DB_HOST`, `DB_NAME`) or in another URL form (SQLAlchemy's `sqlite:///PATH`).
+    DatabasePart(DatabasePart),
     /// `{dependency.NAME.url}`: where reprod serves that dependency.
     DependencyUrl(String),
     /// `{sink.NAME.url}`: where reprod serves that sink.
@@ -39,6 +42,105 @@ pub enum Var {
     IdempotencyKey,
     /// `{choice:a|b|c}`: one of the options, drawn per operation.
     Choice(Vec<String>),
+}
+
+/// A part of the database URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabasePart {
+    /// The server's host (PostgreSQL).
+    Host,
+    /// Its port (default 5432).
+    Port,
+    /// The database's name.
+    Name,
+    /// The user.
+    User,
+    /// The password (empty when none).
+    Password,
+    /// The SQLite file's path (`sqlite:PATH` → `PATH`).
+    Path,
+}
+
+impl DatabasePart {
+    /// Its name in a placeholder.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatabasePart::Host => "host",
+            DatabasePart::Port => "port",
+            DatabasePart::Name => "name",
+            DatabasePart::User => "user",
+            DatabasePart::Password => "password",
+            DatabasePart::Path => "path",
+        }
+    }
+
+    /// This part of `url` (`sqlite:PATH` or `postgres://user:password@host:port/name?...`);
+    /// `None` when the URL has no such part (a SQLite file has no host).
+    pub fn of(self, url: &str) -> Option<String> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let path = path.split('?').next().unwrap_or(path);
+            return match self {
+                DatabasePart::Path => Some(path.to_string()),
+                DatabasePart::Name => std::path::Path::new(path)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned()),
+                _ => None,
+            };
+        }
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, authority),
+        };
+        let (user, password) = match credentials {
+            Some(c) => match c.split_once(':') {
+                Some((u, p)) => (u, p),
+                None => (c, ""),
+            },
+            None => ("", ""),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p),
+            _ => (host_port, "5432"),
+        };
+        let decode = |s: &str| percent_decode(s);
+        Some(match self {
+            DatabasePart::Host => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            DatabasePart::Port => port.to_string(),
+            DatabasePart::Name => decode(path.split('?').next().unwrap_or("")),
+            DatabasePart::User => decode(user),
+            DatabasePart::Password => decode(password),
+            DatabasePart::Path => return None,
+        })
+    }
+}
+
+/// `%XX` escapes decoded (URL user, password and database names may carry them).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where a template is used, which decides the placeholders it may hold.
@@ -195,6 +297,7 @@ impl fmt::Display for Var {
             Var::Replica => f.write_str("{replica}"),
             Var::Version => f.write_str("{version}"),
             Var::DatabaseUrl => f.write_str("{database.url}"),
+            Var::DatabasePart(part) => write!(f, "{{database.{}}}", part.name()),
             Var::DependencyUrl(n) => write!(f, "{{dependency.{n}.url}}"),
             Var::SinkUrl(n) => write!(f, "{{sink.{n}.url}}"),
             Var::Key => f.write_str("{key}"),
@@ -221,6 +324,12 @@ fn parse_var(name: &str) -> Result<Var, String> {
         "replica" => Var::Replica,
         "version" => Var::Version,
         "database.url" => Var::DatabaseUrl,
+        "database.host" => Var::DatabasePart(DatabasePart::Host),
+        "database.port" => Var::DatabasePart(DatabasePart::Port),
+        "database.name" => Var::DatabasePart(DatabasePart::Name),
+        "database.user" => Var::DatabasePart(DatabasePart::User),
+        "database.password" => Var::DatabasePart(DatabasePart::Password),
+        "database.path" => Var::DatabasePart(DatabasePart::Path),
         "key" => Var::Key,
         "op" => Var::Op,
         "attempt" => Var::Attempt,
@@ -246,6 +355,7 @@ fn parse_var(name: &str) -> Result<Var, String> {
                         "unknown placeholder {{{name}}}; known: {{key}}, {{op}}, {{attempt}}, \
                          {{uuid}}, {{seq}}, {{idempotency_key}}, {{choice:a|b}}, {{param.NAME}}, \
                          {{port}}, {{run_dir}}, {{replica}}, {{version}}, {{database.url}}, \
+                         {{database.host|port|name|user|password|path}}, \
                          {{dependency.NAME.url}}, {{sink.NAME.url}} (write {{{{ for a literal brace)"
                     ));
                 }
@@ -264,6 +374,7 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
                 | Var::Replica
                 | Var::Version
                 | Var::DatabaseUrl
+                | Var::DatabasePart(_)
                 | Var::DependencyUrl(_)
                 | Var::SinkUrl(_)
         ),
@@ -285,7 +396,7 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
         let where_ = match scope {
             Scope::Run => "a parameter value or the database URL (only {run_dir} is known there)",
             Scope::Service => {
-                "a service (service placeholders are {port}, {run_dir}, {replica}, {version}, {database.url}, {dependency.NAME.url}, {sink.NAME.url})"
+                "a service (service placeholders are {port}, {run_dir}, {replica}, {version}, {database.url}, {database.host}, {database.port}, {database.name}, {database.user}, {database.password}, {database.path}, {dependency.NAME.url}, {sink.NAME.url})"
             }
             Scope::Request => {
                 "a caller request (request placeholders are {key}, {op}, {attempt}, {uuid}, {seq}, {idempotency_key}, {choice:a|b})"
@@ -299,6 +410,52 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_come_apart() {
+        let pg = "postgres://app:s%40cret@db.local:6543/billing?sslmode=disable";
+        let parts: Vec<Option<String>> = [
+            DatabasePart::Host,
+            DatabasePart::Port,
+            DatabasePart::Name,
+            DatabasePart::User,
+            DatabasePart::Password,
+            DatabasePart::Path,
+        ]
+        .iter()
+        .map(|p| p.of(pg))
+        .collect();
+        assert_eq!(
+            parts,
+            [
+                Some("db.local".into()),
+                Some("6543".into()),
+                Some("billing".into()),
+                Some("app".into()),
+                Some("s@cret".into()),
+                None
+            ]
+        );
+        assert_eq!(
+            DatabasePart::Port
+                .of("postgres://127.0.0.1/test")
+                .as_deref(),
+            Some("5432")
+        );
+        assert_eq!(
+            DatabasePart::User
+                .of("postgres://127.0.0.1/test")
+                .as_deref(),
+            Some("")
+        );
+        let lite = "sqlite:/tmp/run/app.db";
+        assert_eq!(
+            DatabasePart::Path.of(lite).as_deref(),
+            Some("/tmp/run/app.db")
+        );
+        assert_eq!(DatabasePart::Name.of(lite).as_deref(), Some("app"));
+        assert_eq!(DatabasePart::Host.of(lite), None);
+    }
 
     fn parse(text: &str, scope: Scope) -> Result<Template, String> {
         let mut params = BTreeMap::new();
@@ -360,6 +517,8 @@ mod tests {
                 .contains("cannot be used in a service")
         );
         assert!(parse("{choice:a||b}", Scope::Request).is_err());
+        assert!(parse("DB_HOST={database.host}", Scope::Service).is_ok());
+        assert!(parse("{database.host}", Scope::Request).is_err());
         let choice = parse("{choice:a|b}", Scope::Request).expect("ok");
         assert_eq!(
             choice.segments,

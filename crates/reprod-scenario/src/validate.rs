@@ -436,11 +436,11 @@ fn check_refs(
                         Some(&format!("sinks: {}", listed(sinks))),
                     );
                 }
-                Var::DatabaseUrl if !has_db => {
+                Var::DatabaseUrl | Var::DatabasePart(_) if !has_db => {
                     cx.err(
                         span.clone(),
-                        "{database.url} is used but the scenario has no [database]",
-                        None,
+                        format!("{v} is used but the scenario has no [database]"),
+                        Some("add [database] with url = \"sqlite:{run_dir}/app.db\" or a postgres:// URL"),
                     );
                 }
                 _ => {}

@@ -293,6 +293,10 @@ fn render(
                 Some(url) => out.push_str(url),
                 None => return false,
             },
+            Var::DatabasePart(part) => match bindings.database_url.as_deref().map(|u| part.of(u)) {
+                Some(Some(value)) => out.push_str(&value),
+                _ => return false,
+            },
             Var::DependencyUrl(name) => match bindings.dependency_urls.get(name) {
                 Some(url) => out.push_str(url),
                 None => return false,

@@ -446,3 +446,57 @@ rate = 20
         "{found:?}"
     );
 }
+
+/// A service configured by parts gets them: `{database.name}`, `{database.path}` and friends
+/// from the scenario's database URL, in its env.
+#[test]
+fn services_get_the_database_url_in_parts() {
+    let dir = TempDir::new();
+    dir.write(
+        "by_parts.py",
+        r#"
+import http.server, os, sys
+print("db parts:", os.environ["DB_NAME"], os.environ["DB_PATH"], os.environ["DB_URL"], flush=True)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(f"listening on http://127.0.0.1:{server.server_port}", flush=True)
+server.serve_forever()
+"#,
+    );
+    let scenario = dir.write(
+        "parts.toml",
+        r#"
+duration = "500ms"
+drain = "0s"
+[database]
+url = "sqlite:{run_dir}/shop.db"
+[[service]]
+name = "web"
+command = ["python3", "by_parts.py"]
+cwd = "."
+env = { DB_NAME = "{database.name}", DB_PATH = "{database.path}", DB_URL = "sqlite:///{database.path}" }
+ready = { stdout_prefix = "listening on ", timeout = "20s" }
+[[caller]]
+name = "c"
+request = { path = "/" }
+rate = 10
+"#,
+    );
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = run_json("run", &scenario, &out, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{summary}");
+    let run = crate::support::run_dir(&out);
+    let log = std::fs::read_to_string(run.join("services/web-0.log")).expect("log");
+    let db = run.join("shop.db").display().to_string();
+    assert!(
+        log.contains(&format!("db parts: shop {db} sqlite:///{db}")),
+        "{log}"
+    );
+}
