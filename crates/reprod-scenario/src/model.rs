@@ -70,6 +70,9 @@ pub struct Service {
     pub ready_path: Option<String>,
     /// Stdout line prefix after which the rest of the line is the replica's URL.
     pub stdout_prefix: Option<String>,
+    /// A regular expression a stdout line must match to mean ready; its first capture group,
+    /// when it has one, is the replica's URL.
+    pub stdout_regex: Option<String>,
     /// Deadline for readiness.
     pub ready_timeout: Duration,
     /// How attempts are spread over replicas.

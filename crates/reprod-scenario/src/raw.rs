@@ -68,6 +68,7 @@ pub struct RawService {
 pub struct RawReady {
     pub path: Option<S<String>>,
     pub stdout_prefix: Option<S<String>>,
+    pub stdout: Option<S<String>>,
     pub timeout: Option<S<String>>,
 }
 

@@ -553,11 +553,34 @@ fn service(
     );
     let uses_port = matches!(&kind, ServiceKind::Command { command, env }
         if command.iter().chain(env.iter().map(|(_, t)| t)).any(|t| t.uses(|v| *v == Var::Port)));
-    if matches!(kind, ServiceKind::Command { .. }) && stdout_prefix.is_none() && !uses_port {
+    let stdout_regex = ready.and_then(|r| r.stdout.as_ref()).and_then(|re| {
+        if stdout_prefix.is_some() {
+            cx.err(
+                re.span(),
+                "ready.stdout and ready.stdout_prefix both say how to read the readiness line; keep one",
+                None,
+            );
+        }
+        match regex_lite::Regex::new(re.get_ref()) {
+            Ok(compiled) => Some((re.get_ref().clone(), compiled.captures_len() >= 2)),
+            Err(e) => {
+                cx.err(
+                    re.span(),
+                    format!("ready.stdout is not a valid regular expression: {e}"),
+                    Some("for example \"listening on (http://\\S+)\""),
+                );
+                None
+            }
+        }
+    });
+    let learns_address = stdout_prefix.is_some()
+        || stdout_regex.as_ref().is_some_and(|(_, captures)| *captures)
+        || uses_port;
+    if matches!(kind, ServiceKind::Command { .. }) && !learns_address {
         cx.err(
             s.name.span(),
             format!("service {name:?} gives reprod no way to learn its address"),
-            Some("pass {port} in its command or env, or set ready.stdout_prefix to the text before the URL it prints"),
+            Some("pass {port} in its command or env, set ready.stdout_prefix to the text before the URL it prints, or give ready.stdout a regular expression whose first group captures the URL"),
         );
     }
     let balance = s
@@ -612,6 +635,7 @@ fn service(
         versions,
         ready_path,
         stdout_prefix,
+        stdout_regex: stdout_regex.map(|(pattern, _)| pattern),
         ready_timeout,
         balance,
         pressure_args,

@@ -190,6 +190,7 @@ impl Services {
                             pressure_args: &service.pressure_args,
                             pressure_env: &service.pressure_env,
                             stdout_prefix: service.stdout_prefix.as_deref(),
+                            stdout_regex: service.stdout_regex.as_deref(),
                             ready_path: service.ready_path.as_deref(),
                             ready_timeout: service.ready_timeout,
                             allow_hosts: &scenario.allow_hosts,
@@ -264,6 +265,7 @@ struct ReplicaSpec<'a> {
     pressure_args: &'a [Template],
     pressure_env: &'a [(String, Template)],
     stdout_prefix: Option<&'a str>,
+    stdout_regex: Option<&'a str>,
     ready_path: Option<&'a str>,
     ready_timeout: Duration,
     allow_hosts: &'a [String],
@@ -442,7 +444,12 @@ async fn start_replica(
         stdout,
         Arc::clone(&log),
         Arc::clone(&tail),
-        spec.stdout_prefix.map(str::to_string),
+        match (spec.stdout_prefix, spec.stdout_regex) {
+            (Some(prefix), _) => Some(LineMatch::Prefix(prefix.to_string())),
+            // Validated when the scenario loaded.
+            (None, Some(regex)) => regex_lite::Regex::new(regex).ok().map(LineMatch::Regex),
+            (None, None) => None,
+        },
         Some(url_tx),
         Arc::clone(counts),
     ));
@@ -463,9 +470,17 @@ async fn start_replica(
         tail: tail_text(tail),
     };
     let deadline = Instant::now() + spec.ready_timeout;
-    let url = if spec.stdout_prefix.is_some() {
+    let waits_for_line = spec.stdout_prefix.is_some() || spec.stdout_regex.is_some();
+    let line_wanted = match (spec.stdout_prefix, spec.stdout_regex) {
+        (Some(prefix), _) => format!("a line starting with {prefix:?}"),
+        (None, Some(regex)) => format!("a line matching {regex:?}"),
+        (None, None) => String::new(),
+    };
+    let url = if waits_for_line {
         tokio::select! {
             url = url_rx.recv() => match url {
+                // A readiness line without a captured address: the address is `{port}`'s.
+                Some(url) if url.trim().is_empty() => format!("http://127.0.0.1:{port}"),
                 Some(url) => url.trim().trim_end_matches('/').to_string(),
                 None => {
                     let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
@@ -478,7 +493,7 @@ async fn start_replica(
                 return Err(not_ready(format!("it exited ({status})"), &tail));
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                return Err(not_ready(format!("no line starting with {:?} within {:?}", spec.stdout_prefix.unwrap_or_default(), spec.ready_timeout), &tail));
+                return Err(not_ready(format!("no {line_wanted} within {:?}", spec.ready_timeout), &tail));
             }
         }
     } else {
@@ -595,6 +610,27 @@ pub struct OutputCounts {
     pub invalid_utf8_lines: std::sync::atomic::AtomicU64,
 }
 
+/// How a replica's readiness line is recognised.
+enum LineMatch {
+    /// The rest of the first line starting with this is the URL.
+    Prefix(String),
+    /// The first matching line; its first capture group, if any, is the URL.
+    Regex(regex_lite::Regex),
+}
+
+impl LineMatch {
+    /// The URL in `line` (empty when the line signals readiness without one), if it matches.
+    fn url_in(&self, line: &str) -> Option<String> {
+        match self {
+            LineMatch::Prefix(prefix) => line.strip_prefix(prefix.as_str()).map(str::to_string),
+            LineMatch::Regex(regex) => regex.captures(line).map(|c| {
+                c.get(1)
+                    .map_or_else(String::new, |m| m.as_str().to_string())
+            }),
+        }
+    }
+}
+
 /// Drains one of a replica's pipes until it closes: every byte goes to the log file, each line
 /// (cut at [`MAX_LINE_BYTES`], read as lossy UTF-8) to the tail and the readiness check. Never
 /// stops reading early, so a chatty service never blocks on a full pipe.
@@ -602,7 +638,7 @@ async fn pump(
     mut stream: impl tokio::io::AsyncRead + Unpin,
     log: Arc<tokio::sync::Mutex<tokio::io::BufWriter<tokio::fs::File>>>,
     tail: Tail,
-    prefix: Option<String>,
+    ready_line: Option<LineMatch>,
     url_tx: Option<mpsc::Sender<String>>,
     counts: Arc<OutputCounts>,
 ) {
@@ -627,10 +663,10 @@ async fn pump(
             }
         };
         let text = text.trim_end_matches('\r').to_string();
-        if let (Some(prefix), Some(tx)) = (&prefix, url_tx.as_ref())
-            && let Some(rest) = text.strip_prefix(prefix.as_str())
+        if let (Some(matcher), Some(tx)) = (&ready_line, url_tx.as_ref())
+            && let Some(url) = matcher.url_in(&text)
         {
-            let _ = tx.try_send(rest.to_string());
+            let _ = tx.try_send(url);
             *url_tx = None;
         }
         let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());

@@ -448,7 +448,8 @@ rate = 20
 }
 
 /// A service configured by parts gets them: `{database.name}`, `{database.path}` and friends
-/// from the scenario's database URL, in its env.
+/// from the scenario's database URL, in its env; and a readiness line that does not start with
+/// the URL is read with a regular expression.
 #[test]
 fn services_get_the_database_url_in_parts() {
     let dir = TempDir::new();
@@ -466,7 +467,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(f"listening on http://127.0.0.1:{server.server_port}", flush=True)
+print(f"2026-12-02 17:00:01 INFO web: listening on http://127.0.0.1:{server.server_port}", flush=True)
 server.serve_forever()
 "#,
     );
@@ -482,7 +483,8 @@ name = "web"
 command = ["python3", "by_parts.py"]
 cwd = "."
 env = { DB_NAME = "{database.name}", DB_PATH = "{database.path}", DB_URL = "sqlite:///{database.path}" }
-ready = { stdout_prefix = "listening on ", timeout = "20s" }
+# The readiness line starts with a timestamp: a regular expression finds the URL in it.
+ready = { stdout = 'INFO web: listening on (http://\S+)', timeout = "20s" }
 [[caller]]
 name = "c"
 request = { path = "/" }
