@@ -24,7 +24,7 @@ use std::path::Path;
 pub use conditions::Condition;
 pub use error::{Diagnostic, ScenarioError, line_column};
 pub use model::*;
-pub use template::{DatabasePart, Scope, Segment, Template, Var};
+pub use template::{DatabasePart, Filter, Scope, Segment, Template, Var};
 pub use units::{format_duration, parse_duration};
 pub use validate::{
     DEFAULT_DRAIN, DEFAULT_DURATION, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_OPS, MAX_DURATION,

@@ -42,6 +42,66 @@ pub enum Var {
     IdempotencyKey,
     /// `{choice:a|b|c}`: one of the options, drawn per operation.
     Choice(Vec<String>),
+    /// `{NAME|url}`, `{NAME|json}`: another placeholder's value, escaped for where it goes.
+    Filtered(Box<Var>, Filter),
+}
+
+/// How a placeholder's value is escaped for where it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// `|url`: percent-encoded, for a query string or a form body (`a b&c` → `a%20b%26c`).
+    Url,
+    /// `|json`: escaped for inside a JSON string (`"` → `\"`, control characters as `\uXXXX`).
+    Json,
+}
+
+impl Filter {
+    fn named(name: &str) -> Option<Filter> {
+        match name {
+            "url" => Some(Filter::Url),
+            "json" => Some(Filter::Json),
+            _ => None,
+        }
+    }
+
+    /// Its name after the `|`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Url => "url",
+            Filter::Json => "json",
+        }
+    }
+
+    /// Appends `text`, escaped, to `out`.
+    pub fn apply(self, text: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        match self {
+            Filter::Url => {
+                for b in text.bytes() {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        out.push(char::from(b));
+                    } else {
+                        let _ = write!(out, "%{b:02X}");
+                    }
+                }
+            }
+            Filter::Json => {
+                for c in text.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c if (c as u32) < 0x20 => {
+                            let _ = write!(out, "\\u{:04x}", c as u32);
+                        }
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A part of the database URL.
@@ -200,8 +260,20 @@ impl Template {
                 rest = after;
                 continue;
             }
-            let name = &after[..name_len];
+            let full = &after[..name_len];
             rest = &after[name_len + 1..];
+            // `{NAME|url}`: a filter after the last bar (not inside `{choice:a|b}`).
+            let (name, filter) = match full.rsplit_once('|') {
+                Some((inner, f)) if !full.starts_with("choice:") => match Filter::named(f) {
+                    Some(filter) => (inner, Some(filter)),
+                    None => {
+                        return Err(format!(
+                            "{{{full}}} has an unknown filter |{f}; filters are |url (percent-encoding, for query strings and form bodies) and |json (escaping inside a JSON string)"
+                        ));
+                    }
+                },
+                _ => (full, None),
+            };
             if let Some(param) = name.strip_prefix("param.") {
                 let value = params.get(param).ok_or_else(|| {
                     let known: Vec<&str> = params.keys().map(String::as_str).collect();
@@ -215,12 +287,16 @@ impl Template {
                     )
                 })?;
                 for seg in &value.segments {
-                    match seg {
-                        Segment::Lit(s) => literal.push_str(s),
-                        Segment::Var(v) => {
+                    match (seg, filter) {
+                        (Segment::Lit(s), None) => literal.push_str(s),
+                        (Segment::Lit(s), Some(f)) => f.apply(s, &mut literal),
+                        (Segment::Var(v), _) => {
                             check_scope(v, scope, name)?;
                             flush(&mut literal, &mut segments);
-                            segments.push(Segment::Var(v.clone()));
+                            segments.push(Segment::Var(match filter {
+                                Some(f) => Var::Filtered(Box::new(v.clone()), f),
+                                None => v.clone(),
+                            }));
                         }
                     }
                 }
@@ -229,7 +305,10 @@ impl Template {
             let var = parse_var(name)?;
             check_scope(&var, scope, name)?;
             flush(&mut literal, &mut segments);
-            segments.push(Segment::Var(var));
+            segments.push(Segment::Var(match filter {
+                Some(f) => Var::Filtered(Box::new(var), f),
+                None => var,
+            }));
         }
         literal.push_str(rest);
         flush(&mut literal, &mut segments);
@@ -255,11 +334,13 @@ impl Template {
         Some(out)
     }
 
-    /// Whether any placeholder satisfies `pred`.
+    /// Whether any placeholder satisfies `pred` (a filtered one is asked about what it filters).
     pub fn uses(&self, pred: impl Fn(&Var) -> bool) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::Var(v) if pred(v)))
+        self.segments.iter().any(|s| match s {
+            Segment::Var(Var::Filtered(inner, _)) => pred(inner),
+            Segment::Var(v) => pred(v),
+            Segment::Lit(_) => false,
+        })
     }
 
     /// Renders with `value` supplying each placeholder; `Err` names the first one it could not.
@@ -278,6 +359,13 @@ impl Template {
         for seg in &self.segments {
             match seg {
                 Segment::Lit(s) => out.push_str(s),
+                Segment::Var(Var::Filtered(inner, filter)) => {
+                    let mut raw = String::new();
+                    if !value(inner, &mut raw) {
+                        return Err((**inner).clone());
+                    }
+                    filter.apply(&raw, out);
+                }
                 Segment::Var(v) => {
                     if !value(v, out) {
                         return Err(v.clone());
@@ -307,6 +395,10 @@ impl fmt::Display for Var {
             Var::Seq => f.write_str("{seq}"),
             Var::IdempotencyKey => f.write_str("{idempotency_key}"),
             Var::Choice(options) => write!(f, "{{choice:{}}}", options.join("|")),
+            Var::Filtered(inner, filter) => {
+                let inner = inner.to_string();
+                write!(f, "{{{}|{}}}", &inner[1..inner.len() - 1], filter.name())
+            }
         }
     }
 }
@@ -365,6 +457,9 @@ fn parse_var(name: &str) -> Result<Var, String> {
 }
 
 fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
+    if let Var::Filtered(inner, _) = var {
+        return check_scope(inner, scope, written);
+    }
     let allowed = match scope {
         Scope::Run => matches!(var, Var::RunDir),
         Scope::Service => matches!(
@@ -491,6 +586,37 @@ mod tests {
                 .as_literal()
                 .as_deref(),
             Some("{}")
+        );
+    }
+
+    #[test]
+    fn filters_escape_a_value_for_where_it_goes() {
+        let t = parse(
+            "user={key|url}&note={param.period|url} {\"name\": \"{key|json}\"}",
+            Scope::Request,
+        )
+        .expect("parses");
+        let out = t
+            .render(|v, out| {
+                assert_eq!(v, &Var::Key, "the filter gets the key's value");
+                out.push_str("a b&c\"d\n");
+                true
+            })
+            .expect("renders");
+        assert_eq!(
+            out,
+            "user=a%20b%26c%22d%0A&note=2026-01 {\"name\": \"a b&c\\\"d\\n\"}"
+        );
+        assert!(t.uses(|v| *v == Var::Key));
+        let err = parse("{key|base64}", Scope::Request).unwrap_err();
+        assert!(err.contains("unknown filter |base64"), "{err}");
+        assert!(
+            parse("{port|url}", Scope::Request).is_err(),
+            "scope is the inner's"
+        );
+        assert!(
+            parse("{choice:a|url}", Scope::Request).is_ok(),
+            "a choice keeps its bars"
         );
     }
 

@@ -421,6 +421,10 @@ fn check_refs(
 ) {
     for seg in &t.segments {
         if let crate::template::Segment::Var(v) = seg {
+            let v = match v {
+                Var::Filtered(inner, _) => inner.as_ref(),
+                v => v,
+            };
             match v {
                 Var::DependencyUrl(n) if !deps.contains(n) => {
                     cx.err(

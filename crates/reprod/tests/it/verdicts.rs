@@ -399,7 +399,8 @@ import http.server
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        print("got", body.decode(), self.headers.get("content-type"), flush=True)
         self.send_response(302)
         self.send_header("location", "/home")
         self.send_header("content-length", "0")
@@ -422,9 +423,11 @@ name = "web"
 command = ["python3", "redirects.py"]
 cwd = "."
 ready = {{ stdout_prefix = "listening on ", timeout = "20s" }}
+[params]
+password = "p@ss word&1"
 [[caller]]
 name = "login"
-request = {{ method = "POST", path = "/login", body = "user=a" }}
+request = {{ method = "POST", path = "/login", body = "user={{key|url}}&password={{param.password|url}}", headers = {{ content-type = "application/x-www-form-urlencoded" }} }}
 rate = 20
 {ok}
 "#
@@ -434,6 +437,15 @@ rate = 20
     let (code, summary, stderr) = run_json("run", &with, &dir.path().join("with"), &[]);
     assert_eq!(code, Some(0), "{stderr}\n{summary}");
     assert_eq!(summary["ops"]["ok"], summary["ops"]["total"], "{summary}");
+    // The form body was encoded by the |url filter.
+    let log = std::fs::read_to_string(
+        crate::support::run_dir(&dir.path().join("with")).join("services/web-0.log"),
+    )
+    .expect("log");
+    assert!(
+        log.contains("&password=p%40ss%20word%261 application/x-www-form-urlencoded"),
+        "{log}"
+    );
     let without = dir.write("without-ok.toml", &scenario(""));
     let (code, summary, stderr) = run_json("run", &without, &dir.path().join("without"), &[]);
     assert_eq!(code, Some(3), "{stderr}\n{summary}");
