@@ -62,6 +62,10 @@ pub struct Service {
     /// The directory a command service runs in (relative paths in the scenario are relative to
     /// the scenario file); `None`: reprod's own.
     pub cwd: Option<std::path::PathBuf>,
+    /// Run once before any replica starts (migrations, seeds), with the service's env and cwd.
+    pub prepare: Option<Vec<Template>>,
+    /// Deadline of `prepare`.
+    pub prepare_timeout: Duration,
     /// Replica count (1 for an external URL).
     pub replicas: u32,
     /// Version label per replica, cycled when shorter than `replicas`.

@@ -48,6 +48,8 @@ pub struct RawDatabase {
 pub struct RawService {
     pub name: S<String>,
     pub command: Option<S<Vec<S<String>>>>,
+    pub prepare: Option<S<Vec<S<String>>>>,
+    pub prepare_timeout: Option<S<String>>,
     pub cwd: Option<S<String>>,
     pub url: Option<S<String>>,
     pub replicas: Option<S<i64>>,

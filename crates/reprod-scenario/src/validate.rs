@@ -631,10 +631,40 @@ fn service(
         }
         Some(base_dir.join(dir.get_ref()))
     });
+    let prepare = s.prepare.as_ref().and_then(|prepare| {
+        if matches!(kind, ServiceKind::External { .. }) {
+            cx.err(
+                prepare.span(),
+                "prepare runs before reprod starts a command's replicas; a service at a url is already running",
+                Some("prepare its database yourself, or start the service with command = [...]"),
+            );
+            return None;
+        }
+        if prepare.get_ref().is_empty() {
+            cx.err(
+                prepare.span(),
+                "prepare is an empty command",
+                Some("for example prepare = [\"npm\", \"run\", \"migrate\"]"),
+            );
+            return None;
+        }
+        prepare
+            .get_ref()
+            .iter()
+            .map(|a| check(cx, a))
+            .collect::<Option<Vec<_>>>()
+    });
+    let prepare_timeout = cx.duration_or(
+        &s.prepare_timeout,
+        "prepare_timeout",
+        Duration::from_secs(60),
+    );
     Some(Service {
         name,
         kind,
         cwd,
+        prepare,
+        prepare_timeout,
         replicas,
         versions,
         ready_path,

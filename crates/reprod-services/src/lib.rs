@@ -102,6 +102,20 @@ pub enum ServiceError {
         /// The URL.
         url: String,
     },
+    /// The service's `prepare` command failed.
+    #[error(
+        "service {service}: its prepare command failed: {reason}\n--- last lines of {log} ---\n{tail}"
+    )]
+    Prepare {
+        /// Service.
+        service: String,
+        /// What happened.
+        reason: String,
+        /// Its log file.
+        log: String,
+        /// Its last output lines.
+        tail: String,
+    },
     /// The log file could not be created.
     #[error("cannot write service log {path}: {source}")]
     Log {
@@ -177,6 +191,29 @@ impl Services {
                     version: service.versions[0].clone(),
                 }),
                 ServiceKind::Command { command, env } => {
+                    if let Some(prepare) = &service.prepare {
+                        let spec = ReplicaSpec {
+                            service: &service.name,
+                            cwd: service.cwd.as_deref(),
+                            replica: 0,
+                            version: &service.versions[0],
+                            command: prepare,
+                            env,
+                            pressure_args: &[],
+                            pressure_env: &[],
+                            stdout_prefix: None,
+                            stdout_regex: None,
+                            ready_path: None,
+                            ready_timeout: service.prepare_timeout,
+                            allow_hosts: &scenario.allow_hosts,
+                        };
+                        if let Err(e) =
+                            run_prepare(&spec, bindings, &log_dir, clock, recorder).await
+                        {
+                            services.stop().await;
+                            return Err(e);
+                        }
+                    }
                     for replica in 0..service.replicas {
                         let version =
                             service.versions[replica as usize % service.versions.len()].clone();
@@ -269,6 +306,117 @@ struct ReplicaSpec<'a> {
     ready_path: Option<&'a str>,
     ready_timeout: Duration,
     allow_hosts: &'a [String],
+}
+
+/// Runs a service's `prepare` command (migrations, seeds) once, before any replica starts, with
+/// the service's env and cwd, its output in `services/<service>-prepare.log`, within its
+/// deadline. It must exit 0.
+async fn run_prepare(
+    spec: &ReplicaSpec<'_>,
+    bindings: &Bindings,
+    log_dir: &Path,
+    clock: RunClock,
+    recorder: &Recorder,
+) -> Result<(), ServiceError> {
+    let argv: Vec<String> = spec
+        .command
+        .iter()
+        .map(|t| render(t, spec, bindings, 0))
+        .collect::<Result<_, _>>()?;
+    let program = resolve_program(&argv[0]);
+    let program = match spec.cwd {
+        Some(dir) if program.is_relative() && program.components().count() > 1 => {
+            dir.join(&program)
+        }
+        _ => program,
+    };
+    let log_path = log_dir.join(format!("{}-prepare.log", spec.service));
+    let log_error = |source| ServiceError::Log {
+        path: log_path.display().to_string(),
+        source,
+    };
+    let log = std::fs::File::create(&log_path).map_err(log_error)?;
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(log_error)?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .process_group(0);
+    if let Some(dir) = spec.cwd {
+        cmd.current_dir(dir);
+    }
+    for (name, t) in spec.env {
+        cmd.env(name, render(t, spec, bindings, 0)?);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only makes the async-signal-safe calls
+    // in `sys::die_with_parent`.
+    unsafe {
+        cmd.pre_exec(sys::die_with_parent);
+    }
+    let failed = |reason: String| ServiceError::Prepare {
+        service: spec.service.to_string(),
+        reason,
+        log: log_path.display().to_string(),
+        tail: last_lines(&log_path),
+    };
+    let mut child = cmd.spawn().map_err(|source| ServiceError::Spawn {
+        service: spec.service.to_string(),
+        replica: 0,
+        program: program.display().to_string(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let started = clock.now_us();
+    let event = |event: &str, detail: String| {
+        Event::Service(Box::new(ServiceEventRecord {
+            service: spec.service.to_string(),
+            replica: -1,
+            version: spec.version.to_string(),
+            at_us: clock.now_us(),
+            event: event.to_string(),
+            detail,
+        }))
+    };
+    recorder
+        .record(event("prepare_started", argv.join(" ")))
+        .await;
+    match tokio::time::timeout(spec.ready_timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => {
+            recorder
+                .record(event(
+                    "prepared",
+                    format!("in {} ms", (clock.now_us() - started) / 1000),
+                ))
+                .await;
+            Ok(())
+        }
+        Ok(Ok(status)) => Err(failed(format!("it exited {status}"))),
+        Ok(Err(e)) => Err(failed(format!("waiting for it failed: {e}"))),
+        Err(_) => {
+            sys::signal_group(pid, sys::SIGKILL);
+            let _ = child.wait().await;
+            Err(failed(format!(
+                "it did not finish within {:?} (prepare_timeout), and was killed",
+                spec.ready_timeout
+            )))
+        }
+    }
+}
+
+/// The last lines of a log file, for an error message.
+fn last_lines(path: &Path) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+    if tail.is_empty() {
+        "(no output)".to_string()
+    } else {
+        tail
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -495,6 +495,8 @@ name = "web"
 command = ["python3", "by_parts.py"]
 cwd = "."
 env = { DB_NAME = "{database.name}", DB_PATH = "{database.path}", DB_URL = "sqlite:///{database.path}" }
+# Once, before any replica starts: the migration, with the same env and cwd.
+prepare = ["python3", "-c", "import os, sqlite3; c = sqlite3.connect(os.environ['DB_PATH']); c.execute('CREATE TABLE orders (id INTEGER)'); c.commit(); print('migrated', os.getcwd())"]
 # The readiness line starts with a timestamp: a regular expression finds the URL in it.
 ready = { stdout = 'INFO web: listening on (http://\S+)', timeout = "20s" }
 [[caller]]
@@ -513,4 +515,60 @@ rate = 10
         log.contains(&format!("db parts: shop {db} sqlite:///{db}")),
         "{log}"
     );
+    let prepared =
+        std::fs::read_to_string(run.join("services/web-prepare.log")).expect("prepare log");
+    assert!(
+        prepared.contains(&format!(
+            "migrated {}",
+            dir.path().canonicalize().expect("dir").display()
+        )),
+        "prepare ran in the service's cwd: {prepared}"
+    );
+    assert_eq!(
+        crate::support::scalar(
+            &run.join("history.sqlite"),
+            "SELECT COUNT(*) FROM service_events WHERE event = 'prepared'"
+        ),
+        1
+    );
+    let db = rusqlite::Connection::open(run.join("shop.db")).expect("db");
+    let tables: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'orders'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert_eq!(tables, 1, "the migration made its table");
+}
+
+/// A failing `prepare` stops the run before any replica starts, quoting its output.
+#[test]
+fn a_failing_prepare_is_a_start_failure_that_quotes_it() {
+    let dir = TempDir::new();
+    let scenario = dir.write(
+        "bad-migration.toml",
+        r#"
+duration = "1s"
+[[service]]
+name = "app"
+command = ["bench-server"]
+prepare = ["sh", "-c", "echo 'migration 0003 failed: column exists' >&2; exit 2"]
+ready = { stdout_prefix = "listening on " }
+[[caller]]
+name = "c"
+request = { path = "/" }
+rate = 10
+"#,
+    );
+    let (code, summary, stderr) = run_json("run", &scenario, &dir.path().join("runs"), &[]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(summary["status"], "start_failed");
+    let reason = summary["status_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("prepare command failed: it exited exit status: 2")
+            && reason.contains("migration 0003 failed"),
+        "{reason}"
+    );
+    assert_eq!(summary["ops"]["total"], 0);
 }
