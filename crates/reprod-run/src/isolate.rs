@@ -40,6 +40,8 @@ pub struct Options {
     pub scenario_path: String,
     /// The `--set` overrides, for the printed command.
     pub sets: Vec<(String, String)>,
+    /// Parameters whose values the printed command must not show.
+    pub secret_params: Vec<String>,
 }
 
 /// Why an isolation could not answer.
@@ -525,7 +527,12 @@ async fn minimal_set(
 fn command(options: &Options, minimal: &[String]) -> String {
     let mut command = format!("reprod run {}", options.scenario_path);
     for (k, v) in &options.sets {
-        let _ = write!(command, " --set {k}={v}");
+        let shown = if options.secret_params.contains(k) {
+            reprod_scenario::REDACTED
+        } else {
+            v
+        };
+        let _ = write!(command, " --set {k}={shown}");
     }
     if minimal.is_empty() {
         command.push_str(" --staging");

@@ -148,7 +148,7 @@ pub async fn perform(
         started_at: crate::time::rfc3339_now(),
         conditions: conditions.join(","),
         params: scenario
-            .params
+            .shown_params()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
@@ -724,9 +724,9 @@ fn summarize(
         seed: scenario.seed,
         conditions: conditions.to_vec(),
         params: scenario
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .shown_params()
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect(),
         status: Status::Completed,
         status_reason: None,

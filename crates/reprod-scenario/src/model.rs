@@ -14,6 +14,9 @@ pub struct Scenario {
     pub description: String,
     /// Final parameter values, after `--set`.
     pub params: Vec<(String, String)>,
+    /// Parameters marked `secret = true`: requests and services get their values, reports,
+    /// `summary.json` and the history show `…`.
+    pub secret_params: Vec<String>,
     /// The run's seed: schedule, keys, bodies and fault decisions derive from it.
     pub seed: u64,
     /// How long load is generated.
@@ -141,6 +144,26 @@ pub struct Caller {
     /// The statuses that mean the operation succeeded (default: any 2xx): its outcome, its
     /// retries and the response invariants follow them.
     pub ok: RetryOn,
+}
+
+/// What reports show instead of a secret's value.
+pub const REDACTED: &str = "…";
+
+impl Scenario {
+    /// The parameters as reports may show them: secret values replaced by [`REDACTED`].
+    pub fn shown_params(&self) -> Vec<(String, String)> {
+        self.params
+            .iter()
+            .map(|(k, v)| {
+                let shown = if self.secret_params.contains(k) {
+                    REDACTED.to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
 }
 
 impl Caller {

@@ -166,7 +166,7 @@ pub fn validate(
     base_dir: &std::path::Path,
     d: &mut Diagnostics<'_>,
 ) -> Option<Scenario> {
-    let params = params(&raw, sets, d);
+    let (params, secret_params) = params(&raw, sets, d);
     let mut cx = Cx {
         d,
         params: BTreeMap::new(),
@@ -309,6 +309,7 @@ pub fn validate(
         name,
         description: raw.description.clone().unwrap_or_default(),
         params,
+        secret_params,
         seed,
         duration,
         max_ops,
@@ -326,14 +327,60 @@ pub fn validate(
     })
 }
 
+/// The parameters' final values, and the names of those marked secret.
 fn params(
     raw: &RawScenario,
     sets: &[(String, String)],
     d: &mut Diagnostics<'_>,
-) -> Vec<(String, String)> {
+) -> (Vec<(String, String)>, Vec<String>) {
     let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let mut secret = Vec::new();
     for (name, value) in &raw.params {
-        let text = match value.get_ref() {
+        // `name = { default = "...", secret = true }`: a value never shown in reports.
+        let value_of = match value.get_ref() {
+            toml::Value::Table(t) => {
+                let unknown: Vec<&String> = t
+                    .keys()
+                    .filter(|k| !["default", "secret"].contains(&k.as_str()))
+                    .collect();
+                if !unknown.is_empty() {
+                    d.error(
+                        value.span(),
+                        format!(
+                            "parameter {name:?} has unknown key(s) {}; a parameter table takes default and secret",
+                            unknown.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                        ),
+                        Some("for example password = { default = \"s3cret\", secret = true }"),
+                    );
+                    continue;
+                }
+                match t.get("secret") {
+                    Some(toml::Value::Boolean(true)) => secret.push(name.clone()),
+                    Some(toml::Value::Boolean(false)) | None => {}
+                    Some(_) => {
+                        d.error(
+                            value.span(),
+                            format!("parameter {name:?}: secret must be true or false"),
+                            None,
+                        );
+                        continue;
+                    }
+                }
+                match t.get("default") {
+                    Some(v) => v.clone(),
+                    None => {
+                        d.error(
+                            value.span(),
+                            format!("parameter {name:?} needs a default"),
+                            Some("for example password = { default = \"s3cret\", secret = true }; --set overrides it"),
+                        );
+                        continue;
+                    }
+                }
+            }
+            other => other.clone(),
+        };
+        let text = match &value_of {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
@@ -345,7 +392,7 @@ fn params(
                         "parameter {name:?} must be a string, number or boolean, got {}",
                         type_name(other)
                     ),
-                    None,
+                    Some("or a table: { default = \"...\", secret = true }"),
                 );
                 continue;
             }
@@ -371,7 +418,7 @@ fn params(
             );
         }
     }
-    values.into_iter().collect()
+    (values.into_iter().collect(), secret)
 }
 
 fn unique_names<'r>(

@@ -24,6 +24,7 @@ pub fn main(args: IsolateArgs) -> u8 {
         out: args.out.clone(),
         scenario_path: args.scenario.scenario.display().to_string(),
         sets: args.scenario.sets.clone(),
+        secret_params: scenario.secret_params.clone(),
     };
     crate::run::on_runtime(|interrupt| async move {
         let console = Console::new(args.quiet);
