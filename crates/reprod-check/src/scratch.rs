@@ -37,7 +37,24 @@ pub enum ScratchError {
 
 /// Creates database `name` on the server `admin_url` points at; returns its URL.
 pub async fn create(admin_url: &str, name: &str) -> Result<String, ScratchError> {
-    let sql = format!("CREATE DATABASE \"{name}\"");
+    create_from(admin_url, name, None).await
+}
+
+/// [`create`], as a copy of database `template` when given (`CREATE DATABASE ... TEMPLATE`).
+pub async fn create_from(
+    admin_url: &str,
+    name: &str,
+    template: Option<&str>,
+) -> Result<String, ScratchError> {
+    let sql = match template {
+        Some(t) if t.is_empty() || t.contains('"') || t.contains('\0') => {
+            return Err(ScratchError::BadUrl(format!(
+                "{t:?} cannot be a template database's name"
+            )));
+        }
+        Some(t) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{t}\""),
+        None => format!("CREATE DATABASE \"{name}\""),
+    };
     administer(admin_url, name, "create", &sql).await?;
     let mut url = url::Url::parse(admin_url)
         .map_err(|e| ScratchError::BadUrl(format!("bad database URL: {e}")))?;
@@ -99,6 +116,56 @@ fn check_name(name: &str) -> Result<(), ScratchError> {
     } else {
         Err(ScratchError::UnsafeName(name.to_string()))
     }
+}
+
+/// The server's maintenance database (`postgres`) at the same address and user as `url`:
+/// scratch databases are made through it, so the database `url` names need not exist.
+pub fn maintenance_url(url: &str) -> Result<String, ScratchError> {
+    let mut u =
+        url::Url::parse(url).map_err(|e| ScratchError::BadUrl(format!("bad database URL: {e}")))?;
+    u.set_path("/postgres");
+    Ok(u.to_string())
+}
+
+/// Runs the SQL file `path` (a schema, seed data: several statements) in the database at `url`.
+pub async fn apply_sql(url: String, path: std::path::PathBuf) -> Result<(), ScratchError> {
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ScratchError::BadUrl(format!(
+            "cannot read the schema file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut conn = connect(&url).await?;
+    // A query without arguments goes over PostgreSQL's simple protocol, which runs every
+    // statement of the file.
+    let done = sqlx::Executor::execute(&mut conn, text.as_str())
+        .await
+        .map(|_| ())
+        .map_err(|source| ScratchError::Refused {
+            verb: "run the schema file in",
+            name: path.display().to_string(),
+            source,
+        });
+    let _ = conn.close().await;
+    done
+}
+
+/// A scratch database name for `run_id` under `prefix`: lower case, `[a-z0-9_]`, at most 63
+/// bytes (PostgreSQL's limit).
+pub fn scratch_name(prefix: &str, run_id: &str) -> String {
+    let mut name: String = format!("{prefix}{run_id}")
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(63);
+    name
 }
 
 /// `url` with its password masked.

@@ -135,13 +135,28 @@ fn fresh_state(scenario: &Scenario) -> Result<Fresh, IsolateError> {
     let Some(db) = &scenario.database else {
         return Ok(Fresh::Nothing);
     };
-    if db.url.uses(|v| *v == Var::RunDir) {
+    if let Some(service) = scenario
+        .services
+        .iter()
+        .find(|s| matches!(s.kind, reprod_scenario::ServiceKind::External { .. }))
+    {
+        return Err(IsolateError::Unfit(format!(
+            "service {:?} is already running at a url, so reprod cannot give its trials fresh database state: each trial would see what the ones before it left; start it with command = [...] (it then gets {{database.url}}, new for every trial)",
+            service.name
+        )));
+    }
+    // Every run makes its own (`fresh = true`), and a SQLite file under `{run_dir}` is new.
+    if db.fresh.is_some() || db.url.uses(|v| *v == Var::RunDir) {
         return Ok(Fresh::Nothing);
     }
     match db.url.as_literal() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Fresh::Postgres(url))
+            Ok(Fresh::Postgres(
+                reprod_check::scratch::maintenance_url(&url)
+                    .map_err(|e| IsolateError::Unfit(e.to_string()))?,
+            ))
         }
+        // Without `fresh`, a trial gets a scratch database made here, empty: said in the docs.
         Some(url) => Err(IsolateError::Unfit(format!(
             "the database URL {url:?} names one fixed SQLite file, so trials would share its state; \
              put it under {{run_dir}} (for example sqlite:{{run_dir}}/db.sqlite)"

@@ -169,16 +169,37 @@ pub async fn perform(
     };
     let failure = history.failure();
     let cx = Cx { obs, interrupt };
-    let mut driven = drive(
-        &cx,
-        scenario,
-        &run_dir,
-        database_url.clone(),
-        clock,
-        recorder,
-        failure,
-    )
-    .await;
+    // A fresh database of the run's own, when the scenario asks for one: services and
+    // invariants use it, and it is dropped after the checks.
+    let mut database_url = database_url;
+    let mut scratch = None;
+    let mut start_failure = None;
+    let fresh = scenario.database.as_ref().and_then(|d| d.fresh.clone());
+    if let (Some(fresh), Some(url)) = (fresh, database_url.clone()) {
+        match make_scratch(fresh, url, run_id.clone()).await {
+            Ok((admin, name, scratch_url)) => {
+                obs.note(&format!("reprod: a fresh database for this run: {name}"));
+                database_url = Some(scratch_url);
+                scratch = Some((admin, name));
+            }
+            Err(e) => start_failure = Some(format!("cannot make the run's fresh database: {e}")),
+        }
+    }
+    let mut driven = match start_failure {
+        Some(reason) => Driven::before_load(Ended::StartFailed(reason)),
+        None => {
+            drive(
+                &cx,
+                scenario,
+                &run_dir,
+                database_url.clone(),
+                clock,
+                recorder,
+                failure,
+            )
+            .await
+        }
+    };
     let end_us = clock.now_us();
     let (status, _) = driven.ended.status();
     if let Err(e) = history.finish(status.as_str(), end_us).await
@@ -216,6 +237,14 @@ pub async fn perform(
         &mut summary,
     )
     .await;
+    if let Some((admin, name)) = scratch {
+        let dropped = reprod_check::scratch::drop(&admin, &name).await;
+        if let Err(e) = dropped {
+            obs.problem(&format!(
+                "reprod: cannot drop the run's fresh database {name}: {e}"
+            ));
+        }
+    }
     summary.warnings = warnings(scenario, &stats, &driven, &history_path, summary.warnings);
     summary.decide();
     let explanation = if summary.violated() {
@@ -470,6 +499,33 @@ async fn history_failed(failure: &mut watch::Receiver<Option<String>>) -> String
             return std::future::pending().await;
         }
     }
+}
+
+/// Makes the run's scratch database on the server `url` names, through its maintenance database
+/// (so the named one need not exist): a copy of `fresh.template`, or empty, then `fresh.schema`
+/// run in it. Returns (maintenance URL, name, the scratch database's URL).
+async fn make_scratch(
+    fresh: reprod_scenario::FreshDatabase,
+    url: String,
+    run_id: String,
+) -> Result<(String, String, String), reprod_check::scratch::ScratchError> {
+    use reprod_check::scratch;
+    let admin = scratch::maintenance_url(&url)?;
+    let name = scratch::scratch_name(&fresh.prefix, &run_id);
+    let created = scratch::create_from(&admin, &name, fresh.template.as_deref()).await?;
+    // The scratch database keeps the user, password and query of the URL given.
+    let mut scratch_url = url::Url::parse(&url)
+        .map_err(|e| scratch::ScratchError::BadUrl(format!("bad database URL: {e}")))?;
+    scratch_url.set_path(&format!("/{name}"));
+    let _ = created;
+    if let Some(schema) = fresh.schema {
+        let applied = scratch::apply_sql(scratch_url.to_string(), schema).await;
+        if let Err(e) = applied {
+            let _ = scratch::drop(&admin, &name).await;
+            return Err(e);
+        }
+    }
+    Ok((admin, name, scratch_url.to_string()))
 }
 
 /// What the phases share: where notes go, and the stop request.

@@ -53,6 +53,20 @@ pub struct Scenario {
 pub struct Database {
     /// `sqlite:PATH` or `postgres://...`; may use `{run_dir}`.
     pub url: Template,
+    /// On PostgreSQL: every run gets a scratch database of its own on that server, dropped
+    /// afterwards (services and invariants use it instead of the named one).
+    pub fresh: Option<FreshDatabase>,
+}
+
+/// How a run's scratch PostgreSQL database is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreshDatabase {
+    /// `CREATE DATABASE ... TEMPLATE` this prepared database.
+    pub template: Option<String>,
+    /// Run this SQL file in it first (schema, seed data); resolved against the scenario file.
+    pub schema: Option<std::path::PathBuf>,
+    /// Scratch names start with this (`[a-z0-9_]`, default `reprod_`).
+    pub prefix: String,
 }
 
 /// A system under test.

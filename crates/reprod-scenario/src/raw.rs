@@ -41,6 +41,10 @@ pub struct RawScenario {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub url: S<String>,
+    pub fresh: Option<S<bool>>,
+    pub template: Option<S<String>>,
+    pub schema: Option<S<String>>,
+    pub scratch_prefix: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

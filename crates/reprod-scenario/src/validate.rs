@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::error::Diagnostics;
 use crate::model::{
     AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
-    FaultKind, FaultRule, Idempotency, IdempotencyMode, Invariant, InvariantKind, Jitter,
-    KeyDistribution, KeyExtract, Keys, Latency, Matcher, Overlap, RequestTemplate, Retry, RetryOn,
-    Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
+    FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant, InvariantKind,
+    Jitter, KeyDistribution, KeyExtract, Keys, Latency, Matcher, Overlap, RequestTemplate, Retry,
+    RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
 };
 use crate::raw::{
     RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency,
@@ -230,7 +230,48 @@ pub fn validate(
                 None,
             );
         }
-        Some(Database { url })
+        let fresh = db.fresh.as_ref().is_some_and(|f| *f.get_ref());
+        let postgres = match url.segments.first() {
+            Some(crate::template::Segment::Lit(t)) => Backend::of_url(t) == Backend::Postgres,
+            _ => false,
+        };
+        for (given, what) in [(&db.template, "template"), (&db.schema, "schema")] {
+            if let Some(v) = given
+                && !fresh
+            {
+                cx.err(
+                    v.span(),
+                    format!("database.{what} makes each run's scratch database, so it needs fresh = true"),
+                    None,
+                );
+            }
+        }
+        if fresh && !postgres {
+            let span = db.fresh.as_ref().map_or(db.url.span(), |f| f.span());
+            cx.err(
+                span,
+                "fresh = true makes a scratch PostgreSQL database per run; this URL is not postgres://",
+                Some("a SQLite file under {run_dir} is fresh already: url = \"sqlite:{run_dir}/app.db\""),
+            );
+        }
+        let prefix = db
+            .scratch_prefix
+            .as_ref()
+            .map_or_else(|| "reprod_".to_string(), |p| p.get_ref().clone());
+        if !prefix.is_empty()
+            && !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            let span = db.scratch_prefix.as_ref().map_or(0..0, |p| p.span());
+            cx.err(span, "scratch_prefix may hold only a-z, 0-9 and _", None);
+        }
+        let fresh = fresh.then(|| FreshDatabase {
+            template: db.template.as_ref().map(|t| t.get_ref().clone()),
+            schema: db.schema.as_ref().map(|f| base_dir.join(f.get_ref())),
+            prefix,
+        });
+        Some(Database { url, fresh })
     });
 
     let dependencies = unique_names(
@@ -273,6 +314,19 @@ pub fn validate(
         .iter()
         .filter_map(|c| caller(&mut cx, c, &service_names))
         .collect();
+    if let (Some(db), Some(raw_db)) = (&database, &raw.database)
+        && db.fresh.is_some()
+        && let Some(external) = raw.services.iter().find(|s| s.url.is_some())
+    {
+        cx.err(
+            raw_db.fresh.as_ref().map_or(raw_db.url.span(), |f| f.span()),
+            format!(
+                "fresh = true gives the services reprod starts a new database per run, but service {:?} is already running at a url and would not see it",
+                external.name.get_ref()
+            ),
+            Some("start that service with command = [...] and {database.url}, or drop fresh"),
+        );
+    }
     let backend = database.as_ref().map(|db| match db.url.segments.first() {
         Some(crate::template::Segment::Lit(text)) => Backend::of_url(text),
         _ => Backend::Unknown,

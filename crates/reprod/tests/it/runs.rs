@@ -396,3 +396,68 @@ caller = "worker"
         "{doubled}"
     );
 }
+
+/// `fresh = true` on PostgreSQL: every run gets a scratch database of its own, made through the
+/// server's maintenance database (the database the URL names need not exist), set up by the
+/// schema file, used by the services and the invariants, and dropped afterwards. A second run
+/// sees nothing of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_gets_a_fresh_postgres_database() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let dir = TempDir::new();
+    dir.write(
+        "schema.sql",
+        "CREATE TABLE marks (k TEXT NOT NULL);\nINSERT INTO marks VALUES ('seed');\n",
+    );
+    let mut named = url::Url::parse(&db.url).expect("url");
+    named.set_path("/reprod_never_created_xyz");
+    let prefix = format!("reprod_fresh_{}_", std::process::id());
+    let scenario = dir.write(
+        "fresh.toml",
+        &format!(
+            r#"
+duration = "500ms"
+drain = "0s"
+[database]
+url = "{named}"
+fresh = true
+schema = "schema.sql"
+scratch_prefix = "{prefix}"
+[[service]]
+name = "api"
+command = ["bench-server"]
+prepare = ["psql", "{{database.url}}", "-qc", "INSERT INTO marks VALUES ('run')"]
+ready = {{ stdout_prefix = "listening on " }}
+[[caller]]
+name = "c"
+request = {{ path = "/" }}
+rate = 10
+[[invariant]]
+name = "one mark per run"
+sql = "SELECT k, COUNT(*) AS n FROM marks GROUP BY k HAVING COUNT(*) > 1"
+key_column = "k"
+"#
+        ),
+    );
+    for round in ["first", "second"] {
+        let out = dir.path().join(round);
+        let scenario = scenario.clone();
+        let (code, summary, stderr) =
+            tokio::task::spawn_blocking(move || run_json("run", &scenario, &out, &[]))
+                .await
+                .expect("join");
+        assert_eq!(code, Some(0), "{round}: {stderr}\n{summary}");
+        assert_eq!(invariant(&summary, "one mark per run")["held"], true);
+    }
+    let admin = sqlx::PgPool::connect(&db.url).await.expect("admin");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname LIKE $1")
+        .bind(format!("{prefix}%"))
+        .fetch_one(&admin)
+        .await
+        .expect("count");
+    admin.close().await;
+    db.drop_now().await;
+    assert_eq!(left, 0, "every scratch database was dropped");
+}
