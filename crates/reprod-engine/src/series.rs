@@ -13,26 +13,7 @@ const SUB: usize = 8;
 const POWERS: usize = 40;
 const SLOTS: usize = SUB * (POWERS + 1);
 
-/// One interval as the report plots it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SeriesPoint {
-    /// Seconds from the load's start to the interval's start.
-    pub start_s: f64,
-    /// Operations intended to start in it.
-    pub offered: u64,
-    /// Operations that ended in it.
-    pub done: u64,
-    /// ... ok.
-    pub ok: u64,
-    /// ... failed or ambiguous.
-    pub not_ok: u64,
-    /// Retries of those operations.
-    pub retries: u64,
-    /// Median latency (from intended start) of those operations, ms.
-    pub p50_ms: f64,
-    /// Their p99 latency, ms.
-    pub p99_ms: f64,
-}
+pub use reprod_history::read::Bucket as SeriesPoint;
 
 #[derive(Clone, Debug)]
 struct Interval {
@@ -142,6 +123,7 @@ impl Series {
                     retries: i.retries,
                     p50_ms: quantile(0.5),
                     p99_ms: quantile(0.99),
+                    violations_seen: 0,
                 }
             })
             .collect()

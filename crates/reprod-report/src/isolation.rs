@@ -6,10 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::html::Bar;
-use crate::junit::escape;
-
-/// A JUnit case's outcome: (element, type, message).
-type Outcome = (&'static str, &'static str, String);
+use crate::junit::{Case, escape};
 
 /// One group as `isolate --json` prints it.
 #[derive(Clone, Debug, Serialize)]
@@ -298,7 +295,13 @@ impl Isolation {
     /// JUnit XML: whether the baseline reproduced, one case per question naming what it needs,
     /// and an error case when trials did not count.
     pub fn to_junit(&self, scenario: &str) -> String {
-        let mut cases: Vec<(String, Option<Outcome>)> = vec![(
+        let case = |name: String, outcome: Option<(&'static str, &'static str, String)>| Case {
+            classname: "isolate",
+            name,
+            outcome: outcome
+                .map(|(element, kind, message)| (element, kind, message, String::new())),
+        };
+        let mut cases = vec![case(
             "the baseline reproduces".to_string(),
             (!self.baseline_reproduced).then(|| {
                 (
@@ -312,20 +315,15 @@ impl Isolation {
         questions.extend(self.invariants.iter().map(|i| (i.name.clone(), &i.answer)));
         for (name, a) in questions {
             if a.command.is_some() {
-                cases.push((
-                    format!(
-                        "{name}: needs {}",
-                        if a.minimal.is_empty() {
-                            "nothing (staging reproduces)".to_string()
-                        } else {
-                            a.minimal.join(", ")
-                        }
-                    ),
-                    None,
-                ));
+                let needs = if a.minimal.is_empty() {
+                    "nothing (staging reproduces)".to_string()
+                } else {
+                    a.minimal.join(", ")
+                };
+                cases.push(case(format!("{name}: needs {needs}"), None));
             }
         }
-        cases.push((
+        cases.push(case(
             "every trial completed".to_string(),
             (!self.incomplete_trials.is_empty()).then(|| {
                 (
@@ -335,54 +333,12 @@ impl Isolation {
                 )
             }),
         ));
-        let failures = cases
-            .iter()
-            .filter(|c| matches!(c.1, Some(("failure", ..))))
-            .count();
-        let errors = cases
-            .iter()
-            .filter(|c| matches!(c.1, Some(("error", ..))))
-            .count();
-        let mut out = String::new();
-        let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-        let _ = writeln!(
-            out,
-            r#"<testsuites name="reprod" tests="{}" failures="{failures}" errors="{errors}" time="{:.3}">"#,
-            cases.len(),
-            self.elapsed_s
-        );
-        let _ = writeln!(
-            out,
-            r#"  <testsuite name="{}" tests="{}" failures="{failures}" errors="{errors}" skipped="0" time="{:.3}">"#,
-            escape(&format!("reprod isolate {scenario}")),
-            cases.len(),
-            self.elapsed_s
-        );
-        for (name, outcome) in &cases {
-            match outcome {
-                None => {
-                    let _ = writeln!(
-                        out,
-                        r#"    <testcase classname="isolate" name="{}" time="0"/>"#,
-                        escape(name)
-                    );
-                }
-                Some((element, kind, message)) => {
-                    let _ = writeln!(
-                        out,
-                        r#"    <testcase classname="isolate" name="{}" time="0"><{element} type="{kind}" message="{}"/></testcase>"#,
-                        escape(name),
-                        escape(message)
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "    <system-out>{}</system-out>",
-            escape(&self.to_text())
-        );
-        let _ = writeln!(out, "  </testsuite>\n</testsuites>");
-        out
+        crate::junit::document(
+            &format!("reprod isolate {scenario}"),
+            self.elapsed_s,
+            &[],
+            &cases,
+            &self.to_text(),
+        )
     }
 }

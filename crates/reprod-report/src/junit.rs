@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{Status, Summary, Verdict};
+use crate::{Summary, Verdict};
 
 /// `text` safe inside XML text and attribute values: markup escaped, and the control
 /// characters XML 1.0 cannot hold dropped.
@@ -28,32 +28,19 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// One test case being written.
-struct Case {
-    classname: &'static str,
-    name: String,
+/// One test case of a JUnit document.
+pub(crate) struct Case {
+    pub(crate) classname: &'static str,
+    pub(crate) name: String,
     /// (element, type, message, body): `failure` or `error`.
-    outcome: Option<(&'static str, &'static str, String, String)>,
+    pub(crate) outcome: Option<(&'static str, &'static str, String, String)>,
 }
 
 /// The JUnit XML of a run.
 pub fn render(summary: &Summary) -> String {
     let mut cases = Vec::new();
-    let run_problem = if summary.status != Status::Completed {
-        Some((
-            summary.status.as_str(),
-            format!(
-                "the run did not complete ({}): {}",
-                summary.status.as_str(),
-                summary
-                    .status_reason
-                    .as_deref()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            ),
-        ))
+    let run_problem = if let Some(reason) = summary.incomplete_reason() {
+        Some((summary.status.as_str(), format!("the run {reason}")))
     } else if summary.verdict == Verdict::Incomplete && summary.ops.total == 0 {
         Some((
             "no_operations",
@@ -114,46 +101,68 @@ pub fn render(summary: &Summary) -> String {
             }),
         });
     }
-    let failures = cases
+    let warnings: Vec<String> = summary
+        .warnings
         .iter()
-        .filter(|c| matches!(c.outcome, Some(("failure", ..))))
-        .count();
-    let errors = cases
-        .iter()
-        .filter(|c| matches!(c.outcome, Some(("error", ..))))
-        .count();
+        .map(|w| format!("warning: {}", w.message))
+        .collect();
+    document(
+        &format!("reprod run {}", summary.scenario),
+        summary.duration_s,
+        &[
+            ("run_id", summary.run_id.clone()),
+            ("seed", summary.seed.to_string()),
+            ("status", summary.status.as_str().to_string()),
+            ("verdict", summary.verdict.as_str().to_string()),
+            ("conditions", summary.conditions.join(",")),
+            ("run_dir", summary.run_dir.clone()),
+        ],
+        &cases,
+        &warnings.join("\n"),
+    )
+}
+
+/// A JUnit document of one suite: its properties, its cases, and text for `<system-out>`
+/// (left out when empty).
+pub(crate) fn document(
+    suite: &str,
+    time_s: f64,
+    properties: &[(&str, String)],
+    cases: &[Case],
+    system_out: &str,
+) -> String {
+    let count = |element: &str| {
+        cases
+            .iter()
+            .filter(|c| c.outcome.as_ref().is_some_and(|o| o.0 == element))
+            .count()
+    };
+    let (failures, errors) = (count("failure"), count("error"));
     let mut out = String::new();
     let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     let _ = writeln!(
         out,
-        r#"<testsuites name="reprod" tests="{}" failures="{failures}" errors="{errors}" time="{:.3}">"#,
-        cases.len(),
-        summary.duration_s
+        r#"<testsuites name="reprod" tests="{}" failures="{failures}" errors="{errors}" time="{time_s:.3}">"#,
+        cases.len()
     );
     let _ = writeln!(
         out,
-        r#"  <testsuite name="{}" tests="{}" failures="{failures}" errors="{errors}" skipped="0" time="{:.3}">"#,
-        escape(&format!("reprod run {}", summary.scenario)),
-        cases.len(),
-        summary.duration_s
+        r#"  <testsuite name="{}" tests="{}" failures="{failures}" errors="{errors}" skipped="0" time="{time_s:.3}">"#,
+        escape(suite),
+        cases.len()
     );
-    let _ = writeln!(out, "    <properties>");
-    for (name, value) in [
-        ("run_id", summary.run_id.clone()),
-        ("seed", summary.seed.to_string()),
-        ("status", summary.status.as_str().to_string()),
-        ("verdict", summary.verdict.as_str().to_string()),
-        ("conditions", summary.conditions.join(",")),
-        ("run_dir", summary.run_dir.clone()),
-    ] {
-        let _ = writeln!(
-            out,
-            r#"      <property name="{name}" value="{}"/>"#,
-            escape(&value)
-        );
+    if !properties.is_empty() {
+        let _ = writeln!(out, "    <properties>");
+        for (name, value) in properties {
+            let _ = writeln!(
+                out,
+                r#"      <property name="{name}" value="{}"/>"#,
+                escape(value)
+            );
+        }
+        let _ = writeln!(out, "    </properties>");
     }
-    let _ = writeln!(out, "    </properties>");
-    for case in &cases {
+    for case in cases {
         let attributes = format!(
             r#"classname="{}" name="{}" time="0""#,
             case.classname,
@@ -175,17 +184,8 @@ pub fn render(summary: &Summary) -> String {
             }
         }
     }
-    if !summary.warnings.is_empty() {
-        let text: Vec<String> = summary
-            .warnings
-            .iter()
-            .map(|w| format!("warning: {}", w.message))
-            .collect();
-        let _ = writeln!(
-            out,
-            "    <system-out>{}</system-out>",
-            escape(&text.join("\n"))
-        );
+    if !system_out.is_empty() {
+        let _ = writeln!(out, "    <system-out>{}</system-out>", escape(system_out));
     }
     let _ = writeln!(out, "  </testsuite>");
     let _ = writeln!(out, "</testsuites>");
@@ -195,7 +195,7 @@ pub fn render(summary: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{InvariantResult, ThresholdResult};
+    use crate::{InvariantResult, Status, ThresholdResult};
 
     #[test]
     fn escapes_markup_and_drops_what_xml_cannot_hold() {

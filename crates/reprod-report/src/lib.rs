@@ -257,6 +257,17 @@ impl Summary {
         );
     }
 
+    /// `did not complete (interrupted): <the first line of the reason>`, for runs that did not.
+    pub fn incomplete_reason(&self) -> Option<String> {
+        (self.status != Status::Completed).then(|| {
+            format!(
+                "did not complete ({}): {}",
+                self.status.as_str(),
+                first_line(self.status_reason.as_deref().unwrap_or(""))
+            )
+        })
+    }
+
     /// Whether any invariant was violated (as opposed to not checked).
     pub fn violated(&self) -> bool {
         self.invariants.iter().any(|i| !i.held && i.error.is_none())

@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use reprod_check::stats::{self, ConditionVerdict, Tally};
+use reprod_report::Verdict;
 pub use reprod_report::isolation::{
     Answer, ConditionResult, GroupOut, IncompleteTrial, InvariantAnswer, Isolation,
 };
-use reprod_report::{Status, Verdict};
 use reprod_scenario::{Condition, Scenario, Template, Var};
 
 use crate::session::perform;
@@ -230,18 +230,8 @@ impl Trials<'_> {
         }
         let summary = &finished.summary;
         let unchecked = summary.invariants.iter().find(|i| i.error.is_some());
-        let end = if summary.status != Status::Completed {
-            TrialEnd::Incomplete(format!(
-                "it did not complete ({}): {}",
-                summary.status.as_str(),
-                summary
-                    .status_reason
-                    .as_deref()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            ))
+        let end = if let Some(reason) = summary.incomplete_reason() {
+            TrialEnd::Incomplete(format!("it {reason}"))
         } else if summary.ops.total == 0 {
             TrialEnd::Incomplete("it sent no operation".to_string())
         } else if let Some(i) = unchecked {

@@ -922,40 +922,27 @@ const MAX_PLOT_POINTS: usize = 300;
 pub fn html(finished: &Finished) -> String {
     let history = finished.run_dir.join("history.sqlite");
     let load_start_us = (finished.summary.load_started_s * 1e6) as i64;
-    let mut series: Vec<reprod_report::html::TimePoint> = if finished.series.is_empty() {
+    let buckets = if finished.series.is_empty() {
         reprod_history::read::time_series(&history, load_start_us, MAX_PLOT_POINTS)
             .map(|(buckets, _)| buckets)
             .unwrap_or_default()
-            .into_iter()
-            .map(|b| reprod_report::html::TimePoint {
-                start_s: b.start_s,
-                offered: b.offered,
-                done: b.done,
-                ok: b.ok,
-                not_ok: b.not_ok,
-                retries: b.retries,
-                p50_ms: b.p50_ms,
-                p99_ms: b.p99_ms,
-                violations_seen: 0,
-            })
-            .collect()
     } else {
-        finished
-            .series
-            .iter()
-            .map(|p| reprod_report::html::TimePoint {
-                start_s: p.start_s,
-                offered: p.offered,
-                done: p.done,
-                ok: p.ok,
-                not_ok: p.not_ok,
-                retries: p.retries,
-                p50_ms: p.p50_ms,
-                p99_ms: p.p99_ms,
-                violations_seen: 0,
-            })
-            .collect()
+        finished.series.clone()
     };
+    let mut series: Vec<reprod_report::html::TimePoint> = buckets
+        .into_iter()
+        .map(|b| reprod_report::html::TimePoint {
+            start_s: b.start_s,
+            offered: b.offered,
+            done: b.done,
+            ok: b.ok,
+            not_ok: b.not_ok,
+            retries: b.retries,
+            p50_ms: b.p50_ms,
+            p99_ms: b.p99_ms,
+            violations_seen: 0,
+        })
+        .collect();
     let (seen, final_only) = reprod_history::read::violation_times(&history).unwrap_or_default();
     if let Some(width_s) = series.get(1).map(|p| p.start_s - series[0].start_s)
         && width_s > 0.0
