@@ -191,6 +191,16 @@ fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
 }
 
 impl Isolation {
+    /// The one rendering entry point of an isolation, as `format` (`Markdown` is its text).
+    pub fn render(&self, scenario: &str, format: crate::Format) -> String {
+        match format {
+            crate::Format::Text | crate::Format::Markdown => self.to_text(),
+            crate::Format::Json => serde_json::to_string_pretty(self).unwrap_or_default() + "\n",
+            crate::Format::Junit => self.to_junit(scenario),
+            crate::Format::Html => self.to_html(scenario),
+        }
+    }
+
     /// `isolate.html`: per question, the reproduction share and the per-key rate of every group
     /// with their 95% intervals, the verdicts, the minimal set and its command. Self-contained.
     pub fn to_html(&self, scenario: &str) -> String {

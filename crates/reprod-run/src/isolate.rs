@@ -400,14 +400,12 @@ pub async fn isolate(
     };
     debug_assert!(result.trials_run <= result.trials_bound);
     let _ = std::fs::create_dir_all(&out);
-    for (file, text) in [
-        ("isolate.html", result.to_html(&scenario.name)),
-        ("junit.xml", result.to_junit(&scenario.name)),
-        (
-            "isolation.json",
-            serde_json::to_string_pretty(&result).unwrap_or_default() + "\n",
-        ),
+    for (file, format) in [
+        ("isolate.html", reprod_report::Format::Html),
+        ("junit.xml", reprod_report::Format::Junit),
+        ("isolation.json", reprod_report::Format::Json),
     ] {
+        let text = result.render(&scenario.name, format);
         if let Err(e) = crate::session::write_whole(&out.join(file), &text) {
             obs.problem(&format!(
                 "reprod: cannot write {file} in {}: {e}",

@@ -33,7 +33,10 @@ pub fn main(args: IsolateArgs) -> u8 {
                 if let Some(path) = &args.junit
                     && let Err(e) = reprod_run::session::write_whole(
                         path,
-                        &result.to_junit(&args.scenario.scenario.display().to_string()),
+                        &result.render(
+                            &args.scenario.scenario.display().to_string(),
+                            reprod_report::Format::Junit,
+                        ),
                     )
                 {
                     errln!(
