@@ -160,6 +160,8 @@ pub struct Input<'a> {
     /// When the load starts, in the run clock's microseconds: every intended time is this plus
     /// the schedule's offset, so nothing planned falls in the time services took to start.
     pub load_start_us: i64,
+    /// What the setup steps captured.
+    pub setup: Arc<SetupValues>,
 }
 
 struct CallerRt {
@@ -187,6 +189,7 @@ struct CallerRt {
 
 struct Shared {
     seed: u64,
+    setup: Arc<SetupValues>,
     callers: Vec<CallerRt>,
     clock: RunClock,
     recorder: Recorder,
@@ -209,6 +212,7 @@ pub async fn run(input: Input<'_>) -> Stats {
         live,
         mut stop,
         load_start_us,
+        setup,
     } = input;
     let mut pools: HashMap<String, Arc<http::Pool>> = HashMap::new();
     for target in targets.iter().flatten() {
@@ -234,6 +238,7 @@ pub async fn run(input: Input<'_>) -> Stats {
     ));
     let shared = Arc::new(Shared {
         seed: scenario.seed,
+        setup,
         callers: scenario
             .callers
             .iter()
@@ -251,7 +256,7 @@ pub async fn run(input: Input<'_>) -> Stats {
                     .collect(),
                 balance: scenario.services[c.service].balance,
                 uses_uuid: c.request.uses(|v| *v == Var::Uuid),
-                needs_key: c.request.uses(|v| *v == Var::Key)
+                needs_key: c.request.uses(|v| matches!(v, Var::Key | Var::KeyValue(_)))
                     || scenario.services[c.service].balance == Balance::Key
                     || scenario.serialize_keys,
                 round_robin: AtomicUsize::new(0),
@@ -484,6 +489,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
             idempotency_key: idempotency_key.as_deref(),
             // Same choices on every attempt of an operation: a retry resends the same request.
             choice_seed: mix(op_seed, 7),
+            setup: &shared.setup,
         };
         let request = build_request(spec, pool.host(), &vars, trace_id, span_id);
         let sent_us = shared.clock.now_us();
@@ -681,6 +687,17 @@ pub struct Vars<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Seed of `{choice:...}` draws.
     pub choice_seed: u64,
+    /// What the setup steps captured.
+    pub setup: &'a SetupValues,
+}
+
+/// What the setup steps captured: `{setup.NAME}` once, `{key.NAME}` per key.
+#[derive(Clone, Debug, Default)]
+pub struct SetupValues {
+    /// Captured by steps that ran once.
+    pub once: HashMap<String, String>,
+    /// Captured by per-key steps: key → name → value.
+    pub per_key: HashMap<String, HashMap<String, String>>,
 }
 
 /// Renders a request template for one attempt.
@@ -703,6 +720,16 @@ fn render_into(out: &mut String, t: &Template, vars: &Vars<'_>, choices: &mut fa
             Var::Seq => out.push_str(&vars.seq.to_string()),
             Var::IdempotencyKey => out.push_str(vars.idempotency_key.unwrap_or("")),
             Var::Choice(options) => out.push_str(&options[choices.usize(..options.len())]),
+            // Validation made sure a step captures every name used; a per-key step that ran
+            // for fewer keys than the caller draws leaves the rest empty.
+            Var::Setup(name) => out.push_str(vars.setup.once.get(name).map_or("", String::as_str)),
+            Var::KeyValue(name) => out.push_str(
+                vars.setup
+                    .per_key
+                    .get(vars.key)
+                    .and_then(|values| values.get(name))
+                    .map_or("", String::as_str),
+            ),
             _ => return false,
         }
         true
@@ -834,6 +861,7 @@ rate = 1
                 seq: 1,
                 idempotency_key: Some("idem"),
                 choice_seed: mix(s.seed, op_id + 7),
+                setup: &SetupValues::default(),
             };
             let mut choices = fastrand::Rng::with_seed(vars.choice_seed);
             let body = s.callers[0].request.body.as_ref().expect("body");

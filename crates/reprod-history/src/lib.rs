@@ -296,6 +296,25 @@ pub enum Event {
     EngineError(Box<EngineErrorRecord>),
     /// The load started (every service ready): `run.load_started_us`.
     LoadStarted(i64),
+    /// A setup request was answered (or failed).
+    Setup(Box<SetupRecord>),
+}
+
+/// One setup request: never an operation, never counted as load.
+#[derive(Clone, Debug)]
+pub struct SetupRecord {
+    /// The step.
+    pub step: String,
+    /// The key, for a per-key step.
+    pub key: Option<String>,
+    /// Sent.
+    pub sent_us: i64,
+    /// Answered or abandoned.
+    pub done_us: i64,
+    /// Status, when one came.
+    pub status: Option<i64>,
+    /// Transport error or timeout.
+    pub error: Option<String>,
 }
 
 /// An operation the engine failed to run: reprod's own fault, recorded so the run can say so.
@@ -476,6 +495,10 @@ CREATE TABLE service_events (
 CREATE TABLE violations (
     invariant TEXT NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, found_us INTEGER NOT NULL,
     found_by TEXT NOT NULL DEFAULT 'final_check'
+);
+CREATE TABLE setup_requests (
+    step TEXT NOT NULL, key TEXT, sent_us INTEGER NOT NULL, done_us INTEGER NOT NULL,
+    status INTEGER, error TEXT
 );
 CREATE TABLE engine_errors (
     op_id INTEGER NOT NULL, at_us INTEGER NOT NULL, message TEXT NOT NULL
@@ -898,6 +921,15 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
             )?
             .execute(params![
                 s.service, s.replica, s.version, s.at_us, s.event, s.detail
+            ])?;
+        }
+        Event::Setup(r) => {
+            tx.prepare_cached(
+                "INSERT INTO setup_requests (step, key, sent_us, done_us, status, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                r.step, r.key, r.sent_us, r.done_us, r.status, r.error
             ])?;
         }
         Event::LoadStarted(at_us) => {

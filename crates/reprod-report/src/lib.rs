@@ -31,6 +31,15 @@ pub struct OpCounts {
     pub unsent: u64,
 }
 
+/// What the setup steps did before the load.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SetupSummary {
+    /// Requests sent.
+    pub requests: u64,
+    /// Seconds they took, all steps.
+    pub seconds: f64,
+}
+
 /// Attempt counts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AttemptCounts {
@@ -210,6 +219,8 @@ pub struct Summary {
     pub load_started_s: f64,
     /// Load phase length in seconds (load start to last operation done).
     pub duration_s: f64,
+    /// Setup requests sent before the load (not operations), and how long setup took.
+    pub setup: SetupSummary,
     /// Operations.
     pub ops: OpCounts,
     /// Attempts.
@@ -339,6 +350,13 @@ impl Summary {
                 "            {} scheduled operations were not sent: the generator could not keep up \
                  (see the schedule lag)",
                 o.unsent
+            );
+        }
+        if self.setup.requests > 0 {
+            let _ = writeln!(
+                out,
+                "setup       {} requests in {:.1} s, before the load",
+                self.setup.requests, self.setup.seconds
             );
         }
         let _ = writeln!(

@@ -10,6 +10,7 @@
 pub mod export;
 pub mod isolate;
 pub mod session;
+pub mod setup;
 pub mod time;
 
 use std::path::PathBuf;

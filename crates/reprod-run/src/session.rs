@@ -57,6 +57,8 @@ struct Driven {
     load_start_us: Option<i64>,
     /// Replica output lines cut at the line bound.
     cut_lines: u64,
+    /// What setup did.
+    setup: reprod_report::SetupSummary,
 }
 
 impl Driven {
@@ -67,6 +69,7 @@ impl Driven {
             first_seen: reprod_check::FirstSeen::new(),
             load_start_us: None,
             cut_lines: 0,
+            setup: reprod_report::SetupSummary::default(),
         }
     }
 }
@@ -226,6 +229,7 @@ pub async fn perform(
     );
     summary.status = status;
     summary.status_reason = status_reason;
+    summary.setup = driven.setup.clone();
     summary.dependencies = dependency_results(scenario, &history_path);
     check(
         obs,
@@ -501,6 +505,24 @@ async fn history_failed(failure: &mut watch::Receiver<Option<String>>) -> String
     }
 }
 
+/// The engine's view of the services' replicas.
+fn engine_targets(services: &Services) -> Vec<Vec<reprod_engine::Target>> {
+    services
+        .replicas()
+        .iter()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .map(|r| reprod_engine::Target {
+                    url: r.url.clone(),
+                    instance: r.instance.clone(),
+                    version: r.version.clone(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Makes the run's scratch database on the server `url` names, through its maintenance database
 /// (so the named one need not exist): a copy of `fresh.template`, or empty, then `fresh.schema`
 /// run in it. Returns (maintenance URL, name, the scratch database's URL).
@@ -576,8 +598,44 @@ async fn drive(
             return Driven::before_load(ended);
         }
     };
-    // The load clock starts now, with every replica ready: nothing is planned inside the time
-    // the services took to start, so nothing is released late in a burst.
+    let targets = engine_targets(&services);
+    // Setup steps, with every replica ready and before the load clock starts.
+    let setup = if scenario.setup.is_empty() {
+        Ok((crate::setup::SetupDone::default(), 0.0))
+    } else {
+        obs.note(&format!("reprod: setup: {} step(s)", scenario.setup.len()));
+        let started = clock.now_us();
+        let ran = tokio::select! {
+            done = crate::setup::run(scenario, &targets, clock, &recorder) => done.map_err(Ended::StartFailed),
+            _ = cx.interrupt.requested() => Err(Ended::Interrupted),
+            reason = history_failed(&mut failure) => Err(Ended::HistoryFailed(reason)),
+            death = services.died() => Err(Ended::ServiceFailed(death.to_string())),
+        };
+        if let Ok(done) = &ran {
+            obs.note(&format!(
+                "reprod: setup done: {} request(s) in {:.1} s",
+                done.requests,
+                (clock.now_us() - started) as f64 / 1e6
+            ));
+        }
+        ran.map(|done| (done, (clock.now_us() - started) as f64 / 1e6))
+    };
+    let (setup, setup_summary) = match setup {
+        Ok((done, seconds)) => (
+            Arc::new(done.values),
+            reprod_report::SetupSummary {
+                requests: done.requests,
+                seconds,
+            },
+        ),
+        Err(ended) => {
+            services.stop().await;
+            faults.stop().await;
+            return Driven::before_load(ended);
+        }
+    };
+    // The load clock starts now, with every replica ready and set up: nothing is planned
+    // inside the time the services took to start, so nothing is released late in a burst.
     let load_start_us = clock.now_us();
     faults.set_load_start(load_start_us);
     recorder.record(Event::LoadStarted(load_start_us)).await;
@@ -591,13 +649,18 @@ async fn drive(
         watch_stopped,
     );
     let load_then_stop = async {
+        let plan = LoadPlan {
+            targets,
+            setup,
+            load_start_us,
+        };
         let outcome = load(
             cx,
             scenario,
             &mut services,
             clock,
             recorder,
-            load_start_us,
+            plan,
             &mut failure,
         )
         .await;
@@ -616,7 +679,15 @@ async fn drive(
             .output()
             .cut_lines
             .load(std::sync::atomic::Ordering::Relaxed),
+        setup: setup_summary,
     }
+}
+
+/// What the load runs against, from the phases before it.
+struct LoadPlan {
+    targets: Vec<Vec<reprod_engine::Target>>,
+    setup: Arc<reprod_engine::SetupValues>,
+    load_start_us: i64,
 }
 
 async fn load(
@@ -625,26 +696,17 @@ async fn load(
     services: &mut Services,
     clock: RunClock,
     recorder: Recorder,
-    load_start_us: i64,
+    plan: LoadPlan,
     failure: &mut watch::Receiver<Option<String>>,
 ) -> (Ended, Stats) {
+    let LoadPlan {
+        targets,
+        setup,
+        load_start_us,
+    } = plan;
     let obs = cx.obs;
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = Arc::new(Live::default());
-    let targets: Vec<Vec<reprod_engine::Target>> = services
-        .replicas()
-        .iter()
-        .map(|replicas| {
-            replicas
-                .iter()
-                .map(|r| reprod_engine::Target {
-                    url: r.url.clone(),
-                    instance: r.instance.clone(),
-                    version: r.version.clone(),
-                })
-                .collect()
-        })
-        .collect();
     obs.note(&format!(
         "reprod: load for up to {} (at most {} operations), conditions: {}",
         reprod_scenario::format_duration(scenario.duration),
@@ -659,6 +721,7 @@ async fn load(
         live: Arc::clone(&live),
         stop: stop_rx,
         load_start_us,
+        setup,
     });
     tokio::pin!(engine);
     let mut problem = None;
@@ -788,6 +851,7 @@ fn summarize(
         status_reason: None,
         load_started_s: load_start_us as f64 / 1e6,
         duration_s,
+        setup: reprod_report::SetupSummary::default(),
         ops: OpCounts {
             total: stats.ops,
             ok: stats.ok,

@@ -41,6 +41,8 @@ pub struct Scenario {
     pub callers: Vec<Caller>,
     /// What must hold.
     pub invariants: Vec<Invariant>,
+    /// Requests run once the services are ready and before the load clock starts, in order.
+    pub setup: Vec<SetupStep>,
     /// Limits that fail the run.
     pub thresholds: Thresholds,
     /// Set when the `overlap` condition is switched off: operations on one key never run at the
@@ -158,6 +160,40 @@ pub struct Caller {
     /// The statuses that mean the operation succeeded (default: any 2xx): its outcome, its
     /// retries and the response invariants follow them.
     pub ok: RetryOn,
+}
+
+/// A setup step: a request run once (or once per key) before the load, whose answer's values
+/// are captured for later steps and callers.
+#[derive(Clone, Debug)]
+pub struct SetupStep {
+    /// Unique name.
+    pub name: String,
+    /// Index into `Scenario::services`.
+    pub service: usize,
+    /// What it sends (setup scope: `{key}` in a per-key step, `{uuid}`, earlier captures).
+    pub request: RequestTemplate,
+    /// The statuses that mean it worked (default any 2xx).
+    pub expect: RetryOn,
+    /// Name → where in the answer the value is.
+    pub captures: Vec<(String, Capture)>,
+    /// Run once per key of this key space (its captures are `{key.NAME}` for callers on these
+    /// keys), at most `concurrency` at once; `None`: once (captures are `{setup.NAME}`).
+    pub for_each: Option<(Keys, usize)>,
+    /// Deadline of one request.
+    pub timeout: Duration,
+}
+
+/// Where a setup step finds a value in its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// A JSON pointer into the body.
+    Json(String),
+    /// A response header (lower case).
+    Header(String),
+    /// A cookie the answer sets.
+    Cookie(String),
+    /// The first capture group (or the whole match) of a regular expression over the body.
+    Regex(String),
 }
 
 /// What reports show instead of a secret's value.

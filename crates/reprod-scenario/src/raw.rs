@@ -34,6 +34,8 @@ pub struct RawScenario {
     pub callers: Vec<RawCaller>,
     #[serde(default, rename = "invariant")]
     pub invariants: Vec<RawInvariant>,
+    #[serde(default, rename = "setup")]
+    pub setup: Vec<RawSetup>,
     pub thresholds: Option<RawThresholds>,
 }
 
@@ -251,4 +253,33 @@ pub struct RawThresholds {
     pub p99: Option<S<String>>,
     pub error_rate: Option<S<toml::Value>>,
     pub min_goodput_rps: Option<S<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSetup {
+    pub name: S<String>,
+    pub service: Option<S<String>>,
+    pub request: RawRequest,
+    pub expect: Option<S<Vec<S<toml::Value>>>>,
+    #[serde(default)]
+    pub capture: BTreeMap<String, S<RawCapture>>,
+    pub for_each: Option<RawForEach>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    pub json: Option<String>,
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForEach {
+    pub keys: RawKeys,
+    pub concurrency: Option<S<i64>>,
 }

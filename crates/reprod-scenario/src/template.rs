@@ -44,6 +44,10 @@ pub enum Var {
     Choice(Vec<String>),
     /// `{NAME|url}`, `{NAME|json}`: another placeholder's value, escaped for where it goes.
     Filtered(Box<Var>, Filter),
+    /// `{setup.NAME}`: what a setup step (run once) captured.
+    Setup(String),
+    /// `{key.NAME}`: what a per-key setup step captured for the operation's key.
+    KeyValue(String),
 }
 
 /// How a placeholder's value is escaped for where it goes.
@@ -214,6 +218,8 @@ pub enum Scope {
     Request,
     /// Dependency stub bodies: request values seen by the dependency.
     Stub,
+    /// Setup step requests: `{key}` (per-key steps), `{uuid}`, and what earlier steps captured.
+    Setup,
 }
 
 /// One piece of a template.
@@ -395,6 +401,8 @@ impl fmt::Display for Var {
             Var::Seq => f.write_str("{seq}"),
             Var::IdempotencyKey => f.write_str("{idempotency_key}"),
             Var::Choice(options) => write!(f, "{{choice:{}}}", options.join("|")),
+            Var::Setup(name) => write!(f, "{{setup.{name}}}"),
+            Var::KeyValue(name) => write!(f, "{{key.{name}}}"),
             Var::Filtered(inner, filter) => {
                 let inner = inner.to_string();
                 write!(f, "{{{}|{}}}", &inner[1..inner.len() - 1], filter.name())
@@ -438,6 +446,18 @@ fn parse_var(name: &str) -> Result<Var, String> {
                 }
                 return Ok(Var::Choice(options));
             }
+            if let Some(captured) = name.strip_prefix("setup.")
+                && !captured.is_empty()
+                && !captured.contains('.')
+            {
+                return Ok(Var::Setup(captured.to_string()));
+            }
+            if let Some(captured) = name.strip_prefix("key.")
+                && !captured.is_empty()
+                && !captured.contains('.')
+            {
+                return Ok(Var::KeyValue(captured.to_string()));
+            }
             let parts: Vec<&str> = name.split('.').collect();
             match parts.as_slice() {
                 ["dependency", dep, "url"] => Var::DependencyUrl(dep.to_string()),
@@ -445,6 +465,7 @@ fn parse_var(name: &str) -> Result<Var, String> {
                 _ => {
                     return Err(format!(
                         "unknown placeholder {{{name}}}; known: {{key}}, {{op}}, {{attempt}}, \
+                         {{setup.NAME}}, {{key.NAME}}, \
                          {{uuid}}, {{seq}}, {{idempotency_key}}, {{choice:a|b}}, {{param.NAME}}, \
                          {{port}}, {{run_dir}}, {{replica}}, {{version}}, {{database.url}}, \
                          {{database.host|port|name|user|password|path}}, \
@@ -482,8 +503,14 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
                 | Var::Seq
                 | Var::IdempotencyKey
                 | Var::Choice(_)
+                | Var::Setup(_)
+                | Var::KeyValue(_)
         ),
         Scope::Stub => matches!(var, Var::Key | Var::Uuid | Var::Choice(_)),
+        Scope::Setup => matches!(
+            var,
+            Var::Key | Var::Uuid | Var::Choice(_) | Var::Setup(_) | Var::KeyValue(_)
+        ),
     };
     if allowed {
         Ok(())
@@ -494,7 +521,10 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
                 "a service (service placeholders are {port}, {run_dir}, {replica}, {version}, {database.url}, {database.host}, {database.port}, {database.name}, {database.user}, {database.password}, {database.path}, {dependency.NAME.url}, {sink.NAME.url})"
             }
             Scope::Request => {
-                "a caller request (request placeholders are {key}, {op}, {attempt}, {uuid}, {seq}, {idempotency_key}, {choice:a|b})"
+                "a caller request (request placeholders are {key}, {op}, {attempt}, {uuid}, {seq}, {idempotency_key}, {choice:a|b}, {setup.NAME}, {key.NAME})"
+            }
+            Scope::Setup => {
+                "a setup step (setup placeholders are {key} in a per-key step, {uuid}, {choice:a|b}, {setup.NAME}, {key.NAME})"
             }
             Scope::Stub => "a dependency stub (stub placeholders are {key}, {uuid}, {choice:a|b})",
         };

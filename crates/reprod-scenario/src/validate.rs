@@ -341,6 +341,9 @@ pub fn validate(
         .as_ref()
         .map(|t| thresholds(&mut cx, t))
         .unwrap_or_default();
+    unique_names(&mut cx, raw.setup.iter().map(|s| &s.name), "setup step");
+    let setup = setup_steps(&mut cx, &raw.setup, &service_names);
+    check_captures(&mut cx, &raw, &setup, &callers);
 
     if raw.callers.is_empty() {
         cx.err(
@@ -377,6 +380,7 @@ pub fn validate(
         callers,
         invariants,
         thresholds,
+        setup,
         serialize_keys: false,
     })
 }
@@ -906,6 +910,10 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
 }
 
 fn request(cx: &mut Cx<'_, '_>, r: &RawRequest) -> Option<RequestTemplate> {
+    request_in(cx, r, Scope::Request)
+}
+
+fn request_in(cx: &mut Cx<'_, '_>, r: &RawRequest, scope: Scope) -> Option<RequestTemplate> {
     let method = r
         .method
         .as_ref()
@@ -921,14 +929,14 @@ fn request(cx: &mut Cx<'_, '_>, r: &RawRequest) -> Option<RequestTemplate> {
             Some("the service's base URL comes from the service"),
         );
     }
-    let path = cx.template(&r.path, Scope::Request)?;
+    let path = cx.template(&r.path, scope)?;
     let headers = r
         .headers
         .iter()
-        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), cx.template(v, Scope::Request)?)))
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), cx.template(v, scope)?)))
         .collect();
     let body = match &r.body {
-        Some(b) => Some(cx.template(b, Scope::Request)?),
+        Some(b) => Some(cx.template(b, scope)?),
         None => None,
     };
     Some(RequestTemplate {
@@ -1698,6 +1706,206 @@ fn thresholds(cx: &mut Cx<'_, '_>, t: &RawThresholds) -> Thresholds {
             .min_goodput_rps
             .as_ref()
             .and_then(|v| cx.number(v, "thresholds.min_goodput_rps")),
+    }
+}
+
+/// The setup steps, in file order.
+fn setup_steps(
+    cx: &mut Cx<'_, '_>,
+    raw: &[crate::raw::RawSetup],
+    services: &[String],
+) -> Vec<crate::model::SetupStep> {
+    use crate::model::{Capture, SetupStep};
+    let mut steps = Vec::new();
+    for r in raw {
+        let name = r.name.get_ref().clone();
+        let service = match &r.service {
+            Some(s) => services.iter().position(|n| n == s.get_ref()).or_else(|| {
+                cx.err(
+                    s.span(),
+                    format!(
+                        "setup step {name:?} names service {:?}, which does not exist",
+                        s.get_ref()
+                    ),
+                    Some(&format!("services: {}", listed(services))),
+                );
+                None
+            }),
+            None if services.len() == 1 => Some(0),
+            None => {
+                cx.err(
+                    r.name.span(),
+                    format!("setup step {name:?} must say which service it calls"),
+                    Some("set service = \"NAME\""),
+                );
+                None
+            }
+        };
+        let request = request_in(cx, &r.request, Scope::Setup);
+        let expect = match &r.expect {
+            Some(list) => status_list(cx, list.get_ref(), "expect"),
+            None => RetryOn {
+                classes: vec![2],
+                ..RetryOn::default()
+            },
+        };
+        let mut captures = Vec::new();
+        for (capture, spec) in &r.capture {
+            let c = spec.get_ref();
+            let forms = [&c.json, &c.header, &c.cookie, &c.regex];
+            let given: Vec<&String> = forms.iter().filter_map(|f| f.as_ref()).collect();
+            if given.len() != 1 {
+                cx.err(
+                    spec.span(),
+                    format!("capture {capture:?} of setup step {name:?} needs exactly one of json, header, cookie or regex"),
+                    Some("for example token = { json = \"/token\" } or sid = { cookie = \"sid\" }"),
+                );
+                continue;
+            }
+            let found = if let Some(pointer) = &c.json {
+                if !pointer.starts_with('/') {
+                    cx.err(
+                        spec.span(),
+                        format!("capture {capture:?}: json must be a JSON pointer starting with /"),
+                        Some("for example \"/token\" or \"/data/id\""),
+                    );
+                    continue;
+                }
+                Capture::Json(pointer.clone())
+            } else if let Some(header) = &c.header {
+                Capture::Header(header.to_ascii_lowercase())
+            } else if let Some(cookie) = &c.cookie {
+                Capture::Cookie(cookie.clone())
+            } else if let Some(re) = &c.regex {
+                if let Err(e) = regex_lite::Regex::new(re) {
+                    cx.err(
+                        spec.span(),
+                        format!("capture {capture:?}: not a valid regular expression: {e}"),
+                        None,
+                    );
+                    continue;
+                }
+                Capture::Regex(re.clone())
+            } else {
+                continue;
+            };
+            captures.push((capture.clone(), found));
+        }
+        let for_each = r.for_each.as_ref().map(|f| {
+            let concurrency = f
+                .concurrency
+                .as_ref()
+                .and_then(|c| cx.positive(c, "for_each.concurrency", 1000))
+                .unwrap_or(8) as usize;
+            (keys(cx, Some(&f.keys)), concurrency)
+        });
+        if for_each.is_none() && request.as_ref().is_some_and(|t| t.uses(|v| *v == Var::Key)) {
+            cx.err(
+                r.request.path.span(),
+                format!("setup step {name:?} uses {{key}} but runs once; give it for_each = {{ keys = ... }} to run it per key"),
+                None,
+            );
+        }
+        let timeout = cx.duration_or(&r.timeout, "timeout", Duration::from_secs(10));
+        if let (Some(service), Some(request)) = (service, request) {
+            steps.push(SetupStep {
+                name,
+                service,
+                request,
+                expect,
+                captures,
+                for_each,
+                timeout,
+            });
+        }
+    }
+    steps
+}
+
+/// Every `{setup.NAME}` is captured by a step that runs once, before it; every `{key.NAME}` by
+/// a per-key step, on the same key space as the caller that uses it (and before the step that
+/// uses it).
+fn check_captures(
+    cx: &mut Cx<'_, '_>,
+    raw: &RawScenario,
+    setup: &[crate::model::SetupStep],
+    callers: &[Caller],
+) {
+    let wanted = |t: &RequestTemplate| -> Vec<Var> {
+        let mut out = Vec::new();
+        let mut look = |tt: &Template| {
+            for seg in &tt.segments {
+                if let crate::template::Segment::Var(v) = seg {
+                    let v = match v {
+                        Var::Filtered(inner, _) => inner.as_ref().clone(),
+                        v => v.clone(),
+                    };
+                    if matches!(v, Var::Setup(_) | Var::KeyValue(_)) {
+                        out.push(v);
+                    }
+                }
+            }
+        };
+        look(&t.path);
+        for (_, h) in &t.headers {
+            look(h);
+        }
+        if let Some(b) = &t.body {
+            look(b);
+        }
+        out
+    };
+    let captured_once = |upto: usize, name: &str| {
+        setup[..upto]
+            .iter()
+            .any(|s| s.for_each.is_none() && s.captures.iter().any(|(n, _)| n == name))
+    };
+    let captured_per_key = |upto: usize, name: &str, prefix: &str| {
+        setup[..upto].iter().any(|s| {
+            s.for_each.as_ref().is_some_and(|(k, _)| k.prefix == prefix)
+                && s.captures.iter().any(|(n, _)| n == name)
+        })
+    };
+    for (i, step) in setup.iter().enumerate() {
+        let span = raw.setup.get(i).map_or(0..0, |r| r.name.span());
+        for v in wanted(&step.request) {
+            let ok = match &v {
+                Var::Setup(n) => captured_once(i, n),
+                Var::KeyValue(n) => step
+                    .for_each
+                    .as_ref()
+                    .is_some_and(|(k, _)| captured_per_key(i, n, &k.prefix)),
+                _ => true,
+            };
+            if !ok {
+                cx.err(
+                    span.clone(),
+                    format!("setup step {:?} uses {v}, which no earlier step captures", step.name),
+                    Some("capture it in an earlier [[setup]] step (per key for {key.NAME}, once for {setup.NAME})"),
+                );
+            }
+        }
+    }
+    for (caller, raw_caller) in callers.iter().zip(&raw.callers) {
+        for v in wanted(&caller.request) {
+            let ok = match &v {
+                Var::Setup(n) => captured_once(setup.len(), n),
+                Var::KeyValue(n) => captured_per_key(setup.len(), n, &caller.keys.prefix),
+                _ => true,
+            };
+            if !ok {
+                let per_key = matches!(v, Var::KeyValue(_));
+                cx.err(
+                    raw_caller.name.span(),
+                    format!("caller {:?} uses {v}, which no setup step captures{}", caller.name, if per_key { format!(" for its keys (prefix {:?})", caller.keys.prefix) } else { String::new() }),
+                    Some(if per_key {
+                        "a [[setup]] step with for_each = { keys = { prefix = ... } } on the caller's key prefix must capture it"
+                    } else {
+                        "a [[setup]] step without for_each must capture it"
+                    }),
+                );
+            }
+        }
     }
 }
 

@@ -134,6 +134,7 @@ async fn run(name: &str, settings: &str, caller: &str, stop_after: Option<Durati
         live: Arc::new(Live::default()),
         stop,
         load_start_us,
+        setup: Arc::default(),
     })
     .await;
     writer.finish("completed", 0).await.expect("finish");

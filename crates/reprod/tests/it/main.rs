@@ -9,4 +9,5 @@ mod isolate;
 mod lifecycle;
 mod outputs;
 mod runs;
+mod setup;
 mod verdicts;
