@@ -1,0 +1,88 @@
+//! The examples under `scenarios/examples/` run as shipped: each is a service nobody here wrote
+//! (its own language, its own schema) with a real bug, and the scenario must find that bug
+//! without a wrapper script — and must not find it where the service is correct.
+
+use std::path::PathBuf;
+
+use crate::support::{TempDir, run_json, scalar};
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scenarios/examples")
+        .join(name)
+}
+
+#[test]
+fn the_shortener_example_finds_duplicate_links_with_no_wrapper_script() {
+    let dir = TempDir::new();
+    let out = dir.path().join("runs");
+    let scenario = example("shortener/shortener.toml");
+    let (code, summary, stderr) = run_json("run", &scenario, &out, &[]);
+    assert_eq!(code, Some(1), "the race is found: {stderr}\n{summary}");
+    assert_eq!(summary["status"], "completed", "{summary}");
+    assert_eq!(
+        summary["setup"]["requests"], 90,
+        "register, log in and make a fixture link for each of 30 users: {summary}"
+    );
+    let ops = summary["ops"]["total"].as_u64().unwrap_or(0);
+    assert_eq!(
+        summary["ops"]["ok"].as_u64(),
+        Some(ops),
+        "every create carried its user's token and every visit followed a fixture link: {summary}"
+    );
+    let history = crate::support::run_dir(&out).join("history.sqlite");
+    let violating = scalar(
+        &history,
+        "SELECT COUNT(DISTINCT key) FROM violations WHERE key LIKE 'user_%'",
+    );
+    assert!(
+        violating > 0,
+        "duplicates are reported by user, the scenario's key: {summary}"
+    );
+    assert_eq!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM violations v WHERE NOT EXISTS \
+             (SELECT 1 FROM ops o WHERE o.key = v.key AND o.caller = 'creators')"
+        ),
+        0,
+        "each duplicate belongs to a user the creators caller touched"
+    );
+}
+
+#[test]
+fn the_shortener_example_passes_once_the_service_takes_a_lock() {
+    // The same service with its check-then-insert in one write transaction (BEGIN IMMEDIATE takes
+    // SQLite's write lock before the check):
+    // the identical load must now pass, so the failure above is the race and not the harness.
+    let dir = TempDir::new();
+    let mut fixed =
+        std::fs::read_to_string(example("shortener/shortener.py")).expect("the example");
+    for (before, after) in [
+        (
+            "            alias = body.get(\"alias\")\n",
+            "            alias = body.get(\"alias\")\n            db.execute(\"BEGIN IMMEDIATE\")\n",
+        ),
+        (
+            "            if existing:\n",
+            "            if existing:\n                db.execute(\"COMMIT\")\n",
+        ),
+        (
+            "            return self.answer(201, {\"id\": cur.lastrowid, \"alias\": alias})\n",
+            "            db.execute(\"COMMIT\")\n            return self.answer(201, {\"id\": cur.lastrowid, \"alias\": alias})\n",
+        ),
+    ] {
+        assert!(
+            fixed.contains(before),
+            "the example's create handler changed; update this test: {before}"
+        );
+        fixed = fixed.replace(before, after);
+    }
+    dir.write("shortener.py", &fixed);
+    let toml = std::fs::read_to_string(example("shortener/shortener.toml")).expect("example");
+    let scenario = dir.write("shortener.toml", &toml);
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = run_json("run", &scenario, &out, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{summary}");
+    assert_eq!(summary["verdict"], "pass", "{summary}");
+}
