@@ -53,8 +53,8 @@ fn the_shortener_example_finds_duplicate_links_with_no_wrapper_script() {
 #[test]
 fn the_shortener_example_passes_once_the_service_takes_a_lock() {
     // The same service with its check-then-insert in one write transaction (BEGIN IMMEDIATE takes
-    // SQLite's write lock before the check):
-    // the identical load must now pass, so the failure above is the race and not the harness.
+    // SQLite's write lock before the check): the identical load must now pass, with every create
+    // answered, so the failure above is the race and not the harness.
     let dir = TempDir::new();
     let mut fixed =
         std::fs::read_to_string(example("shortener/shortener.py")).expect("the example");
@@ -85,4 +85,7 @@ fn the_shortener_example_passes_once_the_service_takes_a_lock() {
     let (code, summary, stderr) = run_json("run", &scenario, &out, &[]);
     assert_eq!(code, Some(0), "{stderr}\n{summary}");
     assert_eq!(summary["verdict"], "pass", "{summary}");
+    let ops = summary["ops"]["total"].as_u64().unwrap_or(0);
+    assert!(ops >= 100, "{summary}");
+    assert_eq!(summary["ops"]["ok"].as_u64(), Some(ops), "{summary}");
 }
