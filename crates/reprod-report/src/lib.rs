@@ -370,16 +370,21 @@ impl Summary {
             self.offered_rps, self.throughput_rps, self.goodput_rps, self.duration_s
         );
         let l = &self.latency_ms;
-        let _ = writeln!(
-            out,
-            "latency     p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms (from intended start)",
-            l.p50, l.p95, l.p99, l.p999, l.max
-        );
-        let _ = writeln!(
-            out,
-            "lag         p99 {:.2} ms, max {:.2} ms (intended → actual start)",
-            self.schedule_lag_ms.p99, self.schedule_lag_ms.max
-        );
+        if self.ops.total == 0 {
+            // Zeros here would read as a measurement; there was none.
+            let _ = writeln!(out, "latency     - (no operation was sent)");
+        } else {
+            let _ = writeln!(
+                out,
+                "latency     p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms (from intended start)",
+                l.p50, l.p95, l.p99, l.p999, l.max
+            );
+            let _ = writeln!(
+                out,
+                "lag         p99 {:.2} ms, max {:.2} ms (intended → actual start)",
+                self.schedule_lag_ms.p99, self.schedule_lag_ms.max
+            );
+        }
         for d in &self.dependencies {
             let fmt = |m: &serde_json::Map<String, serde_json::Value>| {
                 m.iter()

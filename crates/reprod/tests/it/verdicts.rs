@@ -71,6 +71,10 @@ no_status = ["5xx"]
         report.starts_with("reprod run") && report.contains("verdict: INCOMPLETE"),
         "{report}"
     );
+    assert!(
+        report.contains("latency     - (no operation was sent)") && !report.contains("p50 0.0"),
+        "no latency is shown as zeros: {report}"
+    );
 }
 
 /// A caller whose every request the service refuses (400) exercises nothing: the run says so
