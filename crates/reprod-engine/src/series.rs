@@ -123,7 +123,6 @@ impl Series {
                     retries: i.retries,
                     p50_ms: quantile(0.5),
                     p99_ms: quantile(0.99),
-                    violations_seen: 0,
                 }
             })
             .collect()

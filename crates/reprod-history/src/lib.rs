@@ -1406,18 +1406,16 @@ pub mod read {
         pub p50_ms: f64,
         /// 99th percentile of the same, ms.
         pub p99_ms: f64,
-        /// Violations first seen in it (by a check during the run).
-        pub violations_seen: u64,
     }
 
-    /// The run in intervals of `bucket_us` from `load_start_us` (at most `max_buckets` of them:
-    /// the interval grows to fit), streamed from the history without loading it whole. Also
-    /// returns the violations found only by the final check.
+    /// The run's operations in intervals of `bucket_us` from `load_start_us` (at most
+    /// `max_buckets` of them: the interval grows to fit), streamed from the history without
+    /// loading it whole. When violations were seen is `violation_times`.
     pub fn time_series(
         path: &Path,
         load_start_us: i64,
         max_buckets: usize,
-    ) -> Result<(Vec<Bucket>, u64), HistoryError> {
+    ) -> Result<Vec<Bucket>, HistoryError> {
         let fail = |source| HistoryError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -1468,21 +1466,6 @@ pub mod read {
             b.p50_ms = at(0.5);
             b.p99_ms = at(0.99);
         }
-        let mut final_only = 0;
-        let mut stmt = conn
-            .prepare("SELECT found_us, found_by FROM violations")
-            .or_else(|_| conn.prepare("SELECT found_us, 'final_check' FROM violations"))
-            .map_err(fail)?;
-        let mut rows = stmt.query([]).map_err(fail)?;
-        while let Some(r) = rows.next().map_err(fail)? {
-            let found: i64 = r.get(0).map_err(fail)?;
-            let by: String = r.get(1).map_err(fail)?;
-            if by == "mid_run" {
-                buckets[index(found)].violations_seen += 1;
-            } else {
-                final_only += 1;
-            }
-        }
-        Ok((buckets, final_only))
+        Ok(buckets)
     }
 }

@@ -988,7 +988,6 @@ pub fn html(finished: &Finished) -> String {
     let load_start_us = (finished.summary.load_started_s * 1e6) as i64;
     let buckets = if finished.series.is_empty() {
         reprod_history::read::time_series(&history, load_start_us, MAX_PLOT_POINTS)
-            .map(|(buckets, _)| buckets)
             .unwrap_or_default()
     } else {
         finished.series.clone()
