@@ -68,7 +68,7 @@ async fn sigterm_stops_cleanly() {
     let stubs = Stubs::start(Duration::ZERO).await;
     let mut service = Launch::new("fixed", &db, &stubs).start();
     let reply = Http::new().create(&service.url, "acct_1", "2026-01").await;
-    assert_eq!(reply.status, 201);
+    assert_eq!(reply.status, 201, "{}\nlog:\n{}", reply.body, service.log());
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
     assert!(service.log().contains("\"event\":\"service.stopped\""));
 }
