@@ -92,9 +92,49 @@ pub fn line_column(source: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The candidate closest to `written` by edit distance, when it is close enough to be a typo:
+/// at most one edit in a short word, a third of its length in a long one.
+pub(crate) fn nearest<'c>(written: &str, candidates: &'c [String]) -> Option<&'c str> {
+    let limit = (written.chars().count() / 3).max(1);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(written, c), c))
+        .filter(|(d, c)| *d <= limit && *d > 0 || (*d == 0 && c.as_str() != written))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+/// Levenshtein distance over characters, ignoring ASCII case.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitute.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::line_column;
+    use super::{line_column, nearest};
+
+    #[test]
+    fn nearest_suggests_typos_only() {
+        let names: Vec<String> = ["replicas", "command", "url", "ready"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(nearest("replica", &names), Some("replicas"));
+        assert_eq!(nearest("Command", &names), Some("command"));
+        assert_eq!(nearest("uri", &names), Some("url"));
+        assert_eq!(nearest("timeout", &names), None);
+    }
 
     #[test]
     fn lines_and_columns_are_one_based() {

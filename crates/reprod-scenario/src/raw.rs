@@ -9,16 +9,20 @@ use toml::Spanned;
 
 pub type S<T> = Spanned<T>;
 
+/// A number or boolean as written: the value itself, or a string holding `{param.NAME}`, which
+/// validation substitutes before it checks the value.
+pub type Scalar = S<toml::Value>;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawScenario {
     pub name: Option<S<String>>,
     pub description: Option<String>,
-    pub seed: Option<S<i64>>,
+    pub seed: Option<Scalar>,
     pub duration: Option<S<String>>,
-    pub max_ops: Option<S<i64>>,
+    pub max_ops: Option<Scalar>,
     pub drain: Option<S<String>>,
-    pub max_in_flight: Option<S<i64>>,
+    pub max_in_flight: Option<Scalar>,
     #[serde(default)]
     pub allow_hosts: Vec<S<String>>,
     #[serde(default)]
@@ -43,7 +47,7 @@ pub struct RawScenario {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     pub url: S<String>,
-    pub fresh: Option<S<bool>>,
+    pub fresh: Option<Scalar>,
     pub template: Option<S<String>>,
     pub schema: Option<S<String>>,
     pub scratch_prefix: Option<S<String>>,
@@ -58,7 +62,7 @@ pub struct RawService {
     pub prepare_timeout: Option<S<String>>,
     pub cwd: Option<S<String>>,
     pub url: Option<S<String>>,
-    pub replicas: Option<S<i64>>,
+    pub replicas: Option<Scalar>,
     #[serde(default)]
     pub versions: Vec<S<String>>,
     #[serde(default)]
@@ -88,7 +92,7 @@ pub struct RawCaller {
     pub request: RawRequest,
     pub arrival: Option<S<String>>,
     pub rate: Option<S<toml::Value>>,
-    pub count: Option<S<i64>>,
+    pub count: Option<Scalar>,
     pub at: Option<S<String>>,
     pub start: Option<S<String>>,
     pub stop: Option<S<String>>,
@@ -115,7 +119,7 @@ pub struct RawRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeys {
-    pub count: Option<S<i64>>,
+    pub count: Option<Scalar>,
     pub prefix: Option<S<String>>,
     pub distribution: Option<S<String>>,
     pub s: Option<S<toml::Value>>,
@@ -126,21 +130,21 @@ pub struct RawKeys {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOverlap {
-    pub k: S<i64>,
+    pub k: Scalar,
     pub window: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
-    pub attempts: S<i64>,
+    pub attempts: Scalar,
     pub backoff: Option<S<String>>,
     pub base: Option<S<String>>,
     pub max: Option<S<String>>,
     pub jitter: Option<S<String>>,
     #[serde(default)]
     pub on: Vec<S<toml::Value>>,
-    pub respect_retry_after: Option<bool>,
+    pub respect_retry_after: Option<Scalar>,
     pub budget: Option<S<toml::Value>>,
 }
 
@@ -168,10 +172,10 @@ pub struct RawDependency {
 pub struct RawFault {
     pub kind: S<String>,
     pub probability: Option<S<toml::Value>>,
-    pub status: Option<S<i64>>,
+    pub status: Option<Scalar>,
     pub body: Option<S<String>>,
     pub rate: Option<S<toml::Value>>,
-    pub burst: Option<S<i64>>,
+    pub burst: Option<Scalar>,
     pub retry_after: Option<S<String>>,
     pub mode: Option<S<String>>,
     pub delay: Option<S<String>>,
@@ -193,7 +197,7 @@ pub struct RawMatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStub {
-    pub status: Option<S<i64>>,
+    pub status: Option<Scalar>,
     #[serde(default)]
     pub headers: BTreeMap<String, S<String>>,
     pub body: Option<S<String>>,
@@ -214,7 +218,7 @@ pub struct RawLatency {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeyExtract {
-    pub path_segment: Option<S<i64>>,
+    pub path_segment: Option<Scalar>,
     pub path_regex: Option<S<String>>,
     pub json: Option<S<String>>,
     pub header: Option<S<String>>,
@@ -224,11 +228,11 @@ pub struct RawKeyExtract {
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
     pub name: S<String>,
-    pub status: Option<S<i64>>,
+    pub status: Option<Scalar>,
     pub latency: Option<RawLatency>,
     pub key: Option<RawKeyExtract>,
     pub idempotency_header: Option<S<String>>,
-    pub dedupe: Option<bool>,
+    pub dedupe: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,7 +243,7 @@ pub struct RawInvariant {
     pub key_column: Option<S<String>>,
     pub sink: Option<S<String>>,
     pub rule: Option<S<String>>,
-    pub same_idempotency_key_once: Option<bool>,
+    pub same_idempotency_key_once: Option<Scalar>,
     pub agree: Option<S<String>>,
     pub counter: Option<S<String>>,
     pub every: Option<S<String>>,
@@ -281,5 +285,5 @@ pub struct RawCapture {
 #[serde(deny_unknown_fields)]
 pub struct RawForEach {
     pub keys: RawKeys,
-    pub concurrency: Option<S<i64>>,
+    pub concurrency: Option<Scalar>,
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::error::Diagnostics;
+use crate::error::{Diagnostics, nearest};
 use crate::model::{
     AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
     FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant, InvariantKind,
@@ -48,6 +48,9 @@ const MAX_OPS_CEILING: u64 = 100_000_000;
 struct Cx<'a, 'd> {
     d: &'d mut Diagnostics<'a>,
     params: BTreeMap<String, Template>,
+    /// The parameters' final text, for numbers, durations, booleans and choices written as
+    /// `"{param.NAME}"`.
+    param_text: BTreeMap<String, String>,
 }
 
 impl Cx<'_, '_> {
@@ -55,16 +58,150 @@ impl Cx<'_, '_> {
         self.d.error(span, message, hint);
     }
 
+    /// `text` with every `{param.NAME}` replaced by the parameter's value: how a number, a
+    /// duration, a boolean or a choice may come from `[params]` and `--set`. Any other
+    /// placeholder is an error, since these values are fixed before the run starts.
+    fn substitute(&mut self, span: Range<usize>, text: &str, what: &str) -> Option<String> {
+        if !text.contains('{') {
+            return Some(text.to_string());
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                self.err(
+                    span,
+                    format!("{what}: {text:?} has a {{ without its }}"),
+                    Some("write the value itself, or \"{param.NAME}\" to take it from [params]"),
+                );
+                return None;
+            };
+            let inner = &rest[open + 1..open + close];
+            match inner
+                .strip_prefix("param.")
+                .map(|n| (n, self.param_text.get(n)))
+            {
+                Some((_, Some(value))) if !value.contains('{') => out.push_str(value),
+                Some((name, Some(value))) => {
+                    let message = format!(
+                        "{what}: parameter {name:?} is {value:?}, which holds a placeholder"
+                    );
+                    self.err(
+                        span,
+                        message,
+                        Some("a parameter used in a number, duration or choice must be plain text"),
+                    );
+                    return None;
+                }
+                Some((name, None)) => {
+                    let known: Vec<String> = self.param_text.keys().cloned().collect();
+                    let hint = match nearest(name, &known) {
+                        Some(near) => format!(
+                            "did you mean {{param.{near}}}? declared parameters: {}",
+                            listed(&known)
+                        ),
+                        None => format!(
+                            "declare it under [params]; declared parameters: {}",
+                            listed(&known)
+                        ),
+                    };
+                    self.err(span, format!("{what}: no parameter {name:?}"), Some(&hint));
+                    return None;
+                }
+                None => {
+                    self.err(
+                        span,
+                        format!("{what}: {{{inner}}} cannot be used here"),
+                        Some("numbers, durations, booleans and choices are fixed before the run; only {param.NAME} may appear in them"),
+                    );
+                    return None;
+                }
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
     fn duration(&mut self, value: &S<String>, what: &str) -> Option<Duration> {
-        match parse_duration(value.get_ref()) {
+        let text = self.substitute(value.span(), value.get_ref(), what)?;
+        match parse_duration(&text) {
             Ok(d) => Some(d),
             Err(e) => {
+                let from = from_param(value.get_ref(), &text);
                 self.err(
                     value.span(),
-                    format!("{what}: {e}"),
+                    format!("{what}: {e}{from}"),
                     Some("durations look like 150ms, 2s or 5m"),
                 );
                 None
+            }
+        }
+    }
+
+    /// A whole number, written as one or as `"{param.NAME}"`.
+    fn integer(&mut self, value: &S<toml::Value>, what: &str) -> Option<i64> {
+        match value.get_ref() {
+            toml::Value::Integer(i) => Some(*i),
+            toml::Value::String(s) => {
+                let text = self.substitute(value.span(), s, what)?;
+                match text.trim().parse::<i64>() {
+                    Ok(i) => Some(i),
+                    Err(_) => {
+                        let from = from_param(s, &text);
+                        self.err(
+                            value.span(),
+                            format!("{what} must be a whole number, got {text:?}{from}"),
+                            Some("write it without quotes, for example 4, or as \"{param.NAME}\" with a whole-number parameter"),
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.err(
+                    value.span(),
+                    format!("{what} must be a whole number, got {}", type_name(other)),
+                    Some("for example 4, or \"{param.NAME}\" to take it from [params]"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `true` or `false`, written as one or as `"{param.NAME}"`.
+    fn flag(&mut self, value: &Option<S<toml::Value>>, what: &str, default: bool) -> bool {
+        let Some(value) = value else {
+            return default;
+        };
+        match value.get_ref() {
+            toml::Value::Boolean(b) => *b,
+            toml::Value::String(s) => {
+                let Some(text) = self.substitute(value.span(), s, what) else {
+                    return default;
+                };
+                match text.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        let from = from_param(s, &text);
+                        self.err(
+                            value.span(),
+                            format!("{what} must be true or false, got {text:?}{from}"),
+                            Some("write true or false without quotes"),
+                        );
+                        default
+                    }
+                }
+            }
+            other => {
+                self.err(
+                    value.span(),
+                    format!("{what} must be true or false, got {}", type_name(other)),
+                    Some("write true or false without quotes"),
+                );
+                default
             }
         }
     }
@@ -85,11 +222,28 @@ impl Cx<'_, '_> {
         match value.get_ref() {
             toml::Value::Integer(i) => Some(*i as f64),
             toml::Value::Float(f) if f.is_finite() => Some(*f),
+            toml::Value::String(s) => {
+                let text = self.substitute(value.span(), s, what)?;
+                match text.trim().parse::<f64>() {
+                    Ok(f) if f.is_finite() => Some(f),
+                    _ => {
+                        let from = from_param(s, &text);
+                        self.err(
+                            value.span(),
+                            format!("{what} must be a number, got {text:?}{from}"),
+                            Some(
+                                "write it without quotes, for example 0.5, or as \"{param.NAME}\"",
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
             other => {
                 self.err(
                     value.span(),
                     format!("{what} must be a number, got {}", type_name(other)),
-                    None,
+                    Some("for example 0.5, or \"{param.NAME}\" to take it from [params]"),
                 );
                 None
             }
@@ -103,20 +257,20 @@ impl Cx<'_, '_> {
             self.err(
                 v.span(),
                 format!("{what} must be between 0 and 1, got {n}"),
-                None,
+                Some("a fraction: 0.25 is a quarter"),
             );
             return None;
         }
         Some(n)
     }
 
-    fn positive(&mut self, value: &S<i64>, what: &str, max: i64) -> Option<u64> {
-        let n = *value.get_ref();
+    fn positive(&mut self, value: &S<toml::Value>, what: &str, max: i64) -> Option<u64> {
+        let n = self.integer(value, what)?;
         if n < 1 || n > max {
             self.err(
                 value.span(),
                 format!("{what} must be between 1 and {max}, got {n}"),
-                None,
+                Some(&format!("a whole number from 1 to {max}")),
             );
             return None;
         }
@@ -127,10 +281,53 @@ impl Cx<'_, '_> {
         match Template::parse(value.get_ref(), scope, &self.params) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.err(value.span(), e, None);
+                let hint = self.template_hint(&e);
+                self.err(value.span(), e, Some(&hint));
                 None
             }
         }
+    }
+
+    /// What to write instead, for a template error: the nearest placeholder or parameter
+    /// when the error names a misspelt one.
+    fn template_hint(&self, error: &str) -> String {
+        const KNOWN: &[&str] = &[
+            "key",
+            "op",
+            "attempt",
+            "uuid",
+            "seq",
+            "idempotency_key",
+            "port",
+            "run_dir",
+            "replica",
+            "version",
+            "database.url",
+            "database.host",
+            "database.port",
+            "database.name",
+            "database.user",
+            "database.password",
+            "database.path",
+        ];
+        let written = |marker: &str| {
+            let rest = error.strip_prefix(marker)?;
+            Some(rest[..rest.find('}')?].to_string())
+        };
+        if let Some(name) = written("unknown parameter {param.") {
+            let known: Vec<String> = self.params.keys().cloned().collect();
+            if let Some(near) = nearest(&name, &known) {
+                return format!("did you mean {{param.{near}}}?");
+            }
+            return "declare it under [params], for example [params] NAME = \"value\"".to_string();
+        }
+        if let Some(name) = written("unknown placeholder {") {
+            let known: Vec<String> = KNOWN.iter().map(|k| k.to_string()).collect();
+            if let Some(near) = nearest(&name, &known) {
+                return format!("did you mean {{{near}}}?");
+            }
+        }
+        "see docs/scenario.md, Placeholders, for which placeholders each field takes".to_string()
     }
 
     fn choice<T: Copy>(
@@ -139,19 +336,22 @@ impl Cx<'_, '_> {
         what: &str,
         options: &[(&str, T)],
     ) -> Option<T> {
-        let found = options
-            .iter()
-            .find(|(name, _)| *name == value.get_ref().as_str());
+        let text = self.substitute(value.span(), value.get_ref(), what)?;
+        let found = options.iter().find(|(name, _)| *name == text.as_str());
         if found.is_none() {
-            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            let names: Vec<String> = options.iter().map(|(n, _)| n.to_string()).collect();
+            let hint = nearest(&text, &names).map_or_else(
+                || format!("write one of them, for example {what} = {:?}", names[0]),
+                |n| format!("did you mean {n:?}?"),
+            );
             self.err(
                 value.span(),
                 format!(
-                    "{what} {:?} is not one of: {}",
-                    value.get_ref(),
+                    "{what} {text:?}{} is not one of: {}",
+                    from_param(value.get_ref(), &text),
                     names.join(", ")
                 ),
-                None,
+                Some(&hint),
             );
         }
         found.map(|(_, v)| *v)
@@ -170,6 +370,7 @@ pub fn validate(
     let mut cx = Cx {
         d,
         params: BTreeMap::new(),
+        param_text: params.iter().cloned().collect(),
     };
     for (name, value) in &params {
         match Template::parse(value, Scope::Run, &BTreeMap::new()) {
@@ -178,7 +379,7 @@ pub fn validate(
             }
             Err(e) => {
                 let span = raw.params.get(name).map_or(0..0, |v| v.span());
-                cx.err(span, format!("parameter {name:?}: {e}"), None);
+                cx.err(span, format!("parameter {name:?}: {e}"), Some("a parameter may use {run_dir} and other parameters; write {{ for a literal brace"));
             }
         }
     }
@@ -187,12 +388,16 @@ pub fn validate(
         .name
         .as_ref()
         .map_or_else(|| default_name.to_string(), |n| n.get_ref().clone());
-    let seed = match &raw.seed {
-        Some(s) if *s.get_ref() < 0 => {
-            cx.err(s.span(), "seed must not be negative", None);
+    let seed = match raw.seed.as_ref().map(|s| (s.span(), cx.integer(s, "seed"))) {
+        Some((span, Some(n))) if n < 0 => {
+            cx.err(
+                span,
+                "seed must not be negative",
+                Some("any whole number from 0 up; the same seed gives the same schedule"),
+            );
             0
         }
-        Some(s) => *s.get_ref() as u64,
+        Some((_, n)) => n.unwrap_or(0) as u64,
         None => 1,
     };
     let duration = cx.duration_or(&raw.duration, "duration", DEFAULT_DURATION);
@@ -227,10 +432,10 @@ pub fn validate(
             cx.err(
                 db.url.span(),
                 format!("database url {text:?} is neither sqlite: nor postgres://"),
-                None,
+                Some("for example url = \"sqlite:{run_dir}/app.db\" or url = \"postgres://user@127.0.0.1:5432/app\""),
             );
         }
-        let fresh = db.fresh.as_ref().is_some_and(|f| *f.get_ref());
+        let fresh = cx.flag(&db.fresh, "database.fresh", false);
         let postgres = match url.segments.first() {
             Some(crate::template::Segment::Lit(t)) => Backend::of_url(t) == Backend::Postgres,
             _ => false,
@@ -242,7 +447,7 @@ pub fn validate(
                 cx.err(
                     v.span(),
                     format!("database.{what} makes each run's scratch database, so it needs fresh = true"),
-                    None,
+                    Some("add fresh = true to [database]"),
                 );
             }
         }
@@ -264,7 +469,7 @@ pub fn validate(
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             let span = db.scratch_prefix.as_ref().map_or(0..0, |p| p.span());
-            cx.err(span, "scratch_prefix may hold only a-z, 0-9 and _", None);
+            cx.err(span, "scratch_prefix may hold only a-z, 0-9 and _", Some("for example scratch_prefix = \"shop_test_\""));
         }
         let fresh = fresh.then(|| FreshDatabase {
             template: db.template.as_ref().map(|t| t.get_ref().clone()),
@@ -419,7 +624,7 @@ fn params(
                         d.error(
                             value.span(),
                             format!("parameter {name:?}: secret must be true or false"),
-                            None,
+                            Some("for example password = { default = \"s3cret\", secret = true }"),
                         );
                         continue;
                     }
@@ -501,7 +706,7 @@ fn unique_names<'r>(
             cx.err(
                 name.span(),
                 format!("{what} name {n:?} must be non-empty letters, digits, _ or -"),
-                None,
+                Some("for example name = \"api\" or name = \"usage-service\""),
             );
         }
         if !seen.insert(n.clone()) {
@@ -579,7 +784,7 @@ fn service(
                 cx.err(
                     command.span(),
                     format!("service {name:?} has an empty command"),
-                    None,
+                    Some("give the program and its arguments: command = [\"python3\", \"app.py\", \"--port\", \"{port}\"]"),
                 );
             }
             let command: Vec<Template> = command
@@ -600,7 +805,7 @@ fn service(
                 cx.err(
                     url.span(),
                     "a service url may use {param.NAME} but not {run_dir}",
-                    None,
+                    Some("a service at a url is already running; point url at it, for example url = \"http://127.0.0.1:8080\""),
                 );
                 return None;
             };
@@ -612,7 +817,7 @@ fn service(
                     format!("service {name:?} is at {host}, which is not a loopback address"),
                     Some("reprod only sends load to loopback unless the host is listed in allow_hosts"),
                 ),
-                None => cx.err(url.span(), format!("service url {text:?} is not an http:// URL"), None),
+                None => cx.err(url.span(), format!("service url {text:?} is not an http:// URL"), Some("for example url = \"http://127.0.0.1:8080\"")),
             }
             ServiceKind::External { url: text }
         }
@@ -620,7 +825,7 @@ fn service(
             cx.err(
                 s.name.span(),
                 format!("service {name:?} needs exactly one of command or url"),
-                None,
+                Some("command = [...] for a service reprod starts, url = \"http://...\" for one already running"),
             );
             return None;
         }
@@ -635,7 +840,7 @@ fn service(
         cx.err(
             span,
             "an external service has one replica; reprod can only start replicas of a command",
-            None,
+            Some("drop replicas, or start the service with command = [...] so reprod can run several"),
         );
     }
     let versions: Vec<String> = if s.versions.is_empty() {
@@ -650,7 +855,11 @@ fn service(
     if let Some(p) = ready.and_then(|r| r.path.as_ref())
         && !p.get_ref().starts_with('/')
     {
-        cx.err(p.span(), "ready.path must start with /", None);
+        cx.err(
+            p.span(),
+            "ready.path must start with /",
+            Some("for example ready = { path = \"/health\" }"),
+        );
     }
     let stdout_prefix = ready
         .and_then(|r| r.stdout_prefix.as_ref())
@@ -667,7 +876,7 @@ fn service(
             cx.err(
                 re.span(),
                 "ready.stdout and ready.stdout_prefix both say how to read the readiness line; keep one",
-                None,
+                Some("ready.stdout is a regular expression and covers what stdout_prefix did"),
             );
         }
         match regex_lite::Regex::new(re.get_ref()) {
@@ -722,7 +931,7 @@ fn service(
             cx.err(
                 dir.span(),
                 "cwd is for a command reprod starts; a service at a url runs where it runs",
-                None,
+                Some("drop cwd, or start the service with command = [...]"),
             );
             return None;
         }
@@ -850,7 +1059,7 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
         cx.err(
             c.timeout.as_ref().map_or(0..0, |t| t.span()),
             "timeout must be more than 0",
-            None,
+            Some("for example timeout = \"2s\""),
         );
     }
     let retry = retry(cx, c.retry.as_ref());
@@ -920,7 +1129,11 @@ fn request_in(cx: &mut Cx<'_, '_>, r: &RawRequest, scope: Scope) -> Option<Reque
         .map_or_else(|| "GET".to_string(), |m| m.get_ref().to_ascii_uppercase());
     if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&method.as_str()) {
         let span = r.method.as_ref().map_or(0..0, |m| m.span());
-        cx.err(span, format!("unknown HTTP method {method:?}"), None);
+        cx.err(
+            span,
+            format!("unknown HTTP method {method:?}"),
+            Some("use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS"),
+        );
     }
     if !r.path.get_ref().starts_with('/') {
         cx.err(
@@ -996,7 +1209,7 @@ fn arrival(cx: &mut Cx<'_, '_>, c: &RawCaller) -> Option<Arrival> {
             cx.err(
                 rate.span(),
                 format!("rate must be above 0 and at most 1000000 per second, got {r}"),
-                None,
+                Some("rate is operations per second, for example rate = 50; for a few operations use arrival = \"burst\" with count"),
             );
             return None;
         }
@@ -1018,7 +1231,7 @@ fn arrival(cx: &mut Cx<'_, '_>, c: &RawCaller) -> Option<Arrival> {
                 cx.err(
                     c.name.span(),
                     "a burst needs count (operations in the burst)",
-                    None,
+                    Some("for example arrival = \"burst\", count = 20, at = \"1s\""),
                 );
                 return None;
             };
@@ -1076,7 +1289,7 @@ fn keys(cx: &mut Cx<'_, '_>, k: Option<&RawKeys>) -> Keys {
                 cx.err(
                     k.s.as_ref().map_or(0..0, |v| v.span()),
                     "keys.s must be above 0 and at most 10",
-                    None,
+                    Some("a Zipf exponent: 1.0 is typical, larger is more skewed"),
                 );
             }
             KeyDistribution::Zipf { s }
@@ -1169,7 +1382,7 @@ fn retry(cx: &mut Cx<'_, '_>, r: Option<&RawRetry>) -> Retry {
             cx.err(
                 b.span(),
                 "retry.budget is retries per operation, between 0 and 10",
-                None,
+                Some("for example budget = 0.2: at most one retry per five operations"),
             );
             return None;
         }
@@ -1182,7 +1395,7 @@ fn retry(cx: &mut Cx<'_, '_>, r: Option<&RawRetry>) -> Retry {
         max: cx.duration_or(&r.max, "retry.max", Duration::from_secs(1)),
         jitter,
         on,
-        respect_retry_after: r.respect_retry_after.unwrap_or(true),
+        respect_retry_after: cx.flag(&r.respect_retry_after, "retry.respect_retry_after", true),
         budget,
     }
 }
@@ -1197,7 +1410,11 @@ fn latency(cx: &mut Cx<'_, '_>, l: &RawLatency) -> Option<Latency> {
             cx.duration(max, "latency.max")?,
         );
         if lo > hi {
-            cx.err(min.span(), "latency.min is above latency.max", None);
+            cx.err(
+                min.span(),
+                "latency.min is above latency.max",
+                Some("swap them: min is the fastest call"),
+            );
         }
         return Some(Latency::Uniform { min: lo, max: hi });
     }
@@ -1205,7 +1422,7 @@ fn latency(cx: &mut Cx<'_, '_>, l: &RawLatency) -> Option<Latency> {
         cx.err(
             0..0,
             "a latency needs fixed, min and max, or p50 (with optional p95, p99, p999)",
-            None,
+            Some("for example latency = { p50 = \"20ms\", p99 = \"300ms\" } or latency = { fixed = \"50ms\" }"),
         );
         return None;
     };
@@ -1218,7 +1435,7 @@ fn latency(cx: &mut Cx<'_, '_>, l: &RawLatency) -> Option<Latency> {
             cx.err(
                 s.span(),
                 format!("{what} is below a lower percentile; percentiles must not decrease"),
-                None,
+                Some("p50 <= p95 <= p99 <= p999"),
             );
         }
         last = d;
@@ -1246,16 +1463,21 @@ fn key_extract(cx: &mut Cx<'_, '_>, k: &RawKeyExtract) -> Option<KeyExtract> {
         cx.err(
             0..0,
             "key needs exactly one of path_segment, path_regex, json or header",
-            None,
+            Some("for example key = { path_segment = 1 } for /accounts/acct_1/usage, or key = { json = \"/account_id\" }"),
         );
         return None;
     }
     if let Some(seg) = &k.path_segment {
-        if *seg.get_ref() < 0 {
-            cx.err(seg.span(), "key.path_segment must be 0 or more", None);
+        let n = cx.integer(seg, "key.path_segment")?;
+        if n < 0 {
+            cx.err(
+                seg.span(),
+                "key.path_segment must be 0 or more",
+                Some("segments count from 0: in /accounts/acct_1/invoices, segment 1 is acct_1"),
+            );
             return None;
         }
-        return Some(KeyExtract::PathSegment(*seg.get_ref() as usize));
+        return Some(KeyExtract::PathSegment(n as usize));
     }
     if let Some(re) = &k.path_regex {
         return match regex_lite::Regex::new(re.get_ref()) {
@@ -1274,7 +1496,7 @@ fn key_extract(cx: &mut Cx<'_, '_>, k: &RawKeyExtract) -> Option<KeyExtract> {
                 cx.err(
                     re.span(),
                     format!("key.path_regex is not a valid regular expression: {e}"),
-                    None,
+                    Some("the first group is the key, for example path_regex = \"/accounts/([^/]+)\""),
                 );
                 None
             }
@@ -1305,7 +1527,7 @@ fn dependency(
     let mode = match (&d.upstream, &d.stub) {
         (Some(up), None) => {
             match host_of(up.get_ref()) {
-                None => cx.err(up.span(), "upstream must be an http:// URL", None),
+                None => cx.err(up.span(), "upstream must be an http:// URL", Some("for example upstream = \"http://127.0.0.1:9000\"; or give a [dependency.stub] instead")),
                 Some(host) if is_loopback(host) || allow_hosts.iter().any(|h| h == host) => {}
                 Some(host) => cx.err(
                     up.span(),
@@ -1318,12 +1540,16 @@ fn dependency(
             }
         }
         (None, Some(stub)) => {
-            let status = stub.status.as_ref().map_or(200, |s| *s.get_ref());
+            let status = stub
+                .status
+                .as_ref()
+                .map_or(Some(200), |s| cx.integer(s, "stub.status"))
+                .unwrap_or(200);
             if !(100..=599).contains(&status) {
                 cx.err(
                     stub.status.as_ref().map_or(0..0, |s| s.span()),
                     "stub.status must be an HTTP status",
-                    None,
+                    Some("a number from 100 to 599, for example status = 200"),
                 );
             }
             let body = match &stub.body {
@@ -1344,7 +1570,7 @@ fn dependency(
             cx.err(
                 d.name.span(),
                 format!("dependency {name:?} needs exactly one of upstream or [dependency.stub]"),
-                None,
+                Some("upstream = \"http://...\" forwards to a real dependency; [dependency.stub] answers itself"),
             );
             return None;
         }
@@ -1399,12 +1625,16 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
         .unwrap_or(1.0);
     let kind = match kind {
         Kind::Error => {
-            let status = f.status.as_ref().map_or(500, |s| *s.get_ref());
+            let status = f
+                .status
+                .as_ref()
+                .map_or(Some(500), |s| cx.integer(s, "fault status"))
+                .unwrap_or(500);
             if !(400..=599).contains(&status) {
                 cx.err(
                     f.status.as_ref().map_or(f.kind.span(), |s| s.span()),
                     "an error fault's status must be 4xx or 5xx",
-                    None,
+                    Some("for example status = 503"),
                 );
             }
             FaultKind::Error {
@@ -1420,13 +1650,17 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
                 cx.err(
                     f.kind.span(),
                     "a throttle fault needs rate (requests per second let through)",
-                    None,
+                    Some("for example kind = \"throttle\", rate = 20, burst = 5"),
                 );
                 return None;
             };
             let rate_per_s = cx.number(rate, "throttle rate")?;
             if rate_per_s <= 0.0 {
-                cx.err(rate.span(), "throttle rate must be above 0", None);
+                cx.err(
+                    rate.span(),
+                    "throttle rate must be above 0",
+                    Some("requests per second let through, for example rate = 20"),
+                );
             }
             FaultKind::Throttle {
                 rate_per_s,
@@ -1470,7 +1704,7 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
                 cx.err(
                     f.kind.span(),
                     "a duplicate fault forwards a call twice, so it needs an upstream, not a stub",
-                    None,
+                    Some("give the dependency upstream = \"http://...\""),
                 );
             }
             FaultKind::Duplicate
@@ -1502,7 +1736,7 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
         cx.err(
             span,
             "the fault window's end (to) must come after its start (from)",
-            None,
+            Some("for example from = \"2s\", to = \"5s\""),
         );
     }
     Some(FaultRule {
@@ -1515,12 +1749,16 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
 }
 
 fn sink(cx: &mut Cx<'_, '_>, s: &RawSink) -> Option<Sink> {
-    let status = s.status.as_ref().map_or(202, |v| *v.get_ref());
+    let status = s
+        .status
+        .as_ref()
+        .map_or(Some(202), |v| cx.integer(v, "sink status"))
+        .unwrap_or(202);
     if !(100..=599).contains(&status) {
         cx.err(
             s.status.as_ref().map_or(0..0, |v| v.span()),
             "sink status must be an HTTP status",
-            None,
+            Some("a number from 100 to 599, for example status = 202"),
         );
     }
     Some(Sink {
@@ -1532,7 +1770,7 @@ fn sink(cx: &mut Cx<'_, '_>, s: &RawSink) -> Option<Sink> {
             || "idempotency-key".to_string(),
             |h| h.get_ref().to_ascii_lowercase(),
         ),
-        dedupe: s.dedupe.unwrap_or(false),
+        dedupe: cx.flag(&s.dedupe, "sink dedupe", false),
     })
 }
 
@@ -1566,7 +1804,7 @@ fn invariant(
             format!(
                 "invariant {name:?} needs exactly one of sql, sink, agree, no_status or counter"
             ),
-            None,
+            Some("for example sql = \"SELECT ... HAVING count(*) > 1\" with key_column; see docs/scenario.md, Invariants"),
         );
         return None;
     }
@@ -1576,14 +1814,14 @@ fn invariant(
             cx.err(
                 query.span(),
                 format!("invariant {name:?} is a counter query but the scenario has no [database]"),
-                None,
+                Some("add [database] with the url the service uses"),
             );
         }
         let Some(key_column) = &i.key_column else {
             cx.err(
                 i.name.span(),
                 format!("invariant {name:?} needs key_column: the column that names each key"),
-                None,
+                Some("for example key_column = \"account_id\""),
             );
             return None;
         };
@@ -1598,7 +1836,11 @@ fn invariant(
     }
     let caller = i.caller.as_ref().map(|c| c.get_ref().clone());
     if let (Some(every), None) = (&i.every, &i.sql) {
-        cx.err(every.span(), "every applies to SQL invariants only", None);
+        cx.err(
+            every.span(),
+            "every applies to SQL invariants only",
+            Some("drop every, or write the invariant as sql = \"...\""),
+        );
     }
     if let Some(pointer) = &i.agree {
         if !pointer.get_ref().starts_with('/') {
@@ -1631,11 +1873,11 @@ fn invariant(
                 cx.err(
                     sql.span(),
                     format!("invariant {name:?} is SQL but the scenario has no [database]"),
-                    None,
+                    Some("add [database] with the url the service uses, for example url = \"sqlite:{run_dir}/app.db\""),
                 );
             }
             let Some(key_column) = &i.key_column else {
-                cx.err(i.name.span(), format!("invariant {name:?} needs key_column: the column that names each violating key"), None);
+                cx.err(i.name.span(), format!("invariant {name:?} needs key_column: the column that names each violating key"), Some("for example key_column = \"account_id\": the SELECT must return it"));
                 return None;
             };
             let every = i.every.as_ref().and_then(|e| cx.duration(e, "every"));
@@ -1644,7 +1886,7 @@ fn invariant(
                 cx.err(
                     span,
                     "every must be at least 100ms: each check is a query on the service's database",
-                    None,
+                    Some("for example every = \"500ms\""),
                 );
             }
             InvariantKind::Sql {
@@ -1661,7 +1903,13 @@ fn invariant(
                         "invariant {name:?} names sink {:?}, which does not exist",
                         sink.get_ref()
                     ),
-                    None,
+                    Some(&match nearest(sink.get_ref(), sinks) {
+                        Some(near) => format!("did you mean {near:?}? sinks: {}", listed(sinks)),
+                        None => format!(
+                            "declare it with [[sink]] name = ...; sinks: {}",
+                            listed(sinks)
+                        ),
+                    }),
                 );
                 return None;
             };
@@ -1680,14 +1928,18 @@ fn invariant(
             InvariantKind::Sink {
                 sink: index,
                 rule,
-                same_idempotency_key_once: i.same_idempotency_key_once.unwrap_or(false),
+                same_idempotency_key_once: cx.flag(
+                    &i.same_idempotency_key_once,
+                    "same_idempotency_key_once",
+                    false,
+                ),
             }
         }
         _ => {
             cx.err(
                 i.name.span(),
                 format!("invariant {name:?} needs exactly one of sql, sink, agree or no_status"),
-                None,
+                Some("see docs/scenario.md, Invariants"),
             );
             return None;
         }
@@ -1781,7 +2033,7 @@ fn setup_steps(
                     cx.err(
                         spec.span(),
                         format!("capture {capture:?}: not a valid regular expression: {e}"),
-                        None,
+                        Some("the first group is the value, for example regex = \"id=([0-9]+)\""),
                     );
                     continue;
                 }
@@ -1803,7 +2055,7 @@ fn setup_steps(
             cx.err(
                 r.request.path.span(),
                 format!("setup step {name:?} uses {{key}} but runs once; give it for_each = {{ keys = ... }} to run it per key"),
-                None,
+                Some("for example for_each = { keys = { count = 10, prefix = \"user_\" } }"),
             );
         }
         let timeout = cx.duration_or(&r.timeout, "timeout", Duration::from_secs(10));
@@ -1947,6 +2199,15 @@ fn type_name(value: &toml::Value) -> String {
         toml::Value::Datetime(_) => "a date".to_string(),
         toml::Value::Array(_) => "an array".to_string(),
         toml::Value::Table(_) => "a table".to_string(),
+    }
+}
+
+/// ` (from "{param.n}")` when `text` came from substituting `written`, for messages.
+fn from_param(written: &str, text: &str) -> String {
+    if written == text {
+        String::new()
+    } else {
+        format!(" (from {written:?})")
     }
 }
 

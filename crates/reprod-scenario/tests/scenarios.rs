@@ -99,6 +99,16 @@ fn bad_scenarios_are_reported_where_they_are_wrong() {
         match load(&case) {
             Ok(_) => failures.push(format!("{}: loaded, but should not", case.display())),
             Err(e) => {
+                // Every problem says what to write instead, not only what is wrong.
+                for d in e.diagnostics.iter().filter(|d| d.hint.is_none()) {
+                    failures.push(format!(
+                        "{}:{}:{}: {:?} has no hint",
+                        case.display(),
+                        d.line,
+                        d.column,
+                        d.message
+                    ));
+                }
                 if let Err(e) = check(&case.with_extension("err"), &format!("{e}\n")) {
                     failures.push(e);
                 }
