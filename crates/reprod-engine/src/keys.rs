@@ -90,6 +90,7 @@ mod tests {
         Keys {
             count: 100,
             prefix: "k".into(),
+            file: None,
             distribution,
         }
     }

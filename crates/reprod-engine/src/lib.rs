@@ -169,6 +169,9 @@ struct CallerRt {
     /// The caller's and its key prefix's names in the history.
     name: Name,
     key_prefix: Name,
+    /// With keys from a file, each key's name in the history (recorded whole, not as prefix
+    /// and number).
+    key_names: Vec<Name>,
     /// Each target's instance and version names in the history.
     target_names: Vec<(Name, Name)>,
     /// One connection pool per target, same order.
@@ -246,6 +249,9 @@ pub async fn run(input: Input<'_>) -> Stats {
                 spec: c.clone(),
                 name: recorder.name(&c.name),
                 key_prefix: recorder.name(&c.keys.prefix),
+                key_names: c.keys.file.as_ref().map_or_else(Vec::new, |f| {
+                    recorder.names(f.keys.iter().map(String::as_str))
+                }),
                 target_names: targets[c.service]
                     .iter()
                     .map(|t| (recorder.name(&t.instance), recorder.name(&t.version)))
@@ -388,8 +394,16 @@ fn op_record(
     OpRecord {
         op_id: op.op_id as i64,
         caller: caller.name,
-        key_prefix: caller.key_prefix,
-        key_index: op.key_index,
+        key_prefix: caller
+            .key_names
+            .get(op.key_index as usize)
+            .copied()
+            .unwrap_or(caller.key_prefix),
+        key_index: if caller.key_names.is_empty() {
+            op.key_index
+        } else {
+            OpRecord::WHOLE_KEY
+        },
         seq: op.seq as i64,
         group_id: op.group as i64,
         intended_start_us: op.at_us,
@@ -438,10 +452,15 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     let spec = &caller.spec;
     let key = if caller.needs_key {
         use std::fmt::Write as _;
-        let mut key = String::with_capacity(spec.keys.prefix.len() + 20);
-        key.push_str(&spec.keys.prefix);
-        let _ = write!(key, "{}", op.key_index);
-        key
+        match &spec.keys.file {
+            Some(file) => file.keys[op.key_index as usize].clone(),
+            None => {
+                let mut key = String::with_capacity(spec.keys.prefix.len() + 20);
+                key.push_str(&spec.keys.prefix);
+                let _ = write!(key, "{}", op.key_index);
+                key
+            }
+        }
     } else {
         String::new()
     };

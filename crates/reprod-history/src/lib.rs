@@ -89,7 +89,7 @@ pub struct OpRecord {
     /// Caller name.
     pub caller: Name,
     /// With `key_index`, the key it was about: `{key_prefix}{key_index}`, as the engine names
-    /// keys.
+    /// keys; with `key_index` [`OpRecord::WHOLE_KEY`], the key itself (a key from a file).
     pub key_prefix: Name,
     /// See `key_prefix`.
     pub key_index: u64,
@@ -113,6 +113,11 @@ pub struct OpRecord {
     pub status: Option<i64>,
     /// Trace id shared by its attempts.
     pub trace_id: TraceId,
+}
+
+impl OpRecord {
+    /// A `key_index` saying `key_prefix` is the whole key.
+    pub const WHOLE_KEY: u64 = u64::MAX;
 }
 
 /// One attempt (HTTP request) of an operation.
@@ -389,6 +394,30 @@ impl Names {
 }
 
 impl Recorder {
+    /// [`Recorder::name`] for many texts at once, without a search per text: the names of a
+    /// key file's keys.
+    pub fn names<'t>(&self, texts: impl IntoIterator<Item = &'t str>) -> Vec<Name> {
+        let mut names = self.names.lock();
+        let mut index: std::collections::HashMap<Arc<str>, u32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Arc::clone(n), i as u32))
+            .collect();
+        texts
+            .into_iter()
+            .map(|text| {
+                if let Some(i) = index.get(text) {
+                    return Name(*i);
+                }
+                let name: Arc<str> = Arc::from(text);
+                names.push(Arc::clone(&name));
+                let i = (names.len() - 1) as u32;
+                index.insert(name, i);
+                Name(i)
+            })
+            .collect()
+    }
+
     /// The [`Name`] of `text`, the same every time it is asked for. Names are few (callers,
     /// replicas, versions, key prefixes): ask once, before recording events that use it.
     pub fn name(&self, text: &str) -> Name {
@@ -801,7 +830,9 @@ fn insert_batch(
         for (row, o) in chunk.iter().enumerate() {
             text.key.clear();
             text.key.push_str(text.names.get(o.key_prefix));
-            text.key.push_str(itoa(o.key_index, &mut [0; 20]));
+            if o.key_index != OpRecord::WHOLE_KEY {
+                text.key.push_str(itoa(o.key_index, &mut [0; 20]));
+            }
             text.trace_id.clear();
             o.trace_id.push_to(&mut text.trace_id);
             bind_row(

@@ -601,7 +601,11 @@ async fn drive(
     let targets = engine_targets(&services);
     // Setup steps, with every replica ready and before the load clock starts.
     let setup = if scenario.setup.is_empty() {
-        Ok((crate::setup::SetupDone::default(), 0.0))
+        let done = crate::setup::SetupDone {
+            values: crate::setup::key_file_values(scenario),
+            requests: 0,
+        };
+        Ok((done, 0.0))
     } else {
         obs.note(&format!("reprod: setup: {} step(s)", scenario.setup.len()));
         let started = clock.now_us();

@@ -34,7 +34,10 @@ pub async fn run(
     clock: RunClock,
     recorder: &Recorder,
 ) -> Result<SetupDone, SetupError> {
-    let mut done = SetupDone::default();
+    let mut done = SetupDone {
+        values: key_file_values(scenario),
+        requests: 0,
+    };
     for step in &scenario.setup {
         let Some(target) = targets.get(step.service).and_then(|t| t.first()) else {
             return Err(format!(
@@ -51,9 +54,7 @@ pub async fn run(
             }
             Some((keys, concurrency)) => {
                 let sampler = KeySampler::new(keys);
-                let all: Vec<String> = (0..sampler.count())
-                    .map(|i| format!("{}{i}", keys.prefix))
-                    .collect();
+                let all: Vec<String> = (0..sampler.count()).map(|i| keys.name(i)).collect();
                 for chunk in all.chunks((*concurrency).max(1)) {
                     let mut runs = Vec::with_capacity(chunk.len());
                     for key in chunk {
@@ -75,6 +76,32 @@ pub async fn run(
         }
     }
     Ok(done)
+}
+
+/// The columns of every key file the callers and per-key steps use, as `{key.COLUMN}` values:
+/// what setup starts from, and what captures add to.
+pub fn key_file_values(scenario: &Scenario) -> SetupValues {
+    let mut values = SetupValues::default();
+    let key_spaces = scenario.callers.iter().map(|c| &c.keys).chain(
+        scenario
+            .setup
+            .iter()
+            .filter_map(|s| s.for_each.as_ref().map(|(k, _)| k)),
+    );
+    let mut seen = std::collections::HashSet::new();
+    for keys in key_spaces {
+        let Some(file) = &keys.file else { continue };
+        if !seen.insert(Arc::as_ptr(file)) || file.columns.is_empty() {
+            continue;
+        }
+        for (key, row) in file.keys.iter().zip(&file.values) {
+            let entry = values.per_key.entry(key.clone()).or_default();
+            for (column, value) in file.columns.iter().zip(row) {
+                entry.insert(column.clone(), value.clone());
+            }
+        }
+    }
+    values
 }
 
 /// Awaits every future, in order, concurrently.

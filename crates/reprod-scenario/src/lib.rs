@@ -4,13 +4,15 @@
 //!
 //! Parse, then validate: `raw` mirrors the TOML with spans; `validate` checks every value and
 //! reports each problem at `file:line:column` with a hint. The crate does no I/O beyond reading
-//! the scenario file in [`load`], and knows nothing of tokio or HTTP. The full format is in
+//! the scenario file in [`load`] and the key files it names (`keys = { file = ... }`), and
+//! knows nothing of tokio or HTTP. The full format is in
 //! `docs/scenario.md`.
 
 #![deny(missing_docs)]
 
 mod conditions;
 mod error;
+mod key_file;
 mod model;
 mod raw;
 pub mod seed;

@@ -290,10 +290,34 @@ pub enum Arrival {
 pub struct Keys {
     /// Number of distinct keys.
     pub count: u64,
-    /// Keys are `prefix` + index; callers with one prefix share keys.
+    /// Keys are `prefix` + index; callers with one prefix share keys. With `file`, the file's
+    /// path as written (`file:users.csv`), which only says which callers share keys.
     pub prefix: String,
     /// How keys are drawn.
     pub distribution: KeyDistribution,
+    /// Keys read from a file: key `i` is `file.keys[i]`, not `prefix` + `i`.
+    pub file: Option<std::sync::Arc<KeyFile>>,
+}
+
+impl Keys {
+    /// The text of key `index`.
+    pub fn name(&self, index: u64) -> String {
+        match &self.file {
+            Some(file) => file.keys[index as usize].clone(),
+            None => format!("{}{index}", self.prefix),
+        }
+    }
+}
+
+/// Keys and their values, from `keys = { file = "..." }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyFile {
+    /// The keys, in file order.
+    pub keys: Vec<String>,
+    /// The other columns: `{key.COLUMN}`.
+    pub columns: Vec<String>,
+    /// Per key, its value in each of `columns`.
+    pub values: Vec<Vec<String>>,
 }
 
 /// How keys are drawn.

@@ -119,6 +119,7 @@ pub struct RawRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeys {
+    pub file: Option<S<String>>,
     pub count: Option<Scalar>,
     pub prefix: Option<S<String>>,
     pub distribution: Option<S<String>>,

@@ -9,8 +9,8 @@ use crate::error::{Diagnostics, nearest};
 use crate::model::{
     AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
     FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant, InvariantKind,
-    Jitter, KeyDistribution, KeyExtract, Keys, Latency, Matcher, Overlap, RequestTemplate, Retry,
-    RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
+    Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, Matcher, Overlap, RequestTemplate,
+    Retry, RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
 };
 use crate::raw::{
     RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency,
@@ -51,6 +51,10 @@ struct Cx<'a, 'd> {
     /// The parameters' final text, for numbers, durations, booleans and choices written as
     /// `"{param.NAME}"`.
     param_text: BTreeMap<String, String>,
+    /// Where relative paths in the scenario start.
+    base_dir: std::path::PathBuf,
+    /// Key files read so far, by path: callers naming one file share its keys.
+    key_files: BTreeMap<std::path::PathBuf, Option<std::sync::Arc<KeyFile>>>,
 }
 
 impl Cx<'_, '_> {
@@ -371,6 +375,8 @@ pub fn validate(
         d,
         params: BTreeMap::new(),
         param_text: params.iter().cloned().collect(),
+        base_dir: base_dir.to_path_buf(),
+        key_files: BTreeMap::new(),
     };
     for (name, value) in &params {
         match Template::parse(value, Scope::Run, &BTreeMap::new()) {
@@ -1253,17 +1259,35 @@ fn keys(cx: &mut Cx<'_, '_>, k: Option<&RawKeys>) -> Keys {
             count: 1000,
             prefix: "key_".to_string(),
             distribution: KeyDistribution::Uniform,
+            file: None,
         };
     };
-    let count = k
-        .count
-        .as_ref()
-        .and_then(|c| cx.positive(c, "keys.count", 100_000_000))
-        .unwrap_or(1000);
-    let prefix = k
-        .prefix
-        .as_ref()
-        .map_or_else(|| "key_".to_string(), |p| p.get_ref().clone());
+    let file = k.file.as_ref().and_then(|f| key_file(cx, f));
+    for (given, what) in [
+        (k.count.as_ref().map(|c| c.span()), "count"),
+        (k.prefix.as_ref().map(|p| p.span()), "prefix"),
+    ] {
+        if let (Some(span), Some(_)) = (given, &k.file) {
+            cx.err(
+                span,
+                format!("keys.{what} comes from the key file when keys has a file"),
+                Some("drop it: the keys are the file's rows"),
+            );
+        }
+    }
+    let count = match &file {
+        Some(f) => f.keys.len() as u64,
+        None => k
+            .count
+            .as_ref()
+            .and_then(|c| cx.positive(c, "keys.count", 100_000_000))
+            .unwrap_or(1000),
+    };
+    let prefix = match (&k.file, &k.prefix) {
+        (Some(f), _) => format!("file:{}", f.get_ref()),
+        (None, Some(p)) => p.get_ref().clone(),
+        (None, None) => "key_".to_string(),
+    };
     let kind = k
         .distribution
         .as_ref()
@@ -1306,7 +1330,34 @@ fn keys(cx: &mut Cx<'_, '_>, k: Option<&RawKeys>) -> Keys {
         count,
         prefix,
         distribution,
+        file,
     }
+}
+
+/// The key file `written` (relative to the scenario), read once per scenario.
+fn key_file(cx: &mut Cx<'_, '_>, written: &S<String>) -> Option<std::sync::Arc<KeyFile>> {
+    let text = cx.substitute(written.span(), written.get_ref(), "keys.file")?;
+    let path = cx.base_dir.join(&text);
+    if let Some(known) = cx.key_files.get(&path) {
+        return known.clone();
+    }
+    let read = match crate::key_file::read(&path) {
+        Ok(file) => Some(std::sync::Arc::new(file)),
+        Err(e) => {
+            let at = match e.line {
+                Some(line) => format!("{text}:{line}"),
+                None => text.clone(),
+            };
+            cx.err(
+                written.span(),
+                format!("key file {at}: {}", e.message),
+                Some(e.hint),
+            );
+            None
+        }
+    };
+    cx.key_files.insert(path, read.clone());
+    read
 }
 
 fn retry(cx: &mut Cx<'_, '_>, r: Option<&RawRetry>) -> Retry {
@@ -2074,9 +2125,9 @@ fn setup_steps(
     steps
 }
 
-/// Every `{setup.NAME}` is captured by a step that runs once, before it; every `{key.NAME}` by
-/// a per-key step, on the same key space as the caller that uses it (and before the step that
-/// uses it).
+/// Every `{setup.NAME}` is captured by a step that runs once, before it; every `{key.NAME}` is a
+/// column of the key file, or captured by a per-key step on the same key space as the caller
+/// that uses it (and before the step that uses it).
 fn check_captures(
     cx: &mut Cx<'_, '_>,
     raw: &RawScenario,
@@ -2118,6 +2169,11 @@ fn check_captures(
                 && s.captures.iter().any(|(n, _)| n == name)
         })
     };
+    let in_file = |keys: &Keys, name: &str| {
+        keys.file
+            .as_ref()
+            .is_some_and(|f| f.columns.iter().any(|c| c == name))
+    };
     for (i, step) in setup.iter().enumerate() {
         let span = raw.setup.get(i).map_or(0..0, |r| r.name.span());
         for v in wanted(&step.request) {
@@ -2126,7 +2182,7 @@ fn check_captures(
                 Var::KeyValue(n) => step
                     .for_each
                     .as_ref()
-                    .is_some_and(|(k, _)| captured_per_key(i, n, &k.prefix)),
+                    .is_some_and(|(k, _)| in_file(k, n) || captured_per_key(i, n, &k.prefix)),
                 _ => true,
             };
             if !ok {
@@ -2142,20 +2198,38 @@ fn check_captures(
         for v in wanted(&caller.request) {
             let ok = match &v {
                 Var::Setup(n) => captured_once(setup.len(), n),
-                Var::KeyValue(n) => captured_per_key(setup.len(), n, &caller.keys.prefix),
+                Var::KeyValue(n) => {
+                    in_file(&caller.keys, n)
+                        || captured_per_key(setup.len(), n, &caller.keys.prefix)
+                }
                 _ => true,
             };
             if !ok {
-                let per_key = matches!(v, Var::KeyValue(_));
-                cx.err(
-                    raw_caller.name.span(),
-                    format!("caller {:?} uses {v}, which no setup step captures{}", caller.name, if per_key { format!(" for its keys (prefix {:?})", caller.keys.prefix) } else { String::new() }),
-                    Some(if per_key {
-                        "a [[setup]] step with for_each = { keys = { prefix = ... } } on the caller's key prefix must capture it"
-                    } else {
-                        "a [[setup]] step without for_each must capture it"
-                    }),
-                );
+                let (message, hint) = match (&v, &caller.keys.file) {
+                    (Var::KeyValue(name), Some(file)) => (
+                        format!(
+                            "caller {:?} uses {v}, which is not a column of its key file (columns: {}) and no per-key setup step captures it",
+                            caller.name,
+                            listed(&file.columns)
+                        ),
+                        match nearest(name, &file.columns) {
+                            Some(near) => format!("did you mean {{key.{near}}}?"),
+                            None => "add the column to the file, or capture it in a [[setup]] step with for_each = { keys = { file = ... } }".to_string(),
+                        },
+                    ),
+                    (Var::KeyValue(_), None) => (
+                        format!(
+                            "caller {:?} uses {v}, which no setup step captures for its keys (prefix {:?})",
+                            caller.name, caller.keys.prefix
+                        ),
+                        "a [[setup]] step with for_each = { keys = { prefix = ... } } on the caller's key prefix must capture it, or read the keys from a file: keys = { file = \"users.csv\" }".to_string(),
+                    ),
+                    _ => (
+                        format!("caller {:?} uses {v}, which no setup step captures", caller.name),
+                        "a [[setup]] step without for_each must capture it".to_string(),
+                    ),
+                };
+                cx.err(raw_caller.name.span(), message, Some(&hint));
             }
         }
     }

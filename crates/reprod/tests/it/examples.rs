@@ -89,3 +89,69 @@ fn the_shortener_example_passes_once_the_service_takes_a_lock() {
     assert!(ops >= 100, "{summary}");
     assert_eq!(summary["ops"]["ok"].as_u64(), Some(ops), "{summary}");
 }
+
+#[test]
+fn the_shortener_example_reads_its_users_from_a_file() {
+    // users.csv holds a name and a password per user (one with quotes and a comma in it): the
+    // names are the keys — in requests, in the history and in the violations — and each
+    // password reaches that user's register and login as {key.password}.
+    let dir = TempDir::new();
+    let out = dir.path().join("runs");
+    let scenario = example("shortener/from-file.toml");
+    let (code, summary, stderr) = run_json("run", &scenario, &out, &[]);
+    assert_eq!(code, Some(1), "the race is found: {stderr}\n{summary}");
+    let users = std::fs::read_to_string(example("shortener/users.csv")).expect("users.csv");
+    let names: Vec<&str> = users
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    assert_eq!(names.len(), 30);
+    assert_eq!(
+        summary["setup"]["requests"], 60,
+        "a register and a login per user in the file: {summary}"
+    );
+    let ops = summary["ops"]["total"].as_u64().unwrap_or(0);
+    assert_eq!(
+        summary["ops"]["ok"].as_u64(),
+        Some(ops),
+        "every create carried the token its user's password got: {summary}"
+    );
+    let history = crate::support::run_dir(&out).join("history.sqlite");
+    let listed = names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        scalar(
+            &history,
+            &format!("SELECT COUNT(*) FROM ops WHERE key NOT IN ({listed})")
+        ),
+        0,
+        "operations are recorded under the file's keys"
+    );
+    assert!(
+        scalar(
+            &history,
+            &format!("SELECT COUNT(DISTINCT key) FROM ops WHERE key IN ({listed})")
+        ) > 20,
+        "the load spread over the file's users"
+    );
+    let violating = scalar(
+        &history,
+        &format!("SELECT COUNT(DISTINCT key) FROM violations WHERE key IN ({listed})"),
+    );
+    assert!(
+        violating > 0,
+        "duplicates are reported by user name: {summary}"
+    );
+    assert_eq!(
+        scalar(&history, "SELECT COUNT(*) FROM violations"),
+        scalar(
+            &history,
+            &format!("SELECT COUNT(*) FROM violations WHERE key IN ({listed})")
+        ),
+        "every violation is a user from the file"
+    );
+}
