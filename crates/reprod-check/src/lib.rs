@@ -101,6 +101,33 @@ pub async fn watch(
     }
 }
 
+/// The SQL invariants already violated before the load started, with how many keys each: state
+/// an earlier run (or the database's owner) left, which this run's verdict must not claim. Each
+/// query is bounded by `limit`; one that fails or runs over is left out (the final check
+/// reports it).
+pub async fn violated_before_load(
+    scenario: &Scenario,
+    database_url: Option<&str>,
+    limit: Duration,
+) -> Vec<(String, usize)> {
+    let Some(url) = database_url else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for invariant in &scenario.invariants {
+        if let InvariantKind::Sql {
+            query, key_column, ..
+        } = &invariant.kind
+            && let Ok(Ok((violations, _))) =
+                tokio::time::timeout(limit, sql(url, query, key_column)).await
+            && !violations.is_empty()
+        {
+            out.push((invariant.name.clone(), violations.len()));
+        }
+    }
+    out
+}
+
 /// Checks every invariant of `scenario`. `database_url` is the rendered database URL (if the
 /// scenario has one); `history` is the finished history file; `found_us` stamps the records.
 pub async fn check_all(

@@ -127,25 +127,52 @@ pub fn maintenance_url(url: &str) -> Result<String, ScratchError> {
     Ok(u.to_string())
 }
 
-/// Runs the SQL file `path` (a schema, seed data: several statements) in the database at `url`.
-pub async fn apply_sql(url: String, path: std::path::PathBuf) -> Result<(), ScratchError> {
+/// Runs the SQL file `path` (a schema, seed data, a reset: several statements) in the database
+/// at `url`, PostgreSQL or SQLite (`what` names the file in messages: "schema", "reset").
+pub async fn apply_sql(
+    url: String,
+    path: std::path::PathBuf,
+    what: &'static str,
+) -> Result<(), ScratchError> {
     let text = std::fs::read_to_string(&path).map_err(|e| {
         ScratchError::BadUrl(format!(
-            "cannot read the schema file {}: {e}",
+            "cannot read the {what} file {}: {e}",
             path.display()
         ))
     })?;
+    let refused = |source| ScratchError::Refused {
+        verb: match what {
+            "reset" => "run the reset file in",
+            _ => "run the schema file in",
+        },
+        name: path.display().to_string(),
+        source,
+    };
+    if url.starts_with("sqlite:") {
+        let mut conn: sqlx::SqliteConnection = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .map_err(|e| ScratchError::BadUrl(format!("bad database URL: {e}")))?
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| {
+                ScratchError::BadUrl(format!("cannot open the SQLite database {url}: {e}"))
+            })?;
+        // SQLite runs every statement of a query string in turn.
+        let done = sqlx::Executor::execute(&mut conn, text.as_str())
+            .await
+            .map(|_| ())
+            .map_err(refused);
+        let _ = conn.close().await;
+        return done;
+    }
     let mut conn = connect(&url).await?;
     // A query without arguments goes over PostgreSQL's simple protocol, which runs every
     // statement of the file.
     let done = sqlx::Executor::execute(&mut conn, text.as_str())
         .await
         .map(|_| ())
-        .map_err(|source| ScratchError::Refused {
-            verb: "run the schema file in",
-            name: path.display().to_string(),
-            source,
-        });
+        .map_err(refused);
     let _ = conn.close().await;
     done
 }

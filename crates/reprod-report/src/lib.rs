@@ -136,7 +136,8 @@ impl Verdict {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Warning {
     /// Machine-readable kind: `caller_failing`, `caller_after_load`, `no_operations`,
-    /// `history_incomplete`, `service_output_cut`.
+    /// `history_incomplete`, `service_output_cut`, `state_before_load`, ... (PRODUCT.md and
+    /// docs list them all).
     pub kind: String,
     /// The caller, service or invariant it is about, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -135,15 +135,20 @@ fn fresh_state(scenario: &Scenario) -> Result<Fresh, IsolateError> {
     let Some(db) = &scenario.database else {
         return Ok(Fresh::Nothing);
     };
-    if let Some(service) = scenario
+    let external: Vec<&reprod_scenario::Service> = scenario
         .services
         .iter()
-        .find(|s| matches!(s.kind, reprod_scenario::ServiceKind::External { .. }))
-    {
+        .filter(|s| matches!(s.kind, reprod_scenario::ServiceKind::External { .. }))
+        .collect();
+    if let Some(service) = external.iter().find(|s| s.reset.is_none()) {
         return Err(IsolateError::Unfit(format!(
-            "service {:?} is already running at a url, so reprod cannot give its trials fresh database state: each trial would see what the ones before it left; start it with command = [...] (it then gets {{database.url}}, new for every trial)",
+            "service {:?} is already running at a url, so reprod cannot give its trials fresh database state: each trial would see what the ones before it left; give it reset_sql = \"reset.sql\" (run in [database] before each trial) or reset = [\"./reset.sh\"], or start it with command = [...] (it then gets {{database.url}}, new for every trial)",
             service.name
         )));
+    }
+    // The services at a url are reset before every trial, in the database they use.
+    if !external.is_empty() {
+        return Ok(Fresh::Nothing);
     }
     // Every run makes its own (`fresh = true`), and a SQLite file under `{run_dir}` is new.
     if db.fresh.is_some() || db.url.uses(|v| *v == Var::RunDir) {

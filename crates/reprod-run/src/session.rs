@@ -57,6 +57,8 @@ struct Driven {
     load_start_us: Option<i64>,
     /// Replica output lines cut at the line bound.
     cut_lines: u64,
+    /// SQL invariants already violated when the load started, with their key counts.
+    stale: Vec<(String, usize)>,
     /// What setup did.
     setup: reprod_report::SetupSummary,
 }
@@ -69,6 +71,7 @@ impl Driven {
             first_seen: reprod_check::FirstSeen::new(),
             load_start_us: None,
             cut_lines: 0,
+            stale: Vec::new(),
             setup: reprod_report::SetupSummary::default(),
         }
     }
@@ -451,6 +454,15 @@ fn warnings(
             ),
         });
     }
+    for (invariant, keys) in &driven.stale {
+        out.push(Warning {
+            kind: "state_before_load".to_string(),
+            subject: Some(invariant.clone()),
+            message: format!(
+                "invariant {invariant:?} was already violated for {keys} key(s) before the load started: the database held state from before this run (an earlier run?), so some violations may not be this run's; give [database] fresh = true, put a SQLite file under {{run_dir}}, or give a url service a reset"
+            ),
+        });
+    }
     if driven.cut_lines > 0 {
         out.push(Warning {
             kind: "service_output_cut".to_string(),
@@ -541,7 +553,7 @@ async fn make_scratch(
     scratch_url.set_path(&format!("/{name}"));
     let _ = created;
     if let Some(schema) = fresh.schema {
-        let applied = scratch::apply_sql(scratch_url.to_string(), schema).await;
+        let applied = scratch::apply_sql(scratch_url.to_string(), schema, "schema").await;
         if let Err(e) = applied {
             let _ = scratch::drop(&admin, &name).await;
             return Err(e);
@@ -585,6 +597,27 @@ async fn drive(
             .filter_map(|s| Some((s.name.clone(), faults.sink_url(&s.name)?.to_string())))
             .collect(),
     };
+    // A service reprod does not start has its state reset first, so this run's verdict is about
+    // this run (its reset command runs with the services, below).
+    for service in &scenario.services {
+        if let Some(reprod_scenario::Reset::Sql(path)) = &service.reset {
+            let Some(url) = database_url.clone() else {
+                continue;
+            };
+            obs.note(&format!(
+                "reprod: resetting {} with {}",
+                service.name,
+                path.display()
+            ));
+            if let Err(e) = reprod_check::scratch::apply_sql(url, path.clone(), "reset").await {
+                faults.stop().await;
+                return Driven::before_load(Ended::StartFailed(format!(
+                    "service {}: its reset_sql failed: {e}",
+                    service.name
+                )));
+            }
+        }
+    }
     obs.note("reprod: starting services");
     let started = tokio::select! {
         started = Services::start(scenario, &bindings, clock, &recorder) => started.map_err(|e| Ended::StartFailed(e.to_string())),
@@ -638,6 +671,13 @@ async fn drive(
             return Driven::before_load(ended);
         }
     };
+    // What the database already holds against the invariants is not this run's doing.
+    let stale = reprod_check::violated_before_load(
+        scenario,
+        database_url.as_deref(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     // The load clock starts now, with every replica ready and set up: nothing is planned
     // inside the time the services took to start, so nothing is released late in a burst.
     let load_start_us = clock.now_us();
@@ -683,6 +723,7 @@ async fn drive(
             .output()
             .cut_lines
             .load(std::sync::atomic::Ordering::Relaxed),
+        stale,
         setup: setup_summary,
     }
 }

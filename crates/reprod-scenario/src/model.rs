@@ -83,8 +83,10 @@ pub struct Service {
     pub cwd: Option<std::path::PathBuf>,
     /// Run once before any replica starts (migrations, seeds), with the service's env and cwd.
     pub prepare: Option<Vec<Template>>,
-    /// Deadline of `prepare`.
+    /// Deadline of `prepare` (and of `reset`).
     pub prepare_timeout: Duration,
+    /// For a service at a url: how its state is made fresh before each run and trial.
+    pub reset: Option<Reset>,
     /// Replica count (1 for an external URL).
     pub replicas: u32,
     /// Version label per replica, cycled when shorter than `replicas`.
@@ -104,6 +106,20 @@ pub struct Service {
     pub pressure_args: Vec<Template>,
     /// Extra environment passed when `pool_pressure` is on.
     pub pressure_env: Vec<(String, Template)>,
+}
+
+/// How a service reprod does not start gets fresh state before each run and trial.
+#[derive(Clone, Debug)]
+pub enum Reset {
+    /// A command, run in the scenario's directory; it must exit 0.
+    Command {
+        /// Program and arguments.
+        argv: Vec<Template>,
+        /// The scenario's directory.
+        cwd: std::path::PathBuf,
+    },
+    /// A SQL file run in the scenario's `[database]`.
+    Sql(std::path::PathBuf),
 }
 
 /// How a service is reached.

@@ -60,6 +60,8 @@ pub struct RawService {
     pub command: Option<S<Vec<S<String>>>>,
     pub prepare: Option<S<Vec<S<String>>>>,
     pub prepare_timeout: Option<S<String>>,
+    pub reset: Option<S<Vec<S<String>>>>,
+    pub reset_sql: Option<S<String>>,
     pub cwd: Option<S<String>>,
     pub url: Option<S<String>>,
     pub replicas: Option<Scalar>,

@@ -10,7 +10,7 @@ use crate::model::{
     AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
     FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant, InvariantKind,
     Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, Matcher, Overlap, RequestTemplate,
-    Retry, RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
+    Reset, Retry, RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
 };
 use crate::raw::{
     RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency,
@@ -979,12 +979,23 @@ fn service(
         "prepare_timeout",
         Duration::from_secs(60),
     );
+    let reset = if let (Some(_), Some(sql)) = (&s.reset, &s.reset_sql) {
+        cx.err(
+            sql.span(),
+            "reset and reset_sql both say how to reset the service's state; keep one",
+            Some("reset = [...] runs a command; reset_sql = \"reset.sql\" runs a SQL file in [database]"),
+        );
+        None
+    } else {
+        reset(cx, s, &kind, has_db, base_dir, check)
+    };
     Some(Service {
         name,
         kind,
         cwd,
         prepare,
         prepare_timeout,
+        reset,
         replicas,
         versions,
         ready_path,
@@ -995,6 +1006,59 @@ fn service(
         pressure_args,
         pressure_env,
     })
+}
+
+/// A url service's `reset` (a command) or `reset_sql` (a file run in `[database]`).
+fn reset(
+    cx: &mut Cx<'_, '_>,
+    s: &RawService,
+    kind: &ServiceKind,
+    has_database: bool,
+    base_dir: &std::path::Path,
+    check: impl Fn(&mut Cx<'_, '_>, &S<String>) -> Option<Template>,
+) -> Option<Reset> {
+    let span = s
+        .reset
+        .as_ref()
+        .map(|r| r.span())
+        .or(s.reset_sql.as_ref().map(|r| r.span()))?;
+    if matches!(kind, ServiceKind::Command { .. }) {
+        cx.err(
+            span,
+            "reset is for a service at a url; a service reprod starts gets fresh state from its database URL",
+            Some("put its SQLite file under {run_dir}, or give [database] fresh = true; use prepare = [...] for migrations"),
+        );
+        return None;
+    }
+    if let Some(command) = &s.reset {
+        if command.get_ref().is_empty() {
+            cx.err(
+                command.span(),
+                "reset is an empty command",
+                Some("for example reset = [\"./reset-db.sh\"] or reset = [\"python3\", \"manage.py\", \"flush\", \"--noinput\"]"),
+            );
+            return None;
+        }
+        return command
+            .get_ref()
+            .iter()
+            .map(|a| check(cx, a))
+            .collect::<Option<Vec<_>>>()
+            .map(|argv| Reset::Command {
+                argv,
+                cwd: base_dir.to_path_buf(),
+            });
+    }
+    let sql = s.reset_sql.as_ref()?;
+    if !has_database {
+        cx.err(
+            sql.span(),
+            "reset_sql runs in the scenario's [database], and it has none",
+            Some("add [database] with the url the service uses, or reset with a command: reset = [...]"),
+        );
+        return None;
+    }
+    Some(Reset::Sql(base_dir.join(sql.get_ref())))
 }
 
 /// Host of an `http://host[:port]/...` URL.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reprod_history::{Event, Recorder, RunClock, ServiceEventRecord};
-use reprod_scenario::{Scenario, ServiceKind, Template, Var, host_of, is_loopback};
+use reprod_scenario::{Reset, Scenario, ServiceKind, Template, Var, host_of, is_loopback};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -102,11 +102,13 @@ pub enum ServiceError {
         /// The URL.
         url: String,
     },
-    /// The service's `prepare` command failed.
+    /// The service's `prepare` or `reset` command failed.
     #[error(
-        "service {service}: its prepare command failed: {reason}\n--- last lines of {log} ---\n{tail}"
+        "service {service}: its {what} command failed: {reason}\n--- last lines of {log} ---\n{tail}"
     )]
     Prepare {
+        /// `prepare` or `reset`.
+        what: &'static str,
         /// Service.
         service: String,
         /// What happened.
@@ -185,11 +187,38 @@ impl Services {
         for service in &scenario.services {
             let mut targets = Vec::new();
             match &service.kind {
-                ServiceKind::External { url } => targets.push(Replica {
-                    url: url.clone(),
-                    instance: format!("{}/0", service.name),
-                    version: service.versions[0].clone(),
-                }),
+                ServiceKind::External { url } => {
+                    // A service reprod does not start gets its state reset before each run.
+                    if let Some(Reset::Command { argv, cwd }) = &service.reset {
+                        let spec = ReplicaSpec {
+                            service: &service.name,
+                            cwd: Some(cwd),
+                            replica: 0,
+                            version: &service.versions[0],
+                            command: argv,
+                            env: &[],
+                            pressure_args: &[],
+                            pressure_env: &[],
+                            stdout_prefix: None,
+                            stdout_regex: None,
+                            ready_path: None,
+                            ready_timeout: service.prepare_timeout,
+                            allow_hosts: &scenario.allow_hosts,
+                        };
+                        let step = OneShot::Reset;
+                        if let Err(e) =
+                            run_once(&spec, step, bindings, &log_dir, clock, recorder).await
+                        {
+                            services.stop().await;
+                            return Err(e);
+                        }
+                    }
+                    targets.push(Replica {
+                        url: url.clone(),
+                        instance: format!("{}/0", service.name),
+                        version: service.versions[0].clone(),
+                    })
+                }
                 ServiceKind::Command { command, env } => {
                     if let Some(prepare) = &service.prepare {
                         let spec = ReplicaSpec {
@@ -208,7 +237,8 @@ impl Services {
                             allow_hosts: &scenario.allow_hosts,
                         };
                         if let Err(e) =
-                            run_prepare(&spec, bindings, &log_dir, clock, recorder).await
+                            run_once(&spec, OneShot::Prepare, bindings, &log_dir, clock, recorder)
+                                .await
                         {
                             services.stop().await;
                             return Err(e);
@@ -308,11 +338,29 @@ struct ReplicaSpec<'a> {
     allow_hosts: &'a [String],
 }
 
+/// A command run once before the load: a `prepare` or a `reset`.
+#[derive(Clone, Copy)]
+enum OneShot {
+    Prepare,
+    Reset,
+}
+
+impl OneShot {
+    fn name(self) -> &'static str {
+        match self {
+            OneShot::Prepare => "prepare",
+            OneShot::Reset => "reset",
+        }
+    }
+}
+
 /// Runs a service's `prepare` command (migrations, seeds) once, before any replica starts, with
-/// the service's env and cwd, its output in `services/<service>-prepare.log`, within its
+/// the service's env and cwd — or the `reset` of a service at a url, in the scenario's
+/// directory — its output in `services/<service>-prepare.log` (or `-reset.log`), within its
 /// deadline. It must exit 0.
-async fn run_prepare(
+async fn run_once(
     spec: &ReplicaSpec<'_>,
+    step: OneShot,
     bindings: &Bindings,
     log_dir: &Path,
     clock: RunClock,
@@ -330,7 +378,7 @@ async fn run_prepare(
         }
         _ => program,
     };
-    let log_path = log_dir.join(format!("{}-prepare.log", spec.service));
+    let log_path = log_dir.join(format!("{}-{}.log", spec.service, step.name()));
     let log_error = |source| ServiceError::Log {
         path: log_path.display().to_string(),
         source,
@@ -356,6 +404,7 @@ async fn run_prepare(
         cmd.pre_exec(sys::die_with_parent);
     }
     let failed = |reason: String| ServiceError::Prepare {
+        what: step.name(),
         service: spec.service.to_string(),
         reason,
         log: log_path.display().to_string(),
@@ -380,13 +429,16 @@ async fn run_prepare(
         }))
     };
     recorder
-        .record(event("prepare_started", argv.join(" ")))
+        .record(event(&format!("{}_started", step.name()), argv.join(" ")))
         .await;
     match tokio::time::timeout(spec.ready_timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => {
             recorder
                 .record(event(
-                    "prepared",
+                    match step {
+                        OneShot::Prepare => "prepared",
+                        OneShot::Reset => "reset_done",
+                    },
                     format!("in {} ms", (clock.now_us() - started) / 1000),
                 ))
                 .await;

@@ -9,6 +9,7 @@ mod explain;
 mod isolate;
 mod lifecycle;
 mod outputs;
+mod reset;
 mod runs;
 mod setup;
 mod verdicts;
