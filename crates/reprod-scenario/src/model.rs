@@ -89,6 +89,9 @@ pub struct Service {
     pub reset: Option<Reset>,
     /// Replica count (1 for an external URL).
     pub replicas: u32,
+    /// Where `{port}` comes from: any free port, or the first free one in this range (both
+    /// ends included).
+    pub ports: Option<(u16, u16)>,
     /// Version label per replica, cycled when shorter than `replicas`.
     pub versions: Vec<String>,
     /// Readiness probe path (HTTP GET, 2xx = ready).

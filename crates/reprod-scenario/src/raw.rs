@@ -62,6 +62,7 @@ pub struct RawService {
     pub prepare_timeout: Option<S<String>>,
     pub reset: Option<S<Vec<S<String>>>>,
     pub reset_sql: Option<S<String>>,
+    pub ports: Option<S<String>>,
     pub cwd: Option<S<String>>,
     pub url: Option<S<String>>,
     pub replicas: Option<Scalar>,

@@ -989,6 +989,39 @@ fn service(
     } else {
         reset(cx, s, &kind, has_db, base_dir, check)
     };
+    let ports = s.ports.as_ref().and_then(|written| {
+        let text = cx.substitute(written.span(), written.get_ref(), "ports")?;
+        let range = text.split_once('-').and_then(|(lo, hi)| {
+            let lo: u16 = lo.trim().parse().ok()?;
+            let hi: u16 = hi.trim().parse().ok()?;
+            (lo >= 1 && lo <= hi).then_some((lo, hi))
+        });
+        let Some((lo, hi)) = range else {
+            cx.err(
+                written.span(),
+                format!("ports {text:?} is not a range of ports"),
+                Some("write the lowest and highest port, for example ports = \"8000-8099\""),
+            );
+            return None;
+        };
+        if u32::from(hi - lo) + 1 < replicas {
+            cx.err(
+                written.span(),
+                format!("ports {text:?} holds {} port(s) for {replicas} replicas", hi - lo + 1),
+                Some("give at least one port per replica"),
+            );
+            return None;
+        }
+        if matches!(kind, ServiceKind::External { .. }) {
+            cx.err(
+                written.span(),
+                "ports says where {port} comes from, for a command reprod starts; a service at a url has its own",
+                Some("drop ports"),
+            );
+            return None;
+        }
+        Some((lo, hi))
+    });
     Some(Service {
         name,
         kind,
@@ -997,6 +1030,7 @@ fn service(
         prepare_timeout,
         reset,
         replicas,
+        ports,
         versions,
         ready_path,
         stdout_prefix,

@@ -184,6 +184,8 @@ impl Services {
             path: log_dir.display().to_string(),
             source,
         })?;
+        // Ports handed out in this run: a replica that has not bound its port yet still has it.
+        let taken = std::sync::Mutex::new(Vec::new());
         for service in &scenario.services {
             let mut targets = Vec::new();
             match &service.kind {
@@ -191,6 +193,8 @@ impl Services {
                     // A service reprod does not start gets its state reset before each run.
                     if let Some(Reset::Command { argv, cwd }) = &service.reset {
                         let spec = ReplicaSpec {
+                            ports: None,
+                            taken: &taken,
                             service: &service.name,
                             cwd: Some(cwd),
                             replica: 0,
@@ -222,6 +226,8 @@ impl Services {
                 ServiceKind::Command { command, env } => {
                     if let Some(prepare) = &service.prepare {
                         let spec = ReplicaSpec {
+                            ports: None,
+                            taken: &taken,
                             service: &service.name,
                             cwd: service.cwd.as_deref(),
                             replica: 0,
@@ -248,6 +254,8 @@ impl Services {
                         let version =
                             service.versions[replica as usize % service.versions.len()].clone();
                         let spec = ReplicaSpec {
+                            ports: service.ports,
+                            taken: &taken,
                             service: &service.name,
                             cwd: service.cwd.as_deref(),
                             replica,
@@ -324,6 +332,10 @@ impl Services {
 
 struct ReplicaSpec<'a> {
     service: &'a str,
+    /// Where `{port}` comes from (see `Service::ports`).
+    ports: Option<(u16, u16)>,
+    /// Ports handed out in this run: a replica that has not bound its port yet still has it.
+    taken: &'a std::sync::Mutex<Vec<u16>>,
     cwd: Option<&'a Path>,
     replica: u32,
     version: &'a str,
@@ -471,12 +483,25 @@ fn last_lines(path: &Path) -> String {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+fn free_port(range: Option<(u16, u16)>, taken: &mut Vec<u16>) -> std::io::Result<u16> {
     // Bind-then-release: the port may in principle be taken again before the child binds it;
-    // scenarios that can, use `ready.stdout_prefix` with port 0 instead.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    // scenarios that can, use `ready.stdout` with port 0 instead.
+    let port = match range {
+        None => std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port(),
+        Some((lo, hi)) => (lo..=hi)
+            .filter(|p| !taken.contains(p))
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("no free port left in ports = \"{lo}-{hi}\"; widen the range"),
+                )
+            })?,
+    };
+    taken.push(port);
+    Ok(port)
 }
 
 fn render(
@@ -547,7 +572,11 @@ async fn start_replica(
         .chain(spec.env.iter().map(|(_, t)| t))
         .any(|t| t.uses(|v| *v == Var::Port));
     let port = if uses_port {
-        free_port().map_err(|source| ServiceError::Spawn {
+        free_port(
+            spec.ports,
+            &mut spec.taken.lock().unwrap_or_else(|p| p.into_inner()),
+        )
+        .map_err(|source| ServiceError::Spawn {
             service: spec.service.to_string(),
             replica: spec.replica,
             program: "(port allocation)".to_string(),

@@ -215,3 +215,64 @@ fn services_die_with_a_killed_reprod() {
     // Even a killed run leaves a readable history of what it committed.
     assert!(scalar(&run_dir.join("history.sqlite"), "SELECT COUNT(*) FROM ops") > 0);
 }
+
+#[test]
+fn ports_hands_each_replica_its_own_port_from_the_range() {
+    // A service whose ports must be known in advance (a firewall rule, a proxy's upstream list):
+    // `{port}` comes from `ports`, one free port per replica.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let low = probe.local_addr().expect("addr").port().min(65000);
+    drop(probe);
+    let high = low + 30;
+    let dir = TempDir::new();
+    let scenario = dir.write(
+        "ports.toml",
+        &format!(
+            r#"
+duration = "1s"
+drain = "0s"
+
+[[service]]
+name = "files"
+command = ["python3", "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"]
+replicas = 3
+ports = "{low}-{high}"
+ready = {{ path = "/", timeout = "20s" }}
+
+[[caller]]
+name = "readers"
+request = {{ path = "/" }}
+rate = 10
+"#
+        ),
+    );
+    let out = dir.path().join("runs");
+    let output = run(&[
+        "run",
+        scenario.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let conn = rusqlite::Connection::open(run_dir(&out).join("history.sqlite")).expect("history");
+    let mut ports: Vec<u16> = conn
+        .prepare("SELECT detail FROM service_events WHERE event = 'ready' ORDER BY replica")
+        .expect("query")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .map(|url| {
+            let url = url.expect("row");
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("a port")
+        })
+        .collect();
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert!(
+        ports.iter().all(|p| (low..=high).contains(p)),
+        "{ports:?} within {low}-{high}"
+    );
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "one port per replica: {ports:?}");
+}
