@@ -20,7 +20,7 @@ pub struct KeyFileError {
     pub hint: &'static str,
 }
 
-/// Reads and checks the key file at `path` (shown as `shown` in messages).
+/// Reads and checks the key file at `path`.
 pub fn read(path: &Path) -> Result<KeyFile, KeyFileError> {
     let fail = |line, message: String, hint| KeyFileError {
         line,

@@ -73,7 +73,7 @@ pub fn load(path: &Path, sets: &[(String, String)]) -> Result<Scenario, Scenario
         let (message, hint) = match e.kind() {
             std::io::ErrorKind::InvalidData => (
                 "the scenario is not text (it is not valid UTF-8)".to_string(),
-                "a scenario is a TOML text file, such as scenarios/demo.toml; is this the file you meant?",
+                "a scenario is a TOML text file, such as scenarios/invoices.toml; is this the file you meant?",
             ),
             std::io::ErrorKind::NotFound => (
                 format!("cannot read the scenario: {e}"),
