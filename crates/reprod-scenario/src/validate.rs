@@ -1073,15 +1073,26 @@ fn reset(
             );
             return None;
         }
-        return command
+        let argv = command
             .get_ref()
             .iter()
             .map(|a| check(cx, a))
-            .collect::<Option<Vec<_>>>()
-            .map(|argv| Reset::Command {
-                argv,
-                cwd: base_dir.to_path_buf(),
-            });
+            .collect::<Option<Vec<_>>>()?;
+        if argv
+            .iter()
+            .any(|t| t.uses(|v| matches!(v, Var::Port | Var::Replica | Var::Version)))
+        {
+            cx.err(
+                command.span(),
+                "a reset runs once, for no replica: {port}, {replica} and {version} mean nothing in it",
+                Some("use {database.url}, {database.path}, {run_dir} or {param.NAME}"),
+            );
+            return None;
+        }
+        return Some(Reset::Command {
+            argv,
+            cwd: base_dir.to_path_buf(),
+        });
     }
     let sql = s.reset_sql.as_ref()?;
     if !has_database {
