@@ -672,12 +672,18 @@ async fn drive(
         }
     };
     // What the database already holds against the invariants is not this run's doing.
-    let stale = reprod_check::violated_before_load(
-        scenario,
-        database_url.as_deref(),
-        std::time::Duration::from_secs(10),
-    )
-    .await;
+    let stale = tokio::select! {
+        stale = reprod_check::violated_before_load(
+            scenario,
+            database_url.as_deref(),
+            std::time::Duration::from_secs(10),
+        ) => stale,
+        _ = cx.interrupt.requested() => {
+            services.stop().await;
+            faults.stop().await;
+            return Driven::before_load(Ended::Interrupted);
+        }
+    };
     // The load clock starts now, with every replica ready and set up: nothing is planned
     // inside the time the services took to start, so nothing is released late in a burst.
     let load_start_us = clock.now_us();
