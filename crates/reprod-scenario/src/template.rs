@@ -220,6 +220,8 @@ pub enum Scope {
     Stub,
     /// Setup step requests: `{key}` (per-key steps), `{uuid}`, and what earlier steps captured.
     Setup,
+    /// Numbers, durations, booleans and choices: fixed before the run, so `{param.NAME}` only.
+    Fixed,
 }
 
 /// One piece of a template.
@@ -511,6 +513,7 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
             var,
             Var::Key | Var::Uuid | Var::Choice(_) | Var::Setup(_) | Var::KeyValue(_)
         ),
+        Scope::Fixed => false,
     };
     if allowed {
         Ok(())
@@ -527,6 +530,9 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
                 "a setup step (setup placeholders are {key} in a per-key step, {uuid}, {choice:a|b}, {setup.NAME}, {key.NAME})"
             }
             Scope::Stub => "a dependency stub (stub placeholders are {key}, {uuid}, {choice:a|b})",
+            Scope::Fixed => {
+                "a number, duration, boolean or choice: these are fixed before the run, so only {param.NAME} may appear in them"
+            }
         };
         Err(format!("{{{written}}} cannot be used in {where_}"))
     }

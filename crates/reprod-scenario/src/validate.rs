@@ -48,9 +48,6 @@ const MAX_OPS_CEILING: u64 = 100_000_000;
 struct Cx<'a, 'd> {
     d: &'d mut Diagnostics<'a>,
     params: BTreeMap<String, Template>,
-    /// The parameters' final text, for numbers, durations, booleans and choices written as
-    /// `"{param.NAME}"`.
-    param_text: BTreeMap<String, String>,
     /// Where relative paths in the scenario start.
     base_dir: std::path::PathBuf,
     /// Key files read so far, by path: callers naming one file share its keys.
@@ -69,63 +66,15 @@ impl Cx<'_, '_> {
         if !text.contains('{') {
             return Some(text.to_string());
         }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let Some(close) = rest[open..].find('}') else {
-                self.err(
-                    span,
-                    format!("{what}: {text:?} has a {{ without its }}"),
-                    Some("write the value itself, or \"{param.NAME}\" to take it from [params]"),
-                );
-                return None;
-            };
-            let inner = &rest[open + 1..open + close];
-            match inner
-                .strip_prefix("param.")
-                .map(|n| (n, self.param_text.get(n)))
-            {
-                Some((_, Some(value))) if !value.contains('{') => out.push_str(value),
-                Some((name, Some(value))) => {
-                    let message = format!(
-                        "{what}: parameter {name:?} is {value:?}, which holds a placeholder"
-                    );
-                    self.err(
-                        span,
-                        message,
-                        Some("a parameter used in a number, duration or choice must be plain text"),
-                    );
-                    return None;
-                }
-                Some((name, None)) => {
-                    let known: Vec<String> = self.param_text.keys().cloned().collect();
-                    let hint = match nearest(name, &known) {
-                        Some(near) => format!(
-                            "did you mean {{param.{near}}}? declared parameters: {}",
-                            listed(&known)
-                        ),
-                        None => format!(
-                            "declare it under [params]; declared parameters: {}",
-                            listed(&known)
-                        ),
-                    };
-                    self.err(span, format!("{what}: no parameter {name:?}"), Some(&hint));
-                    return None;
-                }
-                None => {
-                    self.err(
-                        span,
-                        format!("{what}: {{{inner}}} cannot be used here"),
-                        Some("numbers, durations, booleans and choices are fixed before the run; only {param.NAME} may appear in them"),
-                    );
-                    return None;
-                }
+        match Template::parse(text, Scope::Fixed, &self.params) {
+            // The fixed scope admits no placeholder, so what parses is literal text.
+            Ok(t) => t.as_literal(),
+            Err(e) => {
+                let hint = self.template_hint(&e);
+                self.err(span, format!("{what}: {e}"), Some(&hint));
+                None
             }
-            rest = &rest[open + close + 1..];
         }
-        out.push_str(rest);
-        Some(out)
     }
 
     fn duration(&mut self, value: &S<String>, what: &str) -> Option<Duration> {
@@ -374,7 +323,6 @@ pub fn validate(
     let mut cx = Cx {
         d,
         params: BTreeMap::new(),
-        param_text: params.iter().cloned().collect(),
         base_dir: base_dir.to_path_buf(),
         key_files: BTreeMap::new(),
     };
