@@ -451,16 +451,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     let caller = &shared.callers[op.caller];
     let spec = &caller.spec;
     let key = if caller.needs_key {
-        use std::fmt::Write as _;
-        match &spec.keys.file {
-            Some(file) => file.keys[op.key_index as usize].clone(),
-            None => {
-                let mut key = String::with_capacity(spec.keys.prefix.len() + 20);
-                key.push_str(&spec.keys.prefix);
-                let _ = write!(key, "{}", op.key_index);
-                key
-            }
-        }
+        spec.keys.name(op.key_index)
     } else {
         String::new()
     };

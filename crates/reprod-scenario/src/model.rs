@@ -319,11 +319,18 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The text of key `index`.
+    /// The text of key `index`: the file's key, or `prefix` + `index`.
+    #[inline]
     pub fn name(&self, index: u64) -> String {
+        use std::fmt::Write as _;
         match &self.file {
             Some(file) => file.keys[index as usize].clone(),
-            None => format!("{}{index}", self.prefix),
+            None => {
+                let mut key = String::with_capacity(self.prefix.len() + 20);
+                key.push_str(&self.prefix);
+                let _ = write!(key, "{index}");
+                key
+            }
         }
     }
 }

@@ -192,23 +192,8 @@ impl Services {
                 ServiceKind::External { url } => {
                     // A service reprod does not start gets its state reset before each run.
                     if let Some(Reset::Command { argv, cwd }) = &service.reset {
-                        let spec = ReplicaSpec {
-                            ports: None,
-                            taken: &taken,
-                            service: &service.name,
-                            cwd: Some(cwd),
-                            replica: 0,
-                            version: &service.versions[0],
-                            command: argv,
-                            env: &[],
-                            pressure_args: &[],
-                            pressure_env: &[],
-                            stdout_prefix: None,
-                            stdout_regex: None,
-                            ready_path: None,
-                            ready_timeout: service.prepare_timeout,
-                            allow_hosts: &scenario.allow_hosts,
-                        };
+                        let spec =
+                            ReplicaSpec::one_shot(service, argv, Some(cwd), &[], &taken, scenario);
                         let step = OneShot::Reset;
                         if let Err(e) =
                             run_once(&spec, step, bindings, &log_dir, clock, recorder).await
@@ -225,23 +210,9 @@ impl Services {
                 }
                 ServiceKind::Command { command, env } => {
                     if let Some(prepare) = &service.prepare {
-                        let spec = ReplicaSpec {
-                            ports: None,
-                            taken: &taken,
-                            service: &service.name,
-                            cwd: service.cwd.as_deref(),
-                            replica: 0,
-                            version: &service.versions[0],
-                            command: prepare,
-                            env,
-                            pressure_args: &[],
-                            pressure_env: &[],
-                            stdout_prefix: None,
-                            stdout_regex: None,
-                            ready_path: None,
-                            ready_timeout: service.prepare_timeout,
-                            allow_hosts: &scenario.allow_hosts,
-                        };
+                        let cwd = service.cwd.as_deref();
+                        let spec =
+                            ReplicaSpec::one_shot(service, prepare, cwd, env, &taken, scenario);
                         if let Err(e) =
                             run_once(&spec, OneShot::Prepare, bindings, &log_dir, clock, recorder)
                                 .await
@@ -348,6 +319,37 @@ struct ReplicaSpec<'a> {
     ready_path: Option<&'a str>,
     ready_timeout: Duration,
     allow_hosts: &'a [String],
+}
+
+impl<'a> ReplicaSpec<'a> {
+    /// A command run once for `service` (its `prepare` or `reset`), as replica 0 of its first
+    /// version, with no readiness to wait for: it must exit within `prepare_timeout`.
+    fn one_shot(
+        service: &'a reprod_scenario::Service,
+        command: &'a [Template],
+        cwd: Option<&'a Path>,
+        env: &'a [(String, Template)],
+        taken: &'a std::sync::Mutex<Vec<u16>>,
+        scenario: &'a Scenario,
+    ) -> ReplicaSpec<'a> {
+        ReplicaSpec {
+            ports: None,
+            taken,
+            service: &service.name,
+            cwd,
+            replica: 0,
+            version: &service.versions[0],
+            command,
+            env,
+            pressure_args: &[],
+            pressure_env: &[],
+            stdout_prefix: None,
+            stdout_regex: None,
+            ready_path: None,
+            ready_timeout: service.prepare_timeout,
+            allow_hosts: &scenario.allow_hosts,
+        }
+    }
 }
 
 /// A command run once before the load: a `prepare` or a `reset`.
