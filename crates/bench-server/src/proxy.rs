@@ -45,6 +45,7 @@ async fn main() {
         started_at: String::new(),
         conditions: String::new(),
         params: String::new(),
+        dimensions: String::new(),
     };
     let (history, recorder) = match History::create(&dir.join("history.sqlite"), &info) {
         Ok(x) => x,

@@ -93,6 +93,8 @@ impl Logger {
         );
         put("db_wait_ms", json!(round1(ctx.db_wait_ms)));
         merge(&mut line, extra);
+        let msg = describe(event, &line);
+        line.insert("msg".into(), json!(msg));
         emit(line);
     }
 
@@ -112,6 +114,60 @@ impl Logger {
         line.insert("version".into(), json!(self.version));
         line.insert("role".into(), json!(self.role.as_str()));
         line
+    }
+}
+
+/// The decision in words, for people reading a timeline (`msg`); the fields stay for tools.
+fn describe(event: &str, line: &Map<String, Value>) -> String {
+    let text = |k: &str| match line.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "?".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let what = format!("{}/{}", text("account_id"), text("period"));
+    match event {
+        "request.received" => format!(
+            "received {} for {what} (attempt {})",
+            text("operation"),
+            text("retry_attempt")
+        ),
+        "request.done" => format!("answered {} ({})", text("status"), text("invoice_id")),
+        "request.failed" => format!("answered {}: {}", text("status"), text("error")),
+        "invoice.none_found" => format!("find invoice {what}: none"),
+        "invoice.found_existing" => format!("find invoice {what}: {}", text("invoice_id")),
+        "usage.read" => format!(
+            "usage {what}: {} cents in {:.0} ms",
+            text("total_cents"),
+            line.get("call_latency_ms")
+                .and_then(Value::as_f64)
+                .unwrap_or_default()
+        ),
+        "usage.failed" => format!("usage call failed: {}", text("error")),
+        "invoice.inserted" => format!("inserted invoice {} for {what}", text("invoice_id")),
+        "invoice.insert_failed" => format!("insert for {what} failed: {}", text("error")),
+        "invoice.conflict_returned_existing" => format!(
+            "insert for {what} hit the unique index: kept {}",
+            text("invoice_id")
+        ),
+        "email.sent" => format!(
+            "sent the email for {} ({})",
+            text("invoice_id"),
+            text("status")
+        ),
+        "email.failed" => format!("email for {} failed: {}", text("invoice_id"), text("error")),
+        "idempotency.replayed" => format!("replayed the answer for {}", text("invoice_id")),
+        "idempotency.key_reused" => "idempotency key reused for another account".to_string(),
+        "job.claimed" => format!(
+            "job {} claimed, queued {} ms",
+            text("job_id"),
+            text("queue_age_ms")
+        ),
+        "job.done" => format!("job {} done: {}", text("job_id"), text("invoice_id")),
+        "job.failed" | "job.retry_scheduled" => {
+            format!("job {} {}: {}", text("job_id"), &event[4..], text("error"))
+        }
+        "reconcile.enqueued" => format!("enqueued {} job(s)", text("jobs")),
+        other => other.to_string(),
     }
 }
 

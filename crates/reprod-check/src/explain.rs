@@ -5,11 +5,11 @@
 //! Reads only the history file, so it works on any run directory, including one whose run was
 //! interrupted (it says so).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use reprod_history::HistoryError;
-use reprod_history::query::Reader;
+use reprod_history::query::{FieldValue, Reader};
 pub use reprod_report::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
 
 /// Why a run directory could not be explained.
@@ -24,7 +24,9 @@ pub enum ExplainError {
 }
 
 /// Longest timeline shown.
-const MAX_TIMELINE: usize = 60;
+const MAX_TIMELINE: usize = 80;
+/// Log lines shown per operation and replica; the rest are counted in one line.
+const MAX_LOG_LINES_PER_OP: usize = 8;
 
 /// Explains the run in `run_dir`, with the timeline of `key` (default: the first violating
 /// key).
@@ -220,6 +222,76 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             format!("{sink} delivery caused by {}{idem}", label(&trace)),
         ));
     }
+    // The services' own lines, each labelled with the replica, its version and the operation
+    // whose trace it carries; past a few lines per operation and replica, one line counts the
+    // rest.
+    let mut per_group: HashMap<(Option<String>, String), (usize, i64)> = HashMap::new();
+    let mut folded: Vec<(Option<String>, String, String)> = Vec::new();
+    for l in reader.logs_of_key(key)? {
+        let reprod_history::query::KeyLog {
+            service,
+            replica,
+            version,
+            at_us: at,
+            trace_id: trace,
+            level,
+            message,
+        } = l;
+        let instance = format!("{service}/{replica}");
+        let who = match &trace {
+            Some(_) => format!(", {}", label(&trace)),
+            None => String::new(),
+        };
+        let group = (trace.clone(), instance.clone());
+        let seen = per_group.entry(group).or_insert((0, at));
+        seen.0 += 1;
+        seen.1 = at;
+        if seen.0 == MAX_LOG_LINES_PER_OP + 1 {
+            folded.push((
+                trace.clone(),
+                instance.clone(),
+                format!("{service}-{replica}.log"),
+            ));
+        }
+        if seen.0 > MAX_LOG_LINES_PER_OP {
+            continue;
+        }
+        let level = match level.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some(l @ ("error" | "warn" | "warning" | "fatal" | "critical")) => {
+                format!("{}: ", l.to_ascii_uppercase())
+            }
+            _ => String::new(),
+        };
+        lanes.push(
+            &format!("{instance} log"),
+            Span {
+                start_us: at,
+                end_us: at,
+                kind: EntryKind::Log,
+                label: format!("{}: {level}{message}", label(&trace)),
+            },
+        );
+        raw.push((
+            at,
+            EntryKind::Log,
+            format!("{instance} ({version}){who}: {level}{message}"),
+        ));
+    }
+    for (trace, instance, file) in folded {
+        let (n, last) = per_group[&(trace.clone(), instance.clone())];
+        let who = match &trace {
+            Some(_) => format!(" for {}", label(&trace)),
+            None => String::new(),
+        };
+        raw.push((
+            last,
+            EntryKind::Log,
+            format!(
+                "… {} more line(s) from {instance}{who} (services/{file})",
+                n - MAX_LOG_LINES_PER_OP
+            ),
+        ));
+    }
     let mut seen_during = Vec::new();
     let mut found_after = Vec::new();
     for v in reader.violations_of_key(key)? {
@@ -306,7 +378,21 @@ struct KeyFacts {
     queue_delay: bool,
     max_dependency_delay_us: i64,
     fault: bool,
+    /// Per `dimensions` field, what the key's log lines said.
+    logged: Vec<Logged>,
 }
+
+/// What one key's log lines said of one field.
+#[derive(Clone, Default)]
+struct Logged {
+    /// The largest number.
+    max: Option<f64>,
+    /// Every other value, as text.
+    texts: BTreeSet<String>,
+}
+
+/// Distinct values of a text field tried as the comparison's split.
+const MAX_FIELD_VALUES: usize = 20;
 
 fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryError> {
     let mut facts: HashMap<String, KeyFacts> = HashMap::new();
@@ -336,6 +422,27 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
             f.fault |= fault.is_some_and(|x| x != "caller_gone");
         }
     })?;
+    let fields = reader.dimensions()?;
+    for (i, name) in fields.iter().enumerate() {
+        reader.for_each_log_field(name, |key, trace, value| {
+            let key = key
+                .filter(|k| facts.contains_key(*k))
+                .map(str::to_string)
+                .or_else(|| trace.and_then(|t| trace_key.get(t).cloned()));
+            if let Some(f) = key.and_then(|k| facts.get_mut(&k)) {
+                if f.logged.len() <= i {
+                    f.logged.resize(fields.len(), Logged::default());
+                }
+                let logged = &mut f.logged[i];
+                match value {
+                    FieldValue::Number(n) => logged.max = Some(logged.max.map_or(n, |m| m.max(n))),
+                    FieldValue::Text(t) => {
+                        logged.texts.insert(t);
+                    }
+                }
+            }
+        })?;
+    }
     let violating: BTreeSet<String> = reader
         .violating_keys()?
         .into_iter()
@@ -423,6 +530,67 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
             Box::new(|f: &KeyFacts| f.callers.len() >= 2),
         ));
     }
+    for (i, name) in fields.iter().enumerate() {
+        let logged = move |f: &KeyFacts| f.logged.get(i).cloned().unwrap_or_default();
+        let all: Vec<Logged> = facts.values().map(logged).collect();
+        let texts: BTreeMap<&String, usize> =
+            all.iter()
+                .flat_map(|l| l.texts.iter())
+                .fold(BTreeMap::new(), |mut m, t| {
+                    *m.entry(t).or_insert(0) += 1;
+                    m
+                });
+        if texts.is_empty() {
+            let mut maxima: Vec<f64> = all.iter().filter_map(|l| l.max).collect();
+            if maxima.is_empty() {
+                dims.push((
+                    name.clone(),
+                    format!("logged {name} (no log line of a touched key carried it)"),
+                    Box::new(|_: &KeyFacts| false),
+                ));
+                continue;
+            }
+            maxima.sort_by(f64::total_cmp);
+            let positive: Vec<f64> = maxima.iter().copied().filter(|m| *m > 0.0).collect();
+            let threshold = positive
+                .get(positive.len() / 2)
+                .copied()
+                .unwrap_or(maxima[maxima.len() / 2]);
+            dims.push((
+                name.clone(),
+                format!("logged {name} of {}+", number(threshold)),
+                Box::new(move |f: &KeyFacts| logged(f).max.is_some_and(|m| m >= threshold)),
+            ));
+        } else {
+            // A text field: split on the value that tells the groups apart best.
+            let mut values: Vec<(&String, usize)> = texts.into_iter().collect();
+            values.sort_by_key(|v| std::cmp::Reverse(v.1));
+            values.truncate(MAX_FIELD_VALUES);
+            let share = |keys: &mut dyn Iterator<Item = &KeyFacts>, value: &str, n: usize| {
+                keys.filter(|f| logged(f).texts.contains(value)).count() as f64 / n.max(1) as f64
+            };
+            let best = values
+                .iter()
+                .map(|(value, _)| {
+                    let v = share(
+                        &mut violating.iter().map(|k| &facts[k]),
+                        value,
+                        violating.len(),
+                    );
+                    let c = share(&mut clean.iter().map(|k| &facts[*k]), value, clean.len());
+                    ((v - c).abs(), (*value).clone())
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, value)| value)
+                .unwrap_or_default();
+            let phrase = format!("logged {name}={best}");
+            dims.push((
+                name.clone(),
+                phrase,
+                Box::new(move |f: &KeyFacts| logged(f).texts.contains(&best)),
+            ));
+        }
+    }
     let mut out = Vec::new();
     for (name, phrase, pred) in dims {
         let v =
@@ -442,6 +610,16 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
     }
     out.sort_by(|a, b| b.separation.total_cmp(&a.separation));
     Ok((violating.len(), clean.len(), out))
+}
+
+/// A threshold as a person writes it: `12`, `0.5`, `37.4`.
+fn number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        let text = format!("{n:.2}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 /// The most operations on one key in flight at once.

@@ -260,5 +260,6 @@ fn info(path: &Path) -> RunInfo {
         started_at: "2026-01-01T00:00:00Z".to_string(),
         conditions: String::new(),
         params: String::new(),
+        dimensions: String::new(),
     }
 }

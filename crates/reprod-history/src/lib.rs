@@ -32,6 +32,9 @@ const WRITER_NAP: Duration = Duration::from_millis(16);
 #[derive(Clone, Copy, Debug)]
 pub struct RunClock {
     start: Instant,
+    /// Wall-clock time at the start, µs since the Unix epoch: where the services' own
+    /// timestamps fall on this clock.
+    wall_start_us: i64,
 }
 
 impl RunClock {
@@ -39,7 +42,16 @@ impl RunClock {
     pub fn start() -> RunClock {
         RunClock {
             start: Instant::now(),
+            wall_start_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
         }
+    }
+
+    /// Where a wall-clock time (µs since the Unix epoch, as a service logs it) falls on this
+    /// clock.
+    pub fn from_wall_us(&self, wall_us: i64) -> i64 {
+        wall_us.saturating_sub(self.wall_start_us)
     }
 
     /// Microseconds elapsed since the start.
@@ -264,6 +276,32 @@ pub struct ServiceEventRecord {
     pub detail: String,
 }
 
+/// One line of a service's output, read as the scenario's `logs` says.
+#[derive(Clone, Debug)]
+pub struct ServiceLogRecord {
+    /// Service name.
+    pub service: Arc<str>,
+    /// Replica index.
+    pub replica: i64,
+    /// Its version label.
+    pub version: Arc<str>,
+    /// When reprod read the line (run clock).
+    pub received_us: i64,
+    /// When it happened, by the service's own time for it on the run clock (within the
+    /// service's clock tick, and never after `received_us`), when the line has one.
+    pub at_us: Option<i64>,
+    /// The W3C trace id the line names (from a trace id or a `traceparent`).
+    pub trace_id: Option<String>,
+    /// The key the line is about.
+    pub key: Option<String>,
+    /// Its level.
+    pub level: Option<String>,
+    /// Its message (bounded).
+    pub message: String,
+    /// Every field, as a JSON object (bounded).
+    pub fields: String,
+}
+
 /// A violated invariant for one key.
 #[derive(Clone, Debug)]
 pub struct ViolationRecord {
@@ -303,6 +341,8 @@ pub enum Event {
     LoadStarted(i64),
     /// A setup request was answered (or failed).
     Setup(Box<SetupRecord>),
+    /// A service wrote a log line.
+    ServiceLog(Box<ServiceLogRecord>),
 }
 
 /// One setup request: never an operation, never counted as load.
@@ -350,6 +390,8 @@ pub struct RunInfo {
     pub conditions: String,
     /// Parameters, `name=value` lines.
     pub params: String,
+    /// Log fields the comparison covers (`scenario.dimensions`), comma-separated.
+    pub dimensions: String,
 }
 
 /// Why the history could not be written.
@@ -447,10 +489,11 @@ impl Recorder {
         self.tx.reserve().await.ok().map(Slot)
     }
 
-    /// Records without waiting; drops the event when the channel is full. For `Drop` paths
-    /// that cannot wait.
-    pub fn try_record(&self, event: Event) {
-        let _ = self.tx.try_send(Msg::Event(event));
+    /// Records without waiting; drops the event when the channel is full (or the writer
+    /// stopped) and says so with `false`. For `Drop` paths that cannot wait, and for the
+    /// services' log lines, which must never make a service wait on its pipe.
+    pub fn try_record(&self, event: Event) -> bool {
+        self.tx.try_send(Msg::Event(event)).is_ok()
     }
 }
 
@@ -492,7 +535,8 @@ PRAGMA synchronous = NORMAL;
 CREATE TABLE run (
     run_id TEXT NOT NULL, scenario TEXT NOT NULL, scenario_path TEXT NOT NULL, seed INTEGER NOT NULL,
     started_at TEXT NOT NULL, conditions TEXT NOT NULL, params TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'running', ended_at_us INTEGER, load_started_us INTEGER
+    status TEXT NOT NULL DEFAULT 'running', ended_at_us INTEGER, load_started_us INTEGER,
+    dimensions TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE ops (
     op_id INTEGER PRIMARY KEY, caller TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -532,6 +576,11 @@ CREATE TABLE setup_requests (
 CREATE TABLE engine_errors (
     op_id INTEGER NOT NULL, at_us INTEGER NOT NULL, message TEXT NOT NULL
 );
+CREATE TABLE service_logs (
+    log_id INTEGER PRIMARY KEY, service TEXT NOT NULL, replica INTEGER NOT NULL,
+    version TEXT NOT NULL, received_us INTEGER NOT NULL, at_us INTEGER, trace_id TEXT, key TEXT,
+    level TEXT, message TEXT NOT NULL, fields TEXT NOT NULL
+);
 ";
 
 const INDEXES: &str = "
@@ -542,6 +591,8 @@ CREATE INDEX IF NOT EXISTS dependency_calls_key ON dependency_calls (key);
 CREATE INDEX IF NOT EXISTS sink_deliveries_trace ON sink_deliveries (trace_id);
 CREATE INDEX IF NOT EXISTS sink_deliveries_key ON sink_deliveries (key);
 CREATE INDEX IF NOT EXISTS violations_key ON violations (invariant, key);
+CREATE INDEX IF NOT EXISTS service_logs_trace ON service_logs (trace_id);
+CREATE INDEX IF NOT EXISTS service_logs_key ON service_logs (key);
 ";
 
 /// The trace id inside a `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -568,8 +619,8 @@ impl History {
         let conn = Connection::open(path).map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
         conn.execute(
-            "INSERT INTO run (run_id, scenario, scenario_path, seed, started_at, conditions, params)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO run (run_id, scenario, scenario_path, seed, started_at, conditions, params,
+             dimensions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 info.run_id,
                 info.scenario,
@@ -577,7 +628,8 @@ impl History {
                 info.seed as i64,
                 info.started_at,
                 info.conditions,
-                info.params
+                info.params,
+                info.dimensions
             ],
         )
         .map_err(fail)?;
@@ -967,6 +1019,24 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
             tx.prepare_cached("UPDATE run SET load_started_us = ?1")?
                 .execute(params![at_us])?;
         }
+        Event::ServiceLog(l) => {
+            tx.prepare_cached(
+                "INSERT INTO service_logs (service, replica, version, received_us, at_us, trace_id,
+                 key, level, message, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                &*l.service,
+                l.replica,
+                &*l.version,
+                l.received_us,
+                l.at_us,
+                l.trace_id,
+                l.key,
+                l.level,
+                l.message,
+                l.fields
+            ])?;
+        }
         Event::EngineError(e) => {
             tx.prepare_cached(
                 "INSERT INTO engine_errors (op_id, at_us, message) VALUES (?1, ?2, ?3)",
@@ -996,6 +1066,7 @@ mod tests {
             started_at: "2026-11-25T00:00:00Z".into(),
             conditions: "overlap".into(),
             params: String::new(),
+            dimensions: String::new(),
         };
         let (history, recorder) = History::create(&path, &info).expect("create");
         (dir, path, history, recorder)

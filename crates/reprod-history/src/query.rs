@@ -92,6 +92,35 @@ pub struct KeyDelivery {
     pub idempotency_key: Option<String>,
 }
 
+/// A service's log line about one key (by its own key field or by trace).
+#[derive(Clone, Debug)]
+pub struct KeyLog {
+    /// Service.
+    pub service: String,
+    /// Replica index.
+    pub replica: i64,
+    /// Its version label.
+    pub version: String,
+    /// When it happened: by the service's own time when the line has one, else when reprod
+    /// read it.
+    pub at_us: i64,
+    /// Trace id it names.
+    pub trace_id: Option<String>,
+    /// Level.
+    pub level: Option<String>,
+    /// Message.
+    pub message: String,
+}
+
+/// One value of a log field named in `dimensions`, for the comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue {
+    /// A JSON number, or text that reads as one.
+    Number(f64),
+    /// Anything else, as text (`true`, `miss`, `v2`).
+    Text(String),
+}
+
 /// A violation recorded for one key.
 #[derive(Clone, Debug)]
 pub struct KeyViolation {
@@ -170,6 +199,111 @@ impl Reader {
                 },
             )
             .map_err(|e| self.fail(e))
+    }
+
+    /// Whether the history has `table` (older histories lack the newer tables).
+    fn has_table(&self, table: &str) -> Result<bool, HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                params![table],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// The log fields the scenario compared (`dimensions`); none in older histories.
+    pub fn dimensions(&self) -> Result<Vec<String>, HistoryError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT dimensions FROM run", [], |r| r.get(0))
+            .optional()
+            .or_else(|e| match e {
+                // Written before the column existed.
+                rusqlite::Error::SqliteFailure(..) => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|e| self.fail(e))?;
+        Ok(text
+            .unwrap_or_default()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// The services' log lines about `key` (their key field names it, or they carry the
+    /// trace of one of its operations), in time order.
+    pub fn logs_of_key(&self, key: &str) -> Result<Vec<KeyLog>, HistoryError> {
+        if !self.has_table("service_logs")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT service, replica, version, COALESCE(at_us, received_us) AS t,
+                        trace_id, level, message
+                 FROM service_logs
+                 WHERE key = ?1 OR trace_id IN (SELECT trace_id FROM ops WHERE key = ?1)
+                 ORDER BY t, log_id",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeyLog {
+                    service: r.get(0)?,
+                    replica: r.get(1)?,
+                    version: r.get(2)?,
+                    at_us: r.get(3)?,
+                    trace_id: r.get(4)?,
+                    level: r.get(5)?,
+                    message: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Every log line's (key, trace id, value) of the field `name`, for lines that have it,
+    /// streamed.
+    pub fn for_each_log_field(
+        &self,
+        name: &str,
+        mut each: impl FnMut(Option<&str>, Option<&str>, FieldValue),
+    ) -> Result<(), HistoryError> {
+        if !self.has_table("service_logs")? {
+            return Ok(());
+        }
+        let path = format!("$.\"{}\"", name.replace('"', "\\\""));
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, trace_id, json_type(fields, ?1), json_extract(fields, ?1)
+                 FROM service_logs WHERE json_type(fields, ?1) IS NOT NULL",
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query(params![path]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            let key: Option<String> = r.get(0).map_err(|e| self.fail(e))?;
+            let trace: Option<String> = r.get(1).map_err(|e| self.fail(e))?;
+            let kind: String = r.get(2).map_err(|e| self.fail(e))?;
+            let value = match kind.as_str() {
+                "integer" | "real" => FieldValue::Number(r.get(3).map_err(|e| self.fail(e))?),
+                "true" | "false" | "null" => FieldValue::Text(kind),
+                "text" => {
+                    let text: String = r.get(3).map_err(|e| self.fail(e))?;
+                    match text.trim().parse::<f64>() {
+                        Ok(n) if n.is_finite() => FieldValue::Number(n),
+                        _ => FieldValue::Text(text),
+                    }
+                }
+                // Objects and arrays compare as their JSON text.
+                _ => FieldValue::Text(r.get(3).map_err(|e| self.fail(e))?),
+            };
+            each(key.as_deref(), trace.as_deref(), value);
+        }
+        Ok(())
     }
 
     /// Violating keys per invariant, in the order the invariants were first violated.

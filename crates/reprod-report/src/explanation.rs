@@ -19,6 +19,8 @@ pub enum EntryKind {
     /// A sink received a delivery.
     #[serde(rename = "sink")]
     Delivery,
+    /// A service's own log line (its decision, in its words).
+    Log,
     /// An invariant was violated for the key.
     Violation,
     /// The timeline was cut; this many more events happened.

@@ -68,6 +68,7 @@ fn kind_color(kind: EntryKind) -> &'static str {
         EntryKind::Attempt | EntryKind::Response => "#1565c0",
         EntryKind::Dependency => "#ef6c00",
         EntryKind::Delivery => "#2e7d32",
+        EntryKind::Log => "#6a1b9a",
         EntryKind::Violation => "#c62828",
         EntryKind::More => "#9aa3b2",
     }

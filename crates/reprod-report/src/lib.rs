@@ -40,6 +40,19 @@ pub struct SetupSummary {
     pub seconds: f64,
 }
 
+/// What became of one service's log lines (`logs = {...}`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServiceLogCounts {
+    /// The service.
+    pub service: String,
+    /// Lines recorded in the history's `service_logs`.
+    pub kept: u64,
+    /// Lines read but not recorded: past `logs.max_lines`, or the history was behind.
+    pub dropped: u64,
+    /// Lines not in the format (not a JSON object, no `k=v` pair, no match, cut).
+    pub unparsable: u64,
+}
+
 /// Attempt counts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AttemptCounts {
@@ -222,6 +235,9 @@ pub struct Summary {
     pub duration_s: f64,
     /// Setup requests sent before the load (not operations), and how long setup took.
     pub setup: SetupSummary,
+    /// Per service that reads its lines (`logs`): lines kept, dropped and unparsable.
+    #[serde(default)]
+    pub service_logs: Vec<ServiceLogCounts>,
     /// Operations.
     pub ops: OpCounts,
     /// Attempts.

@@ -57,6 +57,8 @@ struct Driven {
     load_start_us: Option<i64>,
     /// Replica output lines cut at the line bound.
     cut_lines: u64,
+    /// Per service with `logs`: what became of its lines.
+    service_logs: Vec<reprod_report::ServiceLogCounts>,
     /// SQL invariants already violated when the load started, with their key counts.
     stale: Vec<(String, usize)>,
     /// What setup did.
@@ -71,6 +73,7 @@ impl Driven {
             first_seen: reprod_check::FirstSeen::new(),
             load_start_us: None,
             cut_lines: 0,
+            service_logs: Vec::new(),
             stale: Vec::new(),
             setup: reprod_report::SetupSummary::default(),
         }
@@ -159,6 +162,7 @@ pub async fn perform(
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("\n"),
+        dimensions: scenario.dimensions.join(","),
     };
     let history_path = run_dir.join("history.sqlite");
     let clock = RunClock::start();
@@ -233,6 +237,7 @@ pub async fn perform(
     summary.status = status;
     summary.status_reason = status_reason;
     summary.setup = driven.setup.clone();
+    summary.service_logs = driven.service_logs.clone();
     summary.dependencies = dependency_results(scenario, &history_path);
     check(
         obs,
@@ -462,6 +467,29 @@ fn warnings(
                 "invariant {invariant:?} was already violated for {keys} key(s) before the load started: the database held state from before this run (an earlier run?), so some violations may not be this run's; give [database] fresh = true, put a SQLite file under {{run_dir}}, or give a url service a reset"
             ),
         });
+    }
+    for logs in &driven.service_logs {
+        let service = &logs.service;
+        if logs.dropped > 0 {
+            out.push(Warning {
+                kind: "service_logs_dropped".to_string(),
+                subject: Some(service.clone()),
+                message: format!(
+                    "{} of service {service:?}'s log lines were not recorded in the history ({} kept): past logs.max_lines, or written faster than the history could take them; the log files keep every line, and logs.max_lines raises the bound",
+                    logs.dropped, logs.kept
+                ),
+            });
+        }
+        if logs.kept == 0 && logs.unparsable > 0 {
+            out.push(Warning {
+                kind: "service_logs_unread".to_string(),
+                subject: Some(service.clone()),
+                message: format!(
+                    "none of service {service:?}'s {} output line(s) could be read as its logs.format says, so the timeline has none of its lines: look at services/{service}-0.log and fix logs.format (json, logfmt, or regex with a pattern)",
+                    logs.unparsable
+                ),
+            });
+        }
     }
     if driven.cut_lines > 0 {
         out.push(Warning {
@@ -729,6 +757,20 @@ async fn drive(
             .output()
             .cut_lines
             .load(std::sync::atomic::Ordering::Relaxed),
+        service_logs: services
+            .log_counts()
+            .iter()
+            .map(|c| {
+                let n =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                reprod_report::ServiceLogCounts {
+                    service: c.service.clone(),
+                    kept: n(&c.kept),
+                    dropped: n(&c.dropped),
+                    unparsable: n(&c.unparsable),
+                }
+            })
+            .collect(),
         stale,
         setup: setup_summary,
     }
@@ -903,6 +945,7 @@ fn summarize(
         load_started_s: load_start_us as f64 / 1e6,
         duration_s,
         setup: reprod_report::SetupSummary::default(),
+        service_logs: Vec::new(),
         ops: OpCounts {
             total: stats.ops,
             ok: stats.ok,

@@ -29,6 +29,9 @@ pub struct Scenario {
     pub max_in_flight: usize,
     /// Hosts other than loopback that services may be reached at.
     pub allow_hosts: Vec<String>,
+    /// Fields of the services' own log lines compared between violating and clean keys
+    /// (`cache`, `db_wait_ms`, `feature_flag`).
+    pub dimensions: Vec<String>,
     /// The database the service uses and invariants are checked against.
     pub database: Option<Database>,
     /// Systems under test.
@@ -109,6 +112,54 @@ pub struct Service {
     pub pressure_args: Vec<Template>,
     /// Extra environment passed when `pool_pressure` is on.
     pub pressure_env: Vec<(String, Template)>,
+    /// How its output lines are read into the history (`service_logs`); `None`: they are only
+    /// kept in its log files.
+    pub logs: Option<LogSpec>,
+}
+
+/// `logs = {...}`: how a service's output lines become `service_logs` rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSpec {
+    /// How a line is split into fields.
+    pub format: LogFormat,
+    /// The field holding the trace (a W3C trace id or a `traceparent`); `None`: the usual
+    /// names (`traceparent`, `trace_id`, `traceId`, `trace.id`).
+    pub trace: Option<String>,
+    /// The field holding the service's own time (RFC 3339, or seconds, milliseconds,
+    /// microseconds or nanoseconds since the Unix epoch); `None`: `time`, `timestamp`, `ts`,
+    /// `@timestamp`.
+    pub time: Option<String>,
+    /// The field holding the message; `None`: `msg`, `message`, `event`.
+    pub message: Option<String>,
+    /// The field holding the key the line is about; `None`: the line has no key of its own
+    /// (it joins by trace only).
+    pub key: Option<String>,
+    /// The field holding the level; `None`: `level`, `severity`, `lvl`.
+    pub level: Option<String>,
+    /// Most lines of this service kept per run; later ones are counted, not stored.
+    pub max_lines: u64,
+}
+
+/// How a log line is split into fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line; a field name starting with `/` is a JSON pointer.
+    Json,
+    /// `key=value key2="quoted value"` pairs.
+    Logfmt,
+    /// A regular expression; its named groups are the fields.
+    Regex(String),
+}
+
+impl LogFormat {
+    /// `json`, `logfmt` or `regex`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Logfmt => "logfmt",
+            LogFormat::Regex(_) => "regex",
+        }
+    }
 }
 
 /// How a service reprod does not start gets fresh state before each run and trial.

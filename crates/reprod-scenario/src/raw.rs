@@ -26,6 +26,8 @@ pub struct RawScenario {
     #[serde(default)]
     pub allow_hosts: Vec<S<String>>,
     #[serde(default)]
+    pub dimensions: Vec<S<String>>,
+    #[serde(default)]
     pub params: BTreeMap<String, S<toml::Value>>,
     pub database: Option<RawDatabase>,
     #[serde(default, rename = "service")]
@@ -76,6 +78,21 @@ pub struct RawService {
     pub pressure_args: Vec<S<String>>,
     #[serde(default)]
     pub pressure_env: BTreeMap<String, S<String>>,
+    pub logs: Option<S<RawLogs>>,
+}
+
+/// `logs = { format = "json", trace = "...", ... }`: how a service's output lines are read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogs {
+    pub format: Option<S<String>>,
+    pub pattern: Option<S<String>>,
+    pub trace: Option<S<String>>,
+    pub time: Option<S<String>>,
+    pub message: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub level: Option<S<String>>,
+    pub max_lines: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

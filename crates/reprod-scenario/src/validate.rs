@@ -9,11 +9,12 @@ use crate::error::{Diagnostics, nearest};
 use crate::model::{
     AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
     FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant, InvariantKind,
-    Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, Matcher, Overlap, RequestTemplate,
-    Reset, Retry, RetryOn, Scenario, Service, ServiceKind, Sink, SinkRule, Thresholds,
+    Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, LogFormat, LogSpec, Matcher,
+    Overlap, RequestTemplate, Reset, Retry, RetryOn, Scenario, Service, ServiceKind, Sink,
+    SinkRule, Thresholds,
 };
 use crate::raw::{
-    RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency,
+    RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency, RawLogs,
     RawRequest, RawRetry, RawScenario, RawService, RawSink, RawThresholds, S,
 };
 use crate::sql_guard::{Backend, check_read_only};
@@ -462,6 +463,11 @@ pub fn validate(
             )
         })
         .collect();
+    let dimensions = dimensions(
+        &mut cx,
+        &raw.dimensions,
+        raw.services.iter().any(|s| s.logs.is_some()),
+    );
     let deps: Vec<Dependency> = raw
         .dependencies
         .iter()
@@ -532,6 +538,7 @@ pub fn validate(
         drain,
         max_in_flight,
         allow_hosts,
+        dimensions,
         database,
         services,
         dependencies: deps,
@@ -970,7 +977,9 @@ fn service(
         }
         Some((lo, hi))
     });
+    let logs = s.logs.as_ref().and_then(|l| logs(cx, l, &kind));
     Some(Service {
+        logs,
         name,
         kind,
         cwd,
@@ -987,6 +996,186 @@ fn service(
         balance,
         pressure_args,
         pressure_env,
+    })
+}
+
+/// The comparison's own dimension names, which a log field may not take.
+const BUILT_IN_DIMENSIONS: &[&str] = &[
+    "overlap",
+    "retries",
+    "instances",
+    "mixed_versions",
+    "queue_delay",
+    "dependency_faults",
+    "hot_keys",
+    "slow_dependency",
+    "caller_mix",
+];
+
+/// `dimensions = ["cache", "db_wait_ms"]`: fields of the services' log lines.
+fn dimensions(cx: &mut Cx<'_, '_>, raw: &[S<String>], any_logs: bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in raw {
+        let name = d.get_ref().trim();
+        if name.is_empty() {
+            cx.err(
+                d.span(),
+                "a dimension needs a field name",
+                Some("for example dimensions = [\"cache\", \"db_wait_ms\"]"),
+            );
+        } else if BUILT_IN_DIMENSIONS.contains(&name) {
+            cx.err(
+                d.span(),
+                format!("{name:?} is one of the comparison's own dimensions, always compared"),
+                Some("dimensions names fields of the services' log lines; drop this one"),
+            );
+        } else if out.iter().any(|o| o == name) {
+            cx.err(
+                d.span(),
+                format!("dimension {name:?} is listed twice"),
+                Some("keep one"),
+            );
+        } else if !any_logs {
+            cx.err(
+                d.span(),
+                "dimensions compare fields of the services' log lines, and no service reads its lines",
+                Some("give the service that logs the field logs = { format = \"json\" } (or logfmt, or regex)"),
+            );
+            return out;
+        } else {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// Most `service_logs` rows one service keeps per run unless `logs.max_lines` says otherwise.
+pub const DEFAULT_MAX_LOG_LINES: u64 = 200_000;
+
+/// `logs = { format = ..., trace = ..., ... }`.
+fn logs(cx: &mut Cx<'_, '_>, l: &S<RawLogs>, kind: &ServiceKind) -> Option<LogSpec> {
+    let span = l.span();
+    let l = l.get_ref();
+    if matches!(kind, ServiceKind::External { .. }) {
+        cx.err(
+            span,
+            "logs reads the output of the replicas reprod starts; a service at a url writes its output elsewhere",
+            Some("drop logs here, or let reprod start the service with command = [...] so it can read what it prints"),
+        );
+        return None;
+    }
+    let field = |f: &Option<S<String>>| f.as_ref().map(|f| f.get_ref().clone());
+    let format = match (&l.format, &l.pattern) {
+        (Some(f), pattern) => match f.get_ref().as_str() {
+            "json" | "logfmt" if pattern.is_some() => {
+                cx.err(
+                    pattern.as_ref().map_or(span, |p| p.span()),
+                    format!("logs.pattern is for format = \"regex\"; format = {:?} reads its own fields", f.get_ref()),
+                    Some("drop pattern, or write format = \"regex\""),
+                );
+                return None;
+            }
+            "json" => LogFormat::Json,
+            "logfmt" => LogFormat::Logfmt,
+            "regex" => {
+                let Some(pattern) = pattern else {
+                    cx.err(
+                        f.span(),
+                        "format = \"regex\" needs a pattern whose named groups are the fields",
+                        Some("for example pattern = '^(?P<time>\\S+) (?P<level>\\w+) trace=(?P<trace>\\w+) (?P<msg>.*)$'"),
+                    );
+                    return None;
+                };
+                match regex_lite::Regex::new(pattern.get_ref()) {
+                    Ok(re) if re.capture_names().flatten().next().is_some() => {
+                        LogFormat::Regex(pattern.get_ref().clone())
+                    }
+                    Ok(_) => {
+                        cx.err(
+                            pattern.span(),
+                            "logs.pattern has no named group, so no line would have a field",
+                            Some("name the parts: (?P<trace>[0-9a-f]{32}) (?P<msg>.*)"),
+                        );
+                        return None;
+                    }
+                    Err(e) => {
+                        cx.err(
+                            pattern.span(),
+                            format!("logs.pattern is not a valid regular expression: {e}"),
+                            Some("for example '^(?P<level>\\w+) (?P<msg>.*)$'"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            other => {
+                let formats = ["json", "logfmt", "regex"].map(String::from);
+                let hint = match nearest(other, &formats) {
+                    Some(near) => format!("did you mean {near:?}? format is json, logfmt or regex"),
+                    None => "format is json (one object per line), logfmt (key=value pairs) or regex (with pattern)".to_string(),
+                };
+                cx.err(
+                    f.span(),
+                    format!("unknown logs.format {other:?}"),
+                    Some(&hint),
+                );
+                return None;
+            }
+        },
+        (None, Some(pattern)) => {
+            cx.err(
+                pattern.span(),
+                "logs.pattern needs format = \"regex\"",
+                Some("write logs = { format = \"regex\", pattern = '...' }"),
+            );
+            return None;
+        }
+        (None, None) => {
+            cx.err(
+                span,
+                "logs needs a format",
+                Some("logs = { format = \"json\" } for one JSON object per line, \"logfmt\" for key=value pairs, \"regex\" with a pattern for plain text"),
+            );
+            return None;
+        }
+    };
+    if let LogFormat::Regex(pattern) = &format {
+        // Every field the scenario names must be a group of the pattern.
+        let re = regex_lite::Regex::new(pattern).ok()?;
+        let groups: Vec<&str> = re.capture_names().flatten().collect();
+        for (what, f) in [
+            ("trace", &l.trace),
+            ("time", &l.time),
+            ("message", &l.message),
+            ("key", &l.key),
+            ("level", &l.level),
+        ] {
+            if let Some(f) = f
+                && !groups.contains(&f.get_ref().as_str())
+            {
+                cx.err(
+                    f.span(),
+                    format!(
+                        "logs.{what} names {:?}, which is not a named group of logs.pattern",
+                        f.get_ref()
+                    ),
+                    Some(&format!("the pattern's groups are {}", groups.join(", "))),
+                );
+            }
+        }
+    }
+    let max_lines = match &l.max_lines {
+        Some(v) => cx.positive(v, "logs.max_lines", 10_000_000)?,
+        None => DEFAULT_MAX_LOG_LINES,
+    };
+    Some(LogSpec {
+        format,
+        trace: field(&l.trace),
+        time: field(&l.time),
+        message: field(&l.message),
+        key: field(&l.key),
+        level: field(&l.level),
+        max_lines,
     })
 }
 

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod logs;
 mod sys;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,7 +17,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reprod_history::{Event, Recorder, RunClock, ServiceEventRecord};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reprod_history::{Event, Recorder, RunClock, ServiceEventRecord, ServiceLogRecord};
 use reprod_scenario::{Reset, Scenario, ServiceKind, Template, Var, host_of, is_loopback};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
@@ -26,6 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 const TAIL_LINES: usize = 20;
 /// How long a replica gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the output of a replica that exited is still read.
+const PUMP_DRAIN: Duration = Duration::from_secs(1);
 
 /// Values the service templates may use, besides the per-replica ones.
 #[derive(Clone, Debug, Default)]
@@ -157,6 +162,7 @@ impl std::fmt::Display for Death {
 #[derive(Debug)]
 pub struct Services {
     output: Arc<OutputCounts>,
+    logs: Vec<Arc<LogCounts>>,
     replicas: Vec<Vec<Replica>>,
     supervisors: Vec<(watch::Sender<bool>, oneshot::Receiver<()>)>,
     deaths: mpsc::Receiver<Death>,
@@ -175,6 +181,7 @@ impl Services {
         let (death_tx, deaths) = mpsc::channel(64);
         let mut services = Services {
             output: Arc::new(OutputCounts::default()),
+            logs: Vec::new(),
             replicas: Vec::new(),
             supervisors: Vec::new(),
             deaths,
@@ -209,6 +216,15 @@ impl Services {
                     })
                 }
                 ServiceKind::Command { command, env } => {
+                    let log_counts = service.logs.as_ref().map(|spec| {
+                        let counts = Arc::new(LogCounts {
+                            service: service.name.clone(),
+                            max_lines: spec.max_lines,
+                            ..LogCounts::default()
+                        });
+                        services.logs.push(Arc::clone(&counts));
+                        (Arc::new(logs::LogReader::new(spec)), counts)
+                    });
                     if let Some(prepare) = &service.prepare {
                         let cwd = service.cwd.as_deref();
                         let spec =
@@ -240,6 +256,7 @@ impl Services {
                             ready_path: service.ready_path.as_deref(),
                             ready_timeout: service.ready_timeout,
                             allow_hosts: &scenario.allow_hosts,
+                            logs: log_counts.as_ref(),
                         };
                         // On error the replicas started so far are stopped by Drop (kill_on_drop
                         // in their supervisors); stop them properly first.
@@ -274,6 +291,11 @@ impl Services {
     /// What reading the replicas' output came to (lines cut, invalid UTF-8).
     pub fn output(&self) -> &OutputCounts {
         &self.output
+    }
+
+    /// Per service with `logs`: the lines kept, dropped and unparsable so far.
+    pub fn log_counts(&self) -> &[Arc<LogCounts>] {
+        &self.logs
     }
 
     /// Every service's replicas, in scenario order.
@@ -319,6 +341,8 @@ struct ReplicaSpec<'a> {
     ready_path: Option<&'a str>,
     ready_timeout: Duration,
     allow_hosts: &'a [String],
+    /// How its lines are read into the history, and the service's counts.
+    logs: Option<&'a (Arc<logs::LogReader>, Arc<LogCounts>)>,
 }
 
 impl<'a> ReplicaSpec<'a> {
@@ -348,6 +372,8 @@ impl<'a> ReplicaSpec<'a> {
             ready_path: None,
             ready_timeout: service.prepare_timeout,
             allow_hosts: &scenario.allow_hosts,
+            // A one-shot command's output is its log file's, not the history's.
+            logs: None,
         }
     }
 }
@@ -671,10 +697,22 @@ async fn start_replica(
     let (url_tx, mut url_rx) = mpsc::channel::<String>(1);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    tokio::spawn(pump(
+    let tap = spec.logs.map(|(reader, counts)| {
+        Arc::new(LogTap {
+            reader: Arc::clone(reader),
+            counts: Arc::clone(counts),
+            recorder: recorder.clone(),
+            clock,
+            service: Arc::from(spec.service),
+            replica: i64::from(spec.replica),
+            version: Arc::from(spec.version),
+        })
+    });
+    let out_pump = tokio::spawn(pump(
         stdout,
         Arc::clone(&log),
         Arc::clone(&tail),
+        tap.clone(),
         match (spec.stdout_prefix, spec.stdout_regex) {
             (Some(prefix), _) => Some(LineMatch::Prefix(prefix.to_string())),
             // Validated when the scenario loaded.
@@ -684,10 +722,11 @@ async fn start_replica(
         Some(url_tx),
         Arc::clone(counts),
     ));
-    tokio::spawn(pump(
+    let err_pump = tokio::spawn(pump(
         stderr,
         Arc::clone(&log),
         Arc::clone(&tail),
+        tap,
         None,
         None,
         Arc::clone(counts),
@@ -812,6 +851,13 @@ async fn start_replica(
         }
         // Whatever ended the child, make sure nothing of its group outlives us.
         sys::signal_group(pid, sys::SIGKILL);
+        // Its last lines are still in the pipes: read them (into the log file and the
+        // history) before saying it stopped. Bounded, in case something else holds a pipe.
+        let _ = tokio::time::timeout(PUMP_DRAIN, async {
+            let _ = out_pump.await;
+            let _ = err_pump.await;
+        })
+        .await;
         let _ = log.lock().await.flush().await;
         let _ = done_tx.send(());
     });
@@ -839,6 +885,88 @@ pub struct OutputCounts {
     pub cut_lines: std::sync::atomic::AtomicU64,
     /// Lines that were not valid UTF-8 (read with replacement characters).
     pub invalid_utf8_lines: std::sync::atomic::AtomicU64,
+}
+
+/// Per service with `logs`: what became of its lines.
+#[derive(Debug, Default)]
+pub struct LogCounts {
+    /// The service.
+    pub service: String,
+    /// Its `logs.max_lines`.
+    pub max_lines: u64,
+    /// Lines recorded in `service_logs`.
+    pub kept: AtomicU64,
+    /// Lines read but not recorded: past `max_lines`, or the history was behind.
+    pub dropped: AtomicU64,
+    /// Lines not in the format (not a JSON object, no `k=v` pair, no match).
+    pub unparsable: AtomicU64,
+}
+
+/// Where one replica's lines go when its service has `logs`.
+struct LogTap {
+    reader: Arc<logs::LogReader>,
+    counts: Arc<LogCounts>,
+    recorder: Recorder,
+    clock: RunClock,
+    service: Arc<str>,
+    replica: i64,
+    version: Arc<str>,
+}
+
+impl LogTap {
+    /// Reads `text` and records it, never waiting: a full history queue or the run's bound
+    /// drops the line (counted) rather than stall the pump, and so the service.
+    fn take(&self, text: &str) {
+        let received_us = self.clock.now_us();
+        let Some(line) = self.reader.read(text) else {
+            if !text.trim().is_empty() {
+                self.counts.unparsable.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        let within = self
+            .counts
+            .kept
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
+                (kept < self.counts.max_lines).then_some(kept + 1)
+            })
+            .is_ok();
+        if !within {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let recorded = self
+            .recorder
+            .try_record(Event::ServiceLog(Box::new(ServiceLogRecord {
+                service: Arc::clone(&self.service),
+                replica: self.replica,
+                version: Arc::clone(&self.version),
+                received_us,
+                at_us: line.wall_us.map(|wall| {
+                    // The service's time is truncated to its clock's tick (a whole millisecond
+                    // for `ts_ms`): the line happened within that tick and before reprod read
+                    // it, whichever ends first. Output the service buffered arrives late, and
+                    // its own time places it.
+                    let tick = if wall % 1_000_000 == 0 {
+                        1_000_000
+                    } else if wall % 1_000 == 0 {
+                        1_000
+                    } else {
+                        1
+                    };
+                    (self.clock.from_wall_us(wall) + tick - 1).min(received_us)
+                }),
+                trace_id: line.trace_id,
+                key: line.key,
+                level: line.level,
+                message: line.message,
+                fields: line.fields,
+            })));
+        if !recorded {
+            self.counts.kept.fetch_sub(1, Ordering::Relaxed);
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How a replica's readiness line is recognised.
@@ -869,6 +997,7 @@ async fn pump(
     mut stream: impl tokio::io::AsyncRead + Unpin,
     log: Arc<tokio::sync::Mutex<tokio::io::BufWriter<tokio::fs::File>>>,
     tail: Tail,
+    tap: Option<Arc<LogTap>>,
     ready_line: Option<LineMatch>,
     url_tx: Option<mpsc::Sender<String>>,
     counts: Arc<OutputCounts>,
@@ -894,6 +1023,14 @@ async fn pump(
             }
         };
         let text = text.trim_end_matches('\r').to_string();
+        match &tap {
+            // A cut line is no longer whole JSON (or whole anything).
+            Some(tap) if *cut => {
+                tap.counts.unparsable.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(tap) => tap.take(&text),
+            None => {}
+        }
         if let (Some(matcher), Some(tx)) = (&ready_line, url_tx.as_ref())
             && let Some(url) = matcher.url_in(&text)
         {

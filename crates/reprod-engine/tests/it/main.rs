@@ -109,6 +109,7 @@ async fn run(name: &str, settings: &str, caller: &str, stop_after: Option<Durati
         started_at: "2026-12-01T00:00:00Z".into(),
         conditions: String::new(),
         params: String::new(),
+        dimensions: String::new(),
     };
     let (writer, recorder) = History::create(&history, &info).expect("history");
     let targets = vec![vec![Target {

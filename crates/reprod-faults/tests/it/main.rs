@@ -54,6 +54,7 @@ async fn start_before_load(deps: &str) -> (FaultLayer, History, Dir, RunClock) {
         started_at: "now".into(),
         conditions: String::new(),
         params: String::new(),
+        dimensions: String::new(),
     };
     let (history, recorder) = History::create(&d.0.join("history.sqlite"), &info).expect("history");
     let clock = RunClock::start();

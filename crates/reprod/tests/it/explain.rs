@@ -45,6 +45,19 @@ fn explain_renders_a_stored_naive_run() {
         t.contains("email delivery caused by"),
         "sink deliveries join to operations:\n{t}"
     );
+    // The service's own decisions, from its JSON lines, joined to the operation by trace.
+    assert!(
+        t.lines().any(|l| l.contains("invoices/")
+            && l.contains(", api op ")
+            && l.contains(": find invoice acct_")
+            && l.ends_with(": none")),
+        "the service's decisions join to operations:\n{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.contains(", api op ") && l.contains(": inserted invoice inv_")),
+        "{t}"
+    );
     let top = t
         .lines()
         .skip_while(|l| !l.starts_with("violating keys"))
@@ -69,6 +82,12 @@ fn explain_renders_a_stored_naive_run() {
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary"))
             .expect("json");
+    let logs = &summary["service_logs"][0];
+    assert_eq!(logs["service"], "invoices", "{summary}");
+    assert!(logs["kept"].as_u64().unwrap_or(0) > 100, "{logs}");
+    assert_eq!(logs["dropped"], 0, "{logs}");
+    // The "listening on" line of each replica is not JSON.
+    assert_eq!(logs["unparsable"], 2, "{logs}");
     assert!(
         summary["explanation"]["timeline"].is_array(),
         "summary.json carries the explanation"

@@ -8,6 +8,7 @@ mod examples;
 mod explain;
 mod isolate;
 mod lifecycle;
+mod logs;
 mod outputs;
 mod reset;
 mod runs;
