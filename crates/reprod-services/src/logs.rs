@@ -2,7 +2,10 @@
 //! logfmt pairs or a regular expression's named groups per line, and from its fields the trace
 //! id, the service's own time, the key, the level and the message. Pure: lines in, rows out.
 
+use std::collections::HashMap;
+
 use reprod_scenario::{LogFormat, LogSpec};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Longest message kept, in characters.
@@ -63,10 +66,7 @@ impl LogReader {
             return None;
         }
         let fields = match &self.spec.format {
-            LogFormat::Json => match serde_json::from_str::<Value>(line) {
-                Ok(Value::Object(map)) => map,
-                _ => return None,
-            },
+            LogFormat::Json => return self.read_json(line),
             LogFormat::Logfmt => logfmt(line)?,
             LogFormat::Regex(_) => {
                 let re = self.regex.as_ref()?;
@@ -80,34 +80,89 @@ impl LogReader {
                 map
             }
         };
-        let pick = |named: &Option<String>, defaults: &[&str]| -> Option<&Value> {
+        let line_fields = |name: &str| field(&fields, name).cloned();
+        Some(self.line(line, line_fields, || bounded_fields(fields.clone())))
+    }
+
+    /// A JSON line, parsed only as far as it must be: the object's members are found without
+    /// building their values, the few fields the scenario names are read, and a line within
+    /// [`MAX_FIELDS_BYTES`] is kept as written (it is the fields' JSON already).
+    fn read_json(&self, line: &str) -> Option<LogLine> {
+        let members: HashMap<String, &RawValue> = serde_json::from_str(line).ok()?;
+        let value = |name: &str| -> Option<Value> {
+            match name.strip_prefix('/') {
+                Some(pointer) => {
+                    let (first, rest) = match pointer.find('/') {
+                        Some(i) => (&pointer[..i], &pointer[i..]),
+                        None => (pointer, ""),
+                    };
+                    let top = members.get(&first.replace("~1", "/").replace("~0", "~"))?;
+                    let top: Value = serde_json::from_str(top.get()).ok()?;
+                    if rest.is_empty() {
+                        Some(top)
+                    } else {
+                        top.pointer(rest).cloned()
+                    }
+                }
+                None => serde_json::from_str(members.get(name)?.get()).ok(),
+            }
+            .filter(|v| !v.is_null())
+        };
+        Some(self.line(line, value, || {
+            if line.len() <= MAX_FIELDS_BYTES {
+                line.to_string()
+            } else {
+                match serde_json::from_str::<Value>(line) {
+                    Ok(Value::Object(map)) => bounded_fields(map),
+                    _ => "{}".to_string(),
+                }
+            }
+        }))
+    }
+
+    /// The line's trace, time, key, level and message from `value` (a field by name), and its
+    /// fields from `fields`.
+    fn line(
+        &self,
+        line: &str,
+        value: impl Fn(&str) -> Option<Value>,
+        fields: impl FnOnce() -> String,
+    ) -> LogLine {
+        let pick = |named: &Option<String>, defaults: &[&str]| -> Option<Value> {
             match named {
-                Some(name) => field(&fields, name),
-                None => defaults.iter().find_map(|name| field(&fields, name)),
+                Some(name) => value(name),
+                None => defaults.iter().find_map(|name| value(name)),
             }
         };
         let trace_id = pick(&self.spec.trace, TRACE_FIELDS)
+            .as_ref()
             .and_then(Value::as_str)
             .and_then(trace_id_in);
-        let wall_us = pick(&self.spec.time, TIME_FIELDS).and_then(wall_time_us);
+        let wall_us = pick(&self.spec.time, TIME_FIELDS)
+            .as_ref()
+            .and_then(wall_time_us);
         let key = self
             .spec
             .key
             .as_ref()
-            .and_then(|name| field(&fields, name))
+            .and_then(|name| value(name))
+            .as_ref()
             .and_then(text_of);
-        let level = pick(&self.spec.level, LEVEL_FIELDS).and_then(text_of);
+        let level = pick(&self.spec.level, LEVEL_FIELDS)
+            .as_ref()
+            .and_then(text_of);
         let message = pick(&self.spec.message, MESSAGE_FIELDS)
+            .as_ref()
             .and_then(text_of)
             .unwrap_or_else(|| line.to_string());
-        Some(LogLine {
+        LogLine {
             wall_us,
             trace_id,
             key: key.map(|k| bounded(&k, MAX_VALUE_CHARS)),
             level: level.map(|l| bounded(&l, 32)),
             message: bounded(&message, MAX_MESSAGE_CHARS),
-            fields: bounded_fields(fields),
-        })
+            fields: fields(),
+        }
     }
 }
 
