@@ -237,7 +237,12 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             level,
             message,
         } = l;
-        let instance = format!("{service}/{replica}");
+        // A log record sent over OTLP without a replica's own {otlp.url} names no replica.
+        let instance = if replica < 0 {
+            service.clone()
+        } else {
+            format!("{service}/{replica}")
+        };
         let who = match &trace {
             Some(_) => format!(", {}", label(&trace)),
             None => String::new(),
@@ -277,6 +282,73 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             format!("{instance} ({version}){who}: {level}{message}"),
         ));
     }
+    for sp in reader.spans_of_key(key)? {
+        let reprod_history::query::KeySpan {
+            service,
+            replica,
+            version,
+            trace_id,
+            name,
+            kind,
+            start_us,
+            end_us,
+            status,
+            detail,
+            rows,
+        } = sp;
+        let instance = match replica {
+            Some(r) => format!("{service}/{r}"),
+            None => service,
+        };
+        let trace = Some(trace_id);
+        let group = (trace.clone(), instance.clone());
+        let seen = per_group.entry(group).or_insert((0, start_us));
+        seen.0 += 1;
+        seen.1 = start_us;
+        if seen.0 == MAX_LOG_LINES_PER_OP + 1 {
+            folded.push((trace.clone(), instance.clone(), "spans".to_string()));
+        }
+        if seen.0 > MAX_LOG_LINES_PER_OP {
+            continue;
+        }
+        let detail = detail
+            .filter(|d| *d != name)
+            .map(|d| format!(": {}", clip(&d, 120)))
+            .unwrap_or_default();
+        let rows = match rows {
+            Some(1) => " → 1 row".to_string(),
+            Some(n) => format!(" → {n} rows"),
+            None => String::new(),
+        };
+        let failed = if status.as_deref() == Some("error") {
+            ", ERROR"
+        } else {
+            ""
+        };
+        let took = (end_us - start_us).max(0) as f64 / 1e3;
+        lanes.push(
+            &format!("{instance} spans"),
+            Span {
+                start_us,
+                end_us: end_us.max(start_us),
+                kind: EntryKind::Log,
+                label: format!("{}: {name}{detail}", label(&trace)),
+            },
+        );
+        let version = if version.is_empty() {
+            String::new()
+        } else {
+            format!(" ({version})")
+        };
+        raw.push((
+            start_us,
+            EntryKind::Log,
+            format!(
+                "{instance}{version}, {}: span {name:?} ({kind}, {took:.1} ms{failed}){detail}{rows}",
+                label(&trace)
+            ),
+        ));
+    }
     for (trace, instance, file) in folded {
         let (n, last) = per_group[&(trace.clone(), instance.clone())];
         let who = match &trace {
@@ -286,10 +358,17 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
         raw.push((
             last,
             EntryKind::Log,
-            format!(
-                "… {} more line(s) from {instance}{who} (services/{file})",
-                n - MAX_LOG_LINES_PER_OP
-            ),
+            if file == "spans" {
+                format!(
+                    "… {} more line(s) and span(s) from {instance}{who} (the history's service_logs and spans)",
+                    n - MAX_LOG_LINES_PER_OP
+                )
+            } else {
+                format!(
+                    "… {} more line(s) from {instance}{who} (services/{file})",
+                    n - MAX_LOG_LINES_PER_OP
+                )
+            },
         ));
     }
     let mut seen_during = Vec::new();
@@ -356,6 +435,16 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
         })
         .collect();
     Ok((events, lanes.0))
+}
+
+/// At most `max` characters of `text`, on one line.
+fn clip(text: &str, max: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > max {
+        format!("{}…", one_line.chars().take(max).collect::<String>())
+    } else {
+        one_line
+    }
 }
 
 fn short(key: &str) -> String {

@@ -302,6 +302,39 @@ pub struct ServiceLogRecord {
     pub fields: String,
 }
 
+/// One span a service sent to reprod's OTLP receiver.
+#[derive(Clone, Debug)]
+pub struct SpanRecord {
+    /// `service.name` of its resource, else the service whose replica sent it.
+    pub service: String,
+    /// The replica that sent it (from its `{otlp.url}` path), when known.
+    pub replica: Option<i64>,
+    /// Its version label (the replica's, else `service.version`).
+    pub version: String,
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Parent span id, when it has one.
+    pub parent_span_id: Option<String>,
+    /// Its name (`SELECT invoices`, `POST /invoices`).
+    pub name: String,
+    /// `internal`, `server`, `client`, `producer`, `consumer`.
+    pub kind: &'static str,
+    /// Start, on the run clock.
+    pub start_us: i64,
+    /// End, on the run clock.
+    pub end_us: i64,
+    /// `ok`, `error`, or `None` when unset.
+    pub status: Option<&'static str>,
+    /// The status message, for errors.
+    pub status_message: Option<String>,
+    /// Its attributes as a JSON object (bounded).
+    pub attributes: String,
+    /// When reprod received it.
+    pub received_us: i64,
+}
+
 /// A violated invariant for one key.
 #[derive(Clone, Debug)]
 pub struct ViolationRecord {
@@ -343,6 +376,8 @@ pub enum Event {
     Setup(Box<SetupRecord>),
     /// A service wrote a log line.
     ServiceLog(Box<ServiceLogRecord>),
+    /// A service sent a span.
+    Span(Box<SpanRecord>),
 }
 
 /// One setup request: never an operation, never counted as load.
@@ -576,6 +611,12 @@ CREATE TABLE setup_requests (
 CREATE TABLE engine_errors (
     op_id INTEGER NOT NULL, at_us INTEGER NOT NULL, message TEXT NOT NULL
 );
+CREATE TABLE spans (
+    service TEXT NOT NULL, replica INTEGER, version TEXT NOT NULL, trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL, kind TEXT NOT NULL,
+    start_us INTEGER NOT NULL, end_us INTEGER NOT NULL, status TEXT, status_message TEXT,
+    attributes TEXT NOT NULL, received_us INTEGER NOT NULL
+);
 CREATE TABLE service_logs (
     log_id INTEGER PRIMARY KEY, service TEXT NOT NULL, replica INTEGER NOT NULL,
     version TEXT NOT NULL, received_us INTEGER NOT NULL, at_us INTEGER, trace_id TEXT, key TEXT,
@@ -593,6 +634,7 @@ CREATE INDEX IF NOT EXISTS sink_deliveries_key ON sink_deliveries (key);
 CREATE INDEX IF NOT EXISTS violations_key ON violations (invariant, key);
 CREATE INDEX IF NOT EXISTS service_logs_trace ON service_logs (trace_id);
 CREATE INDEX IF NOT EXISTS service_logs_key ON service_logs (key);
+CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_id);
 ";
 
 /// The trace id inside a `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -1035,6 +1077,29 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
                 l.level,
                 l.message,
                 l.fields
+            ])?;
+        }
+        Event::Span(sp) => {
+            tx.prepare_cached(
+                "INSERT INTO spans (service, replica, version, trace_id, span_id, parent_span_id,
+                 name, kind, start_us, end_us, status, status_message, attributes, received_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                sp.service,
+                sp.replica,
+                sp.version,
+                sp.trace_id,
+                sp.span_id,
+                sp.parent_span_id,
+                sp.name,
+                sp.kind,
+                sp.start_us,
+                sp.end_us,
+                sp.status,
+                sp.status_message,
+                sp.attributes,
+                sp.received_us
             ])?;
         }
         Event::EngineError(e) => {

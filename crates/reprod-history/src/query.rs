@@ -112,6 +112,35 @@ pub struct KeyLog {
     pub message: String,
 }
 
+/// A span a service sent, in the trace of an operation on one key.
+#[derive(Clone, Debug)]
+pub struct KeySpan {
+    /// Service.
+    pub service: String,
+    /// Replica, when known.
+    pub replica: Option<i64>,
+    /// Version label.
+    pub version: String,
+    /// Trace id.
+    pub trace_id: String,
+    /// Name.
+    pub name: String,
+    /// `server`, `client`, `internal`, ...
+    pub kind: String,
+    /// Start.
+    pub start_us: i64,
+    /// End.
+    pub end_us: i64,
+    /// `error` or `ok`, when set.
+    pub status: Option<String>,
+    /// What it did, from the first attribute that says: the statement of a database span
+    /// (`db.query.text`, `db.statement`), the queue of a messaging span, the route or URL of
+    /// an HTTP one.
+    pub detail: Option<String>,
+    /// Rows a database span returned (`db.response.returned_rows`), when it says.
+    pub rows: Option<i64>,
+}
+
 /// One value of a log field named in `dimensions`, for the comparison.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FieldValue {
@@ -259,6 +288,53 @@ impl Reader {
                     trace_id: r.get(4)?,
                     level: r.get(5)?,
                     message: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// The spans in the traces of `key`'s operations, in time order.
+    pub fn spans_of_key(&self, key: &str) -> Result<Vec<KeySpan>, HistoryError> {
+        if !self.has_table("spans")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT service, replica, version, trace_id, name, kind, start_us, end_us, status,
+                        COALESCE(json_extract(attributes, '$.\"db.query.text\"'),
+                                 json_extract(attributes, '$.\"db.statement\"'),
+                                 json_extract(attributes, '$.\"messaging.destination.name\"'),
+                                 json_extract(attributes, '$.\"http.route\"'),
+                                 json_extract(attributes, '$.\"url.full\"'),
+                                 json_extract(attributes, '$.\"http.url\"')),
+                        json_extract(attributes, '$.\"db.response.returned_rows\"')
+                 FROM spans WHERE trace_id IN (SELECT trace_id FROM ops WHERE key = ?1)
+                 ORDER BY start_us, rowid",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeySpan {
+                    service: r.get(0)?,
+                    replica: r.get(1)?,
+                    version: r.get(2)?,
+                    trace_id: r.get(3)?,
+                    name: r.get(4)?,
+                    kind: r.get(5)?,
+                    start_us: r.get(6)?,
+                    end_us: r.get(7)?,
+                    status: r.get(8)?,
+                    detail: r
+                        .get::<_, Option<rusqlite::types::Value>>(9)?
+                        .and_then(|v| match v {
+                            rusqlite::types::Value::Text(t) => Some(t),
+                            rusqlite::types::Value::Integer(i) => Some(i.to_string()),
+                            rusqlite::types::Value::Real(f) => Some(f.to_string()),
+                            _ => None,
+                        }),
+                    rows: r.get::<_, Option<i64>>(10).ok().flatten(),
                 })
             })
             .map_err(|e| self.fail(e))?;

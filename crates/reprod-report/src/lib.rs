@@ -53,6 +53,21 @@ pub struct ServiceLogCounts {
     pub unparsable: u64,
 }
 
+/// What reprod's OTLP receiver took in (`{otlp.url}`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OtlpSummary {
+    /// Spans recorded in the history's `spans`.
+    pub spans: u64,
+    /// Log records recorded in `service_logs`.
+    pub logs: u64,
+    /// Spans and log records not recorded (past the bound, without a trace id).
+    pub dropped: u64,
+    /// Requests refused (not OTLP, compressed, too large).
+    pub rejected: u64,
+    /// Why the last refused request was refused.
+    pub last_rejection: Option<String>,
+}
+
 /// Attempt counts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AttemptCounts {
@@ -238,6 +253,9 @@ pub struct Summary {
     /// Per service that reads its lines (`logs`): lines kept, dropped and unparsable.
     #[serde(default)]
     pub service_logs: Vec<ServiceLogCounts>,
+    /// What the OTLP receiver took in, when a service used `{otlp.url}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpSummary>,
     /// Operations.
     pub ops: OpCounts,
     /// Attempts.

@@ -59,6 +59,8 @@ struct Driven {
     cut_lines: u64,
     /// Per service with `logs`: what became of its lines.
     service_logs: Vec<reprod_report::ServiceLogCounts>,
+    /// What the OTLP receiver took in, when a service used `{otlp.url}`.
+    otlp: Option<reprod_report::OtlpSummary>,
     /// SQL invariants already violated when the load started, with their key counts.
     stale: Vec<(String, usize)>,
     /// What setup did.
@@ -74,6 +76,7 @@ impl Driven {
             load_start_us: None,
             cut_lines: 0,
             service_logs: Vec::new(),
+            otlp: None,
             stale: Vec::new(),
             setup: reprod_report::SetupSummary::default(),
         }
@@ -238,6 +241,7 @@ pub async fn perform(
     summary.status_reason = status_reason;
     summary.setup = driven.setup.clone();
     summary.service_logs = driven.service_logs.clone();
+    summary.otlp = driven.otlp.clone();
     summary.dependencies = dependency_results(scenario, &history_path);
     check(
         obs,
@@ -491,6 +495,37 @@ fn warnings(
             });
         }
     }
+    if let Some(otlp) = &driven.otlp {
+        if otlp.rejected > 0 {
+            out.push(Warning {
+                kind: "otlp_rejected".to_string(),
+                subject: None,
+                message: format!(
+                    "the OTLP receiver refused {} request(s); the last: {}",
+                    otlp.rejected,
+                    otlp.last_rejection.as_deref().unwrap_or("?")
+                ),
+            });
+        }
+        if otlp.dropped > 0 {
+            out.push(Warning {
+                kind: "otlp_dropped".to_string(),
+                subject: None,
+                message: format!(
+                    "{} span(s) or log record(s) sent to the OTLP receiver were not recorded (past {} per run, without a trace id, or faster than the history could take them)",
+                    otlp.dropped,
+                    reprod_otlp::MAX_RECORDS
+                ),
+            });
+        }
+        if otlp.spans + otlp.logs + otlp.rejected == 0 && driven.stats.is_some() {
+            out.push(Warning {
+                kind: "otlp_silent".to_string(),
+                subject: None,
+                message: "a service was given {otlp.url} but nothing arrived there: set OTEL_EXPORTER_OTLP_ENDPOINT = \"{otlp.url}\" and OTEL_EXPORTER_OTLP_PROTOCOL = \"http/protobuf\" in its env (reprod serves OTLP over HTTP, not gRPC), and a short OTEL_BSP_SCHEDULE_DELAY so spans leave before the run ends".to_string(),
+            });
+        }
+    }
     if driven.cut_lines > 0 {
         out.push(Warning {
             kind: "service_output_cut".to_string(),
@@ -503,6 +538,17 @@ fn warnings(
         });
     }
     out
+}
+
+fn otlp_summary(counts: &reprod_otlp::OtlpCounts) -> reprod_report::OtlpSummary {
+    use std::sync::atomic::Ordering::Relaxed;
+    reprod_report::OtlpSummary {
+        spans: counts.spans.load(Relaxed),
+        logs: counts.logs.load(Relaxed),
+        dropped: counts.dropped.load(Relaxed),
+        rejected: counts.rejected.load(Relaxed),
+        last_rejection: counts.last_rejection.lock().ok().and_then(|l| l.clone()),
+    }
 }
 
 /// At most `max` characters of `text` on one line.
@@ -611,7 +657,35 @@ async fn drive(
         Ok(faults) => faults,
         Err(e) => return Driven::before_load(Ended::StartFailed(e.to_string())),
     };
+    // Dropped on every way out of here, which stops it; the normal end stops it after the
+    // services, whose exporters send what they hold as they shut down.
+    let otlp = if scenario.uses_otlp() {
+        let versions = scenario
+            .services
+            .iter()
+            .flat_map(|s| {
+                (0..s.replicas).map(move |r| {
+                    (
+                        (s.name.clone(), i64::from(r)),
+                        s.versions[r as usize % s.versions.len()].clone(),
+                    )
+                })
+            })
+            .collect();
+        match reprod_otlp::Receiver::start(versions, clock, recorder.clone()).await {
+            Ok(receiver) => Some(receiver),
+            Err(e) => {
+                faults.stop().await;
+                return Driven::before_load(Ended::StartFailed(format!(
+                    "the OTLP receiver for {{otlp.url}} could not listen on loopback: {e}"
+                )));
+            }
+        }
+    } else {
+        None
+    };
     let bindings = Bindings {
+        otlp_url: otlp.as_ref().map(|r| r.url().to_string()),
         run_dir: run_dir.to_path_buf(),
         database_url: database_url.clone(),
         dependency_urls: scenario
@@ -747,8 +821,13 @@ async fn drive(
     };
     let ((ended, stats), first_seen) = tokio::join!(load_then_stop, watcher);
     services.stop().await;
+    let otlp = match otlp {
+        Some(receiver) => Some(otlp_summary(&*receiver.stop().await)),
+        None => None,
+    };
     faults.stop().await;
     Driven {
+        otlp,
         ended,
         stats: Some(stats),
         first_seen,
@@ -946,6 +1025,7 @@ fn summarize(
         duration_s,
         setup: reprod_report::SetupSummary::default(),
         service_logs: Vec::new(),
+        otlp: None,
         ops: OpCounts {
             total: stats.ops,
             ok: stats.ok,

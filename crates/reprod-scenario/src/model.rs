@@ -270,6 +270,20 @@ pub enum Capture {
 pub const REDACTED: &str = "…";
 
 impl Scenario {
+    /// Whether a service's command or env names `{otlp.url}`: then reprod serves OTLP/HTTP.
+    pub fn uses_otlp(&self) -> bool {
+        use crate::template::Var;
+        self.services.iter().any(|s| match &s.kind {
+            ServiceKind::Command { command, env } => command
+                .iter()
+                .chain(env.iter().map(|(_, t)| t))
+                .chain(&s.pressure_args)
+                .chain(s.pressure_env.iter().map(|(_, t)| t))
+                .any(|t| t.uses(|v| *v == Var::OtlpUrl)),
+            ServiceKind::External { .. } => false,
+        })
+    }
+
     /// The parameters as reports may show them: secret values replaced by [`REDACTED`].
     pub fn shown_params(&self) -> Vec<(String, String)> {
         self.params

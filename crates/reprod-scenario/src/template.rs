@@ -28,6 +28,8 @@ pub enum Var {
     DependencyUrl(String),
     /// `{sink.NAME.url}`: where reprod serves that sink.
     SinkUrl(String),
+    /// `{otlp.url}`: reprod's OTLP/HTTP receiver, as a replica's exporter endpoint.
+    OtlpUrl,
     /// `{key}`: the operation's key.
     Key,
     /// `{op}`: the operation id.
@@ -396,6 +398,7 @@ impl fmt::Display for Var {
             Var::DatabasePart(part) => write!(f, "{{database.{}}}", part.name()),
             Var::DependencyUrl(n) => write!(f, "{{dependency.{n}.url}}"),
             Var::SinkUrl(n) => write!(f, "{{sink.{n}.url}}"),
+            Var::OtlpUrl => f.write_str("{otlp.url}"),
             Var::Key => f.write_str("{key}"),
             Var::Op => f.write_str("{op}"),
             Var::Attempt => f.write_str("{attempt}"),
@@ -426,6 +429,7 @@ fn parse_var(name: &str) -> Result<Var, String> {
         "replica" => Var::Replica,
         "version" => Var::Version,
         "database.url" => Var::DatabaseUrl,
+        "otlp.url" => Var::OtlpUrl,
         "database.host" => Var::DatabasePart(DatabasePart::Host),
         "database.port" => Var::DatabasePart(DatabasePart::Port),
         "database.name" => Var::DatabasePart(DatabasePart::Name),
@@ -471,7 +475,8 @@ fn parse_var(name: &str) -> Result<Var, String> {
                          {{uuid}}, {{seq}}, {{idempotency_key}}, {{choice:a|b}}, {{param.NAME}}, \
                          {{port}}, {{run_dir}}, {{replica}}, {{version}}, {{database.url}}, \
                          {{database.host|port|name|user|password|path}}, \
-                         {{dependency.NAME.url}}, {{sink.NAME.url}} (write {{{{ for a literal brace)"
+                         {{dependency.NAME.url}}, {{sink.NAME.url}}, {{otlp.url}} \
+                         (write {{{{ for a literal brace)"
                     ));
                 }
             }
@@ -495,6 +500,7 @@ fn check_scope(var: &Var, scope: Scope, written: &str) -> Result<(), String> {
                 | Var::DatabasePart(_)
                 | Var::DependencyUrl(_)
                 | Var::SinkUrl(_)
+                | Var::OtlpUrl
         ),
         Scope::Request => matches!(
             var,

@@ -12,6 +12,7 @@ pub mod logs;
 mod sys;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,9 @@ pub struct Bindings {
     pub dependency_urls: BTreeMap<String, String>,
     /// `{sink.NAME.url}`.
     pub sink_urls: BTreeMap<String, String>,
+    /// reprod's OTLP/HTTP receiver (`http://127.0.0.1:PORT`), when a service uses
+    /// `{otlp.url}`; each replica gets its own path under it, so what it sends names it.
+    pub otlp_url: Option<String>,
 }
 
 /// One replica as started: where it listens and what it is.
@@ -558,6 +562,12 @@ fn render(
             },
             Var::SinkUrl(name) => match bindings.sink_urls.get(name) {
                 Some(url) => out.push_str(url),
+                None => return false,
+            },
+            Var::OtlpUrl => match &bindings.otlp_url {
+                Some(url) => {
+                    let _ = write!(out, "{url}/r/{}/{}", spec.service, spec.replica);
+                }
                 None => return false,
             },
             _ => return false,

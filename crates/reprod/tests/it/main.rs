@@ -9,6 +9,7 @@ mod explain;
 mod isolate;
 mod lifecycle;
 mod logs;
+mod otlp;
 mod outputs;
 mod reset;
 mod runs;
