@@ -341,23 +341,34 @@ impl Reader {
         rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }
 
-    /// Every log line's (key, trace id, value) of the field `name`, for lines that have it,
-    /// streamed.
+    /// Every log line's and span's (key, trace id, value) of the field `name` (a span's
+    /// attribute), for those that have it, streamed.
     pub fn for_each_log_field(
         &self,
         name: &str,
         mut each: impl FnMut(Option<&str>, Option<&str>, FieldValue),
     ) -> Result<(), HistoryError> {
-        if !self.has_table("service_logs")? {
-            return Ok(());
-        }
         let path = format!("$.\"{}\"", name.replace('"', "\\\""));
-        let mut stmt = self
-            .conn
-            .prepare(
+        // A log line's fields, and a span's attributes (a span has no key of its own).
+        let mut sources = Vec::new();
+        if self.has_table("service_logs")? {
+            sources.push(
                 "SELECT key, trace_id, json_type(fields, ?1), json_extract(fields, ?1)
                  FROM service_logs WHERE json_type(fields, ?1) IS NOT NULL",
-            )
+            );
+        }
+        if self.has_table("spans")? {
+            sources.push(
+                "SELECT NULL, trace_id, json_type(attributes, ?1), json_extract(attributes, ?1)
+                 FROM spans WHERE json_type(attributes, ?1) IS NOT NULL",
+            );
+        }
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(&sources.join(" UNION ALL "))
             .map_err(|e| self.fail(e))?;
         let mut rows = stmt.query(params![path]).map_err(|e| self.fail(e))?;
         while let Some(r) = rows.next().map_err(|e| self.fail(e))? {

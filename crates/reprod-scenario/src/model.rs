@@ -162,6 +162,22 @@ impl LogFormat {
     }
 }
 
+impl Service {
+    /// Whether its command or env names `{otlp.url}`.
+    pub fn uses_otlp(&self) -> bool {
+        use crate::template::Var;
+        match &self.kind {
+            ServiceKind::Command { command, env } => command
+                .iter()
+                .chain(env.iter().map(|(_, t)| t))
+                .chain(&self.pressure_args)
+                .chain(self.pressure_env.iter().map(|(_, t)| t))
+                .any(|t| t.uses(|v| *v == Var::OtlpUrl)),
+            ServiceKind::External { .. } => false,
+        }
+    }
+}
+
 /// How a service reprod does not start gets fresh state before each run and trial.
 #[derive(Clone, Debug)]
 pub enum Reset {
@@ -272,16 +288,7 @@ pub const REDACTED: &str = "…";
 impl Scenario {
     /// Whether a service's command or env names `{otlp.url}`: then reprod serves OTLP/HTTP.
     pub fn uses_otlp(&self) -> bool {
-        use crate::template::Var;
-        self.services.iter().any(|s| match &s.kind {
-            ServiceKind::Command { command, env } => command
-                .iter()
-                .chain(env.iter().map(|(_, t)| t))
-                .chain(&s.pressure_args)
-                .chain(s.pressure_env.iter().map(|(_, t)| t))
-                .any(|t| t.uses(|v| *v == Var::OtlpUrl)),
-            ServiceKind::External { .. } => false,
-        })
+        self.services.iter().any(Service::uses_otlp)
     }
 
     /// The parameters as reports may show them: secret values replaced by [`REDACTED`].

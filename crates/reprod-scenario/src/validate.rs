@@ -463,11 +463,9 @@ pub fn validate(
             )
         })
         .collect();
-    let dimensions = dimensions(
-        &mut cx,
-        &raw.dimensions,
-        raw.services.iter().any(|s| s.logs.is_some()),
-    );
+    let telemetry =
+        raw.services.iter().any(|s| s.logs.is_some()) || services.iter().any(Service::uses_otlp);
+    let dimensions = dimensions(&mut cx, &raw.dimensions, telemetry);
     let deps: Vec<Dependency> = raw
         .dependencies
         .iter()
@@ -1012,8 +1010,9 @@ const BUILT_IN_DIMENSIONS: &[&str] = &[
     "caller_mix",
 ];
 
-/// `dimensions = ["cache", "db_wait_ms"]`: fields of the services' log lines.
-fn dimensions(cx: &mut Cx<'_, '_>, raw: &[S<String>], any_logs: bool) -> Vec<String> {
+/// `dimensions = ["cache", "db_wait_ms"]`: fields of the services' log lines and span
+/// attributes; `telemetry`: some service has `logs` or sends to `{otlp.url}`.
+fn dimensions(cx: &mut Cx<'_, '_>, raw: &[S<String>], telemetry: bool) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for d in raw {
         let name = d.get_ref().trim();
@@ -1035,11 +1034,11 @@ fn dimensions(cx: &mut Cx<'_, '_>, raw: &[S<String>], any_logs: bool) -> Vec<Str
                 format!("dimension {name:?} is listed twice"),
                 Some("keep one"),
             );
-        } else if !any_logs {
+        } else if !telemetry {
             cx.err(
                 d.span(),
-                "dimensions compare fields of the services' log lines, and no service reads its lines",
-                Some("give the service that logs the field logs = { format = \"json\" } (or logfmt, or regex)"),
+                "dimensions compare fields of the services' log lines and spans, and no service has logs or {otlp.url}",
+                Some("give the service that logs the field logs = { format = \"json\" } (or logfmt, or regex), or send its spans to {otlp.url}"),
             );
             return out;
         } else {

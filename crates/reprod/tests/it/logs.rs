@@ -18,7 +18,10 @@ def log(**fields):
     for k, v in fields.items():
         v = str(v)
         parts.append(f'{k}="{v}"' if " " in v else f"{k}={v}")
-    print(" ".join(parts), flush=True)
+    # One write per line: print() writes the text and the newline separately, and two
+    # threads' lines would interleave.
+    sys.stdout.write(" ".join(parts) + "\n")
+    sys.stdout.flush()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True

@@ -67,6 +67,8 @@ const SCENARIO: &str = r#"
 name = "orders"
 duration = "1s"
 drain = "500ms"
+# A span attribute as a comparison dimension.
+dimensions = ["db.response.returned_rows"]
 
 [database]
 url = "sqlite:{run_dir}/orders.db"
@@ -84,6 +86,13 @@ request = { method = "POST", path = "/orders/{key}" }
 keys = { count = 10, prefix = "c" }
 rate = 20
 overlap = { k = 2, window = "0ms" }
+
+# One request at a time per key: the clean keys to compare against.
+[[caller]]
+name = "browsers"
+request = { method = "POST", path = "/orders/{key}" }
+keys = { count = 5, prefix = "d" }
+rate = 10
 
 [[invariant]]
 name = "one order per customer"
@@ -164,6 +173,16 @@ fn spans_from_an_instrumented_python_service_join_the_timeline() {
         .iter()
         .filter(|l| l.contains("span \"INSERT orders\""))
         .count();
+    let comparison = summary["explanation"]["comparison"]
+        .as_array()
+        .expect("a comparison");
+    assert!(
+        comparison.iter().any(|d| d["name"] == "db.response.returned_rows"
+            && d["sentence"]
+                .as_str()
+                .is_some_and(|s| s.contains("logged db.response.returned_rows"))),
+        "a span attribute is a dimension: {comparison:#?}"
+    );
     assert!(
         selects >= 2 && inserts >= 2,
         "both operations' SELECT finding nothing and their INSERTs, joined to them: {timeline:#?}"
