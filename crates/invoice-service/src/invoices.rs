@@ -18,7 +18,7 @@ use crate::config::Variant;
 use crate::db::{INVOICE_COLUMNS, Invoice, on_pool};
 use crate::deps::Email;
 use crate::error::RequestError;
-use crate::log::{OpContext, now_ms};
+use crate::log::{OpContext, now_ms, traced};
 use crate::trace::{TraceContext, random_hex};
 
 /// What creating an invoice came to.
@@ -145,7 +145,7 @@ async fn create_naive(
     let inserted = on_pool!(&app.db, pool => {
         let mut conn = pool.acquire().await?;
         ctx.db_wait_ms += started.elapsed().as_secs_f64() * 1e3;
-        sqlx::query(&insert)
+        sqlx::query(&traced(&insert, ctx)).persistent(false)
             .bind(&invoice.id)
             .bind(&invoice.account_id)
             .bind(&invoice.period)
@@ -249,7 +249,7 @@ async fn create_fixed(
         let mut conn = pool.acquire().await?;
         ctx.db_wait_ms += started.elapsed().as_secs_f64() * 1e3;
         let mut tx = conn.begin().await?;
-        let inserted = sqlx::query(&insert)
+        let inserted = sqlx::query(&traced(&insert, ctx)).persistent(false)
             .bind(&candidate.id)
             .bind(account_id)
             .bind(period)
@@ -264,10 +264,11 @@ async fn create_fixed(
         let (invoice, status) = match inserted {
             Some(row) => {
                 let invoice = Invoice::from_row(&row)?;
-                sqlx::query(
+                sqlx::query(&traced(
                     "INSERT INTO outbox (invoice_id, account_id, period, total_cents, traceparent, \
                      created_at_ms, next_attempt_at_ms, attempts) VALUES ($1, $2, $3, $4, $5, $6, $6, 0)",
-                )
+                    ctx,
+                )).persistent(false)
                 .bind(&invoice.id)
                 .bind(account_id)
                 .bind(period)
@@ -279,7 +280,7 @@ async fn create_fixed(
                 (invoice, 201)
             }
             None => {
-                let row = sqlx::query(&select_existing)
+                let row = sqlx::query(&traced(&select_existing, ctx)).persistent(false)
                     .bind(account_id)
                     .bind(period)
                     .fetch_one(&mut *tx)
@@ -289,10 +290,11 @@ async fn create_fixed(
         };
         let mut reused = None;
         if let Some(key) = idempotency_key {
-            sqlx::query(
+            sqlx::query(&traced(
                 "INSERT INTO idempotency_keys (key, account_id, period, invoice_id, status, created_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
-            )
+                ctx,
+            )).persistent(false)
             .bind(key)
             .bind(account_id)
             .bind(period)
@@ -301,7 +303,10 @@ async fn create_fixed(
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let row = sqlx::query("SELECT account_id, period FROM idempotency_keys WHERE key = $1")
+            let row = sqlx::query(&traced(
+                "SELECT account_id, period FROM idempotency_keys WHERE key = $1",
+                ctx,
+            )).persistent(false)
                 .bind(key)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -359,9 +364,10 @@ async fn find_key(
     let row = on_pool!(&app.db, pool => {
         let mut conn = pool.acquire().await?;
         ctx.db_wait_ms += started.elapsed().as_secs_f64() * 1e3;
-        let row = sqlx::query(
+        let row = sqlx::query(&traced(
             "SELECT account_id, period, invoice_id, status FROM idempotency_keys WHERE key = $1",
-        )
+            ctx,
+        )).persistent(false)
         .bind(key)
         .fetch_optional(&mut *conn)
         .await?;
@@ -400,7 +406,11 @@ async fn replay(
     let invoice = on_pool!(&app.db, pool => {
         let mut conn = pool.acquire().await?;
         ctx.db_wait_ms += started.elapsed().as_secs_f64() * 1e3;
-        let row = sqlx::query(&select).bind(&record.invoice_id).fetch_one(&mut *conn).await?;
+        let row = sqlx::query(&traced(&select, ctx))
+            .persistent(false)
+            .bind(&record.invoice_id)
+            .fetch_one(&mut *conn)
+            .await?;
         Invoice::from_row(&row)?
     });
     app.log.decision(
@@ -433,7 +443,7 @@ async fn find_first(
     let found = on_pool!(&app.db, pool => {
         let mut conn = pool.acquire().await?;
         ctx.db_wait_ms += started.elapsed().as_secs_f64() * 1e3;
-        sqlx::query(&select)
+        sqlx::query(&traced(&select, ctx)).persistent(false)
             .bind(account_id)
             .bind(period)
             .fetch_optional(&mut *conn)

@@ -47,6 +47,18 @@ pub struct OpContext {
     pub db_wait_ms: f64,
 }
 
+/// `sql` with a sqlcommenter comment carrying the operation's `traceparent`, so a proxy or
+/// the database's own logs can tie each statement to the operation that sent it.
+pub fn traced(sql: &str, ctx: &OpContext) -> String {
+    if ctx.correlation_id.is_empty() || ctx.span_id.is_empty() {
+        return sql.to_string();
+    }
+    format!(
+        "{sql} /*traceparent='00-{}-{}-01'*/",
+        ctx.correlation_id, ctx.span_id
+    )
+}
+
 /// Writes decision lines. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Logger {

@@ -17,7 +17,7 @@ use crate::App;
 use crate::db::on_pool;
 use crate::error::RequestError;
 use crate::invoices;
-use crate::log::{OpContext, now_ms};
+use crate::log::{OpContext, now_ms, traced};
 use crate::trace::TraceContext;
 
 /// Attempts a job gets before it is marked `failed`.
@@ -43,10 +43,11 @@ pub async fn enqueue(
         let mut tx = conn.begin().await?;
         let mut ids = Vec::with_capacity(account_ids.len());
         for account_id in account_ids {
-            let row = sqlx::query(
+            let row = sqlx::query(&traced(
                 "INSERT INTO jobs (account_id, period, traceparent, enqueued_at_ms, state, attempts, \
                  next_attempt_at_ms) VALUES ($1, $2, $3, $4, 'queued', 0, $4) RETURNING id",
-            )
+                ctx,
+            )).persistent(false)
             .bind(account_id)
             .bind(period)
             .bind(&traceparent)
@@ -164,10 +165,11 @@ async fn process(app: &App, job: Job) {
                 "job.done",
                 json!({"job_id": job.id, "invoice_id": invoice_id, "status": outcome.status()}),
             );
-            on_pool!(&app.db, pool => sqlx::query(
+            on_pool!(&app.db, pool => sqlx::query(&traced(
                 "UPDATE jobs SET state = 'done', finished_at_ms = $1, invoice_id = $2, \
                  leased_until_ms = NULL WHERE id = $3",
-            )
+                &ctx,
+            )).persistent(false)
             .bind(now)
             .bind(invoice_id)
             .bind(job.id)
@@ -188,10 +190,11 @@ async fn process(app: &App, job: Job) {
                 json!({"job_id": job.id, "error": error.to_string(), "error_kind": error.kind(),
                        "retry_in_ms": (!give_up).then_some(retry_in_ms)}),
             );
-            on_pool!(&app.db, pool => sqlx::query(
+            on_pool!(&app.db, pool => sqlx::query(&traced(
                 "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, \
                  finished_at_ms = $4, leased_until_ms = NULL WHERE id = $5",
-            )
+                &ctx,
+            )).persistent(false)
             .bind(if give_up { "failed" } else { "queued" })
             .bind(now + retry_in_ms)
             .bind(error.to_string())

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::App;
 use crate::db::on_pool;
 use crate::deps::Email;
-use crate::log::{OpContext, now_ms};
+use crate::log::{OpContext, now_ms, traced};
 use crate::trace::TraceContext;
 
 /// Rows one claim takes.
@@ -147,10 +147,11 @@ async fn deliver_one(app: &App, pending: Pending) {
                 );
                 std::process::exit(CRASH_EXIT_CODE);
             }
-            on_pool!(&app.db, pool => sqlx::query(
+            on_pool!(&app.db, pool => sqlx::query(&traced(
                 "UPDATE outbox SET sent_at_ms = $1, attempts = attempts + 1, leased_until_ms = NULL, \
                  last_error = NULL WHERE id = $2",
-            )
+                &ctx,
+            )).persistent(false)
             .bind(now)
             .bind(pending.id)
             .execute(pool)
@@ -165,10 +166,11 @@ async fn deliver_one(app: &App, pending: Pending) {
                 "email.failed",
                 json!({"invoice_id": pending.invoice_id, "error": detail, "retry_in_ms": retry_in_ms}),
             );
-            on_pool!(&app.db, pool => sqlx::query(
+            on_pool!(&app.db, pool => sqlx::query(&traced(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = $1, \
                  leased_until_ms = NULL, last_error = $2 WHERE id = $3",
-            )
+                &ctx,
+            )).persistent(false)
             .bind(now + retry_in_ms)
             .bind(detail)
             .bind(pending.id)
