@@ -105,6 +105,8 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
     let mut raw: Vec<(i64, EntryKind, String)> = Vec::new();
     let mut lanes = Lanes::default();
     let mut traces: HashMap<String, (String, i64)> = HashMap::new();
+    // Each attempt's (sent, done, "caller op N"), to place statements that carry no trace.
+    let mut in_flight: Vec<(i64, i64, String)> = Vec::new();
     for a in reader.attempts_of_key(key)? {
         let reprod_history::query::KeyAttempt {
             op_id: op,
@@ -120,6 +122,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             idempotency_key: idem,
         } = a;
         traces.insert(trace, (caller.clone(), op));
+        in_flight.push((sent, done, format!("{caller} op {op}")));
         let idem = idem
             .map(|k| format!(", Idempotency-Key {}", short(&k)))
             .unwrap_or_default();
@@ -349,6 +352,62 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             ),
         ));
     }
+    // Database statements, labelled with the operation whose trace their comment carries or,
+    // failing that, the operation of the key whose attempt was in flight when they arrived.
+    let mut statement_groups: HashMap<(String, String), (usize, i64)> = HashMap::new();
+    for st in reader.statements_of_key(key)? {
+        let at = st.received_us;
+        let who = match &st.trace_id {
+            Some(_) => label(&st.trace_id),
+            None => {
+                let during: BTreeSet<String> = in_flight
+                    .iter()
+                    .filter(|(sent, done, _)| *sent <= at && at <= *done)
+                    .map(|(_, _, who)| who.clone())
+                    .collect();
+                match during.len() {
+                    0 => "no operation in flight".to_string(),
+                    1 => during.into_iter().next().unwrap_or_default(),
+                    _ => during.into_iter().collect::<Vec<_>>().join(" or "),
+                }
+            }
+        };
+        let place = st
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("conn {}", st.conn));
+        let seen = statement_groups
+            .entry((who.clone(), place.clone()))
+            .or_insert((0, at));
+        seen.0 += 1;
+        seen.1 = at;
+        if seen.0 > MAX_LOG_LINES_PER_OP {
+            continue;
+        }
+        let text = statement_words(&st);
+        lanes.push(
+            &format!("{place} database"),
+            Span {
+                start_us: at,
+                end_us: st.done_us.max(at),
+                kind: EntryKind::Statement,
+                label: format!("{who}: {text}"),
+            },
+        );
+        raw.push((at, EntryKind::Statement, format!("{place}, {who}: {text}")));
+    }
+    for ((who, place), (n, last)) in statement_groups {
+        if n > MAX_LOG_LINES_PER_OP {
+            raw.push((
+                last,
+                EntryKind::Statement,
+                format!(
+                    "… {} more statement(s) from {place} for {who} (the history's db_statements)",
+                    n - MAX_LOG_LINES_PER_OP
+                ),
+            ));
+        }
+    }
     for (trace, instance, file) in folded {
         let (n, last) = per_group[&(trace.clone(), instance.clone())];
         let who = match &trace {
@@ -435,6 +494,44 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
         })
         .collect();
     Ok((events, lanes.0))
+}
+
+/// A statement in the timeline's words: `SELECT invoices → 0 rows`,
+/// `INSERT invoices → ERROR 23505: duplicate key ...`, `INSERT invoices → INSERT 0 0 (nothing
+/// inserted)`, with the transaction and any injected fault.
+fn statement_words(st: &reprod_history::query::KeyStatement) -> String {
+    let verb = st.kind.to_ascii_uppercase();
+    let what = match (&st.table, st.kind.as_str()) {
+        (Some(t), _) => format!("{verb} {t}"),
+        (None, "other") => clip(&st.normalized, 60),
+        (None, _) => verb,
+    };
+    let outcome = match (&st.sqlstate, &st.error, st.rows, &st.tag) {
+        (Some(code), error, _, _) => format!(
+            " → ERROR {code}: {}",
+            clip(error.as_deref().unwrap_or(""), 100)
+        ),
+        (None, Some(error), _, _) => format!(" → {}", clip(error, 100)),
+        (None, None, Some(0), Some(tag)) if st.kind == "insert" => {
+            format!(" → {tag} (nothing inserted)")
+        }
+        (None, None, Some(1), _) => " → 1 row".to_string(),
+        (None, None, Some(n), _) => format!(" → {n} rows"),
+        (None, None, None, _) => String::new(),
+    };
+    let tx = st
+        .tx
+        .map(|t| format!(" [conn {} tx {t}]", st.conn))
+        .unwrap_or_default();
+    let fault = match st.fault.as_deref() {
+        Some("latency") => format!(
+            ", held {:.0} ms by a slow_database fault",
+            st.delay_us as f64 / 1e3
+        ),
+        Some(f) => format!(", {f} injected by a database fault"),
+        None => String::new(),
+    };
+    format!("{what}{outcome}{tx}{fault}")
 }
 
 /// At most `max` characters of `text`, on one line.

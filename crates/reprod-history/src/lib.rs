@@ -302,6 +302,49 @@ pub struct ServiceLogRecord {
     pub fields: String,
 }
 
+/// One statement a service sent through reprod's database proxy.
+#[derive(Clone, Debug)]
+pub struct DbStatementRecord {
+    /// The proxy's number for the service's connection.
+    pub conn: i64,
+    /// The replica, when its connection named it (`application_name`).
+    pub replica: Option<String>,
+    /// The connection's transaction it ran in (`None`: outside one).
+    pub tx: Option<i64>,
+    /// The server's transaction status after it (`I`, `T`, `E`), from ReadyForQuery.
+    pub tx_status: Option<char>,
+    /// `select`, `insert`, `update`, `delete`, `begin`, `commit`, `rollback`, `other`.
+    pub kind: &'static str,
+    /// The table it names first (`invoices`), when it names one.
+    pub table: Option<String>,
+    /// The text with literals and comments taken out, whitespace collapsed (bounded).
+    pub normalized: String,
+    /// The text as sent (bounded).
+    pub text: String,
+    /// Bind parameters as a JSON array of text (bounded).
+    pub params: Option<String>,
+    /// Trace id from a sqlcommenter `traceparent` comment.
+    pub trace_id: Option<String>,
+    /// The key, by the scenario's `[database] key` rule.
+    pub key: Option<String>,
+    /// `SELECT 0`, `INSERT 0 1`, ...
+    pub tag: Option<String>,
+    /// Rows returned or affected, from the tag.
+    pub rows: Option<i64>,
+    /// SQLSTATE of an error (`23505`, `40001`, `40P01`).
+    pub sqlstate: Option<String>,
+    /// The error's message.
+    pub error: Option<String>,
+    /// When the proxy received it.
+    pub received_us: i64,
+    /// When its answer passed back.
+    pub done_us: i64,
+    /// Latency the proxy injected before forwarding it.
+    pub delay_us: i64,
+    /// The fault injected (`latency`, `error`, `reset`, `ambiguous`), if any.
+    pub fault: Option<&'static str>,
+}
+
 /// One span a service sent to reprod's OTLP receiver.
 #[derive(Clone, Debug)]
 pub struct SpanRecord {
@@ -378,6 +421,8 @@ pub enum Event {
     ServiceLog(Box<ServiceLogRecord>),
     /// A service sent a span.
     Span(Box<SpanRecord>),
+    /// A statement passed through the database proxy.
+    DbStatement(Box<DbStatementRecord>),
 }
 
 /// One setup request: never an operation, never counted as load.
@@ -611,6 +656,13 @@ CREATE TABLE setup_requests (
 CREATE TABLE engine_errors (
     op_id INTEGER NOT NULL, at_us INTEGER NOT NULL, message TEXT NOT NULL
 );
+CREATE TABLE db_statements (
+    statement_id INTEGER PRIMARY KEY, conn INTEGER NOT NULL, replica TEXT, tx INTEGER,
+    tx_status TEXT, kind TEXT NOT NULL, table_name TEXT, normalized TEXT NOT NULL,
+    text TEXT NOT NULL, params TEXT, trace_id TEXT, key TEXT, tag TEXT, rows INTEGER,
+    sqlstate TEXT, error TEXT, received_us INTEGER NOT NULL, done_us INTEGER NOT NULL,
+    delay_us INTEGER NOT NULL, fault TEXT
+);
 CREATE TABLE spans (
     service TEXT NOT NULL, replica INTEGER, version TEXT NOT NULL, trace_id TEXT NOT NULL,
     span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL, kind TEXT NOT NULL,
@@ -635,6 +687,8 @@ CREATE INDEX IF NOT EXISTS violations_key ON violations (invariant, key);
 CREATE INDEX IF NOT EXISTS service_logs_trace ON service_logs (trace_id);
 CREATE INDEX IF NOT EXISTS service_logs_key ON service_logs (key);
 CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_id);
+CREATE INDEX IF NOT EXISTS db_statements_trace ON db_statements (trace_id);
+CREATE INDEX IF NOT EXISTS db_statements_key ON db_statements (key);
 ";
 
 /// The trace id inside a `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -1077,6 +1131,36 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
                 l.level,
                 l.message,
                 l.fields
+            ])?;
+        }
+        Event::DbStatement(st) => {
+            tx.prepare_cached(
+                "INSERT INTO db_statements (conn, replica, tx, tx_status, kind, table_name,
+                 normalized, text, params, trace_id, key, tag, rows, sqlstate, error, received_us,
+                 done_us, delay_us, fault)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18, ?19)",
+            )?
+            .execute(params![
+                st.conn,
+                st.replica,
+                st.tx,
+                st.tx_status.map(String::from),
+                st.kind,
+                st.table,
+                st.normalized,
+                st.text,
+                st.params,
+                st.trace_id,
+                st.key,
+                st.tag,
+                st.rows,
+                st.sqlstate,
+                st.error,
+                st.received_us,
+                st.done_us,
+                st.delay_us,
+                st.fault
             ])?;
         }
         Event::Span(sp) => {

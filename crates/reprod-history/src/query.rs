@@ -112,6 +112,43 @@ pub struct KeyLog {
     pub message: String,
 }
 
+/// A statement about one key (by its key rule or by trace), through the database proxy.
+#[derive(Clone, Debug)]
+pub struct KeyStatement {
+    /// The proxy's connection number.
+    pub conn: i64,
+    /// The replica its connection named.
+    pub replica: Option<String>,
+    /// Its transaction on that connection.
+    pub tx: Option<i64>,
+    /// `select`, `insert`, ...
+    pub kind: String,
+    /// The table it names first.
+    pub table: Option<String>,
+    /// Normalised text.
+    pub normalized: String,
+    /// Trace id of its sqlcommenter comment.
+    pub trace_id: Option<String>,
+    /// Its key.
+    pub key: Option<String>,
+    /// Command tag.
+    pub tag: Option<String>,
+    /// Rows returned or affected.
+    pub rows: Option<i64>,
+    /// SQLSTATE of its error.
+    pub sqlstate: Option<String>,
+    /// Its error.
+    pub error: Option<String>,
+    /// Received.
+    pub received_us: i64,
+    /// Answered.
+    pub done_us: i64,
+    /// Injected delay.
+    pub delay_us: i64,
+    /// Injected fault.
+    pub fault: Option<String>,
+}
+
 /// A span a service sent, in the trace of an operation on one key.
 #[derive(Clone, Debug)]
 pub struct KeySpan {
@@ -288,6 +325,47 @@ impl Reader {
                     trace_id: r.get(4)?,
                     level: r.get(5)?,
                     message: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// The statements about `key` (its key rule names it, or its comment carries the trace of
+    /// one of its operations), in time order.
+    pub fn statements_of_key(&self, key: &str) -> Result<Vec<KeyStatement>, HistoryError> {
+        if !self.has_table("db_statements")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT conn, replica, tx, kind, table_name, normalized, trace_id, key, tag, rows,
+                        sqlstate, error, received_us, done_us, delay_us, fault
+                 FROM db_statements
+                 WHERE key = ?1 OR trace_id IN (SELECT trace_id FROM ops WHERE key = ?1)
+                 ORDER BY received_us, statement_id",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![key], |r| {
+                Ok(KeyStatement {
+                    conn: r.get(0)?,
+                    replica: r.get(1)?,
+                    tx: r.get(2)?,
+                    kind: r.get(3)?,
+                    table: r.get(4)?,
+                    normalized: r.get(5)?,
+                    trace_id: r.get(6)?,
+                    key: r.get(7)?,
+                    tag: r.get(8)?,
+                    rows: r.get(9)?,
+                    sqlstate: r.get(10)?,
+                    error: r.get(11)?,
+                    received_us: r.get(12)?,
+                    done_us: r.get(13)?,
+                    delay_us: r.get(14)?,
+                    fault: r.get(15)?,
                 })
             })
             .map_err(|e| self.fail(e))?;

@@ -21,6 +21,8 @@ pub enum EntryKind {
     Delivery,
     /// A service's own log line (its decision, in its words).
     Log,
+    /// A statement the database proxy saw.
+    Statement,
     /// An invariant was violated for the key.
     Violation,
     /// The timeline was cut; this many more events happened.

@@ -69,6 +69,7 @@ fn kind_color(kind: EntryKind) -> &'static str {
         EntryKind::Dependency => "#ef6c00",
         EntryKind::Delivery => "#2e7d32",
         EntryKind::Log => "#6a1b9a",
+        EntryKind::Statement => "#00838f",
         EntryKind::Violation => "#c62828",
         EntryKind::More => "#9aa3b2",
     }

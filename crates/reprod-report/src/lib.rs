@@ -53,6 +53,25 @@ pub struct ServiceLogCounts {
     pub unparsable: u64,
 }
 
+/// What reprod's database proxy saw (`[database] proxy`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DbProxySummary {
+    /// Connections the services opened through it.
+    pub connections: u64,
+    /// The most open at once.
+    pub max_open: u64,
+    /// Statements recorded in `db_statements`.
+    pub statements: u64,
+    /// Statements not recorded (past the bound).
+    pub dropped: u64,
+    /// Statement faults injected.
+    pub faults: u64,
+    /// Connections it could not take to the server.
+    pub upstream_failures: u64,
+    /// Why the last one failed.
+    pub last_upstream_failure: Option<String>,
+}
+
 /// What reprod's OTLP receiver took in (`{otlp.url}`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OtlpSummary {
@@ -256,6 +275,9 @@ pub struct Summary {
     /// What the OTLP receiver took in, when a service used `{otlp.url}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpSummary>,
+    /// What the database proxy saw, when the services reached the database through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_proxy: Option<DbProxySummary>,
     /// Operations.
     pub ops: OpCounts,
     /// Attempts.

@@ -61,6 +61,8 @@ struct Driven {
     service_logs: Vec<reprod_report::ServiceLogCounts>,
     /// What the OTLP receiver took in, when a service used `{otlp.url}`.
     otlp: Option<reprod_report::OtlpSummary>,
+    /// What the database proxy saw, when it ran.
+    db_proxy: Option<reprod_report::DbProxySummary>,
     /// SQL invariants already violated when the load started, with their key counts.
     stale: Vec<(String, usize)>,
     /// What setup did.
@@ -77,6 +79,7 @@ impl Driven {
             cut_lines: 0,
             service_logs: Vec::new(),
             otlp: None,
+            db_proxy: None,
             stale: Vec::new(),
             setup: reprod_report::SetupSummary::default(),
         }
@@ -242,6 +245,7 @@ pub async fn perform(
     summary.setup = driven.setup.clone();
     summary.service_logs = driven.service_logs.clone();
     summary.otlp = driven.otlp.clone();
+    summary.db_proxy = driven.db_proxy.clone();
     summary.dependencies = dependency_results(scenario, &history_path);
     check(
         obs,
@@ -495,6 +499,31 @@ fn warnings(
             });
         }
     }
+    if let Some(proxy) = &driven.db_proxy {
+        if proxy.dropped > 0 {
+            out.push(Warning {
+                kind: "db_statements_dropped".to_string(),
+                subject: None,
+                message: format!(
+                    "{} statement(s) passed through the database proxy without being recorded ({} recorded): past {} per run, or faster than the history could take them",
+                    proxy.dropped,
+                    proxy.statements,
+                    reprod_dbproxy::MAX_STATEMENTS
+                ),
+            });
+        }
+        if proxy.upstream_failures > 0 {
+            out.push(Warning {
+                kind: "db_proxy_upstream_failed".to_string(),
+                subject: None,
+                message: format!(
+                    "{} connection(s) through the database proxy could not reach the server; the last: {}",
+                    proxy.upstream_failures,
+                    proxy.last_upstream_failure.as_deref().unwrap_or("?")
+                ),
+            });
+        }
+    }
     if let Some(otlp) = &driven.otlp {
         if otlp.rejected > 0 {
             out.push(Warning {
@@ -538,6 +567,63 @@ fn warnings(
         });
     }
     out
+}
+
+/// Starts the database proxy in front of `url`; the URL the services get instead.
+async fn start_db_proxy(
+    scenario: &Scenario,
+    url: &str,
+    clock: RunClock,
+    recorder: &Recorder,
+) -> Result<(reprod_dbproxy::DbProxy, String), String> {
+    use reprod_scenario::DatabasePart;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "[database] proxy = true needs a postgres:// URL, and the database is {url}: SQLite runs inside the service, so there is no connection to sit on; write proxy = \"auto\" or read the service's own lines with logs = {{ format = \"json\" }}"
+        ));
+    }
+    let host = DatabasePart::Host.of(url).unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') {
+        return Err(format!(
+            "the database proxy connects to the server over TCP, and {url} names no TCP host: give the URL a host and port, for example postgres://user@127.0.0.1:5432/app"
+        ));
+    }
+    let port = DatabasePart::Port
+        .of(url)
+        .unwrap_or_else(|| "5432".to_string());
+    let db = scenario.database.as_ref();
+    let config = reprod_dbproxy::ProxyConfig {
+        upstream: format!("{host}:{port}"),
+        key: db.and_then(|d| d.key.clone()),
+        faults: db.map(|d| d.faults.clone()).unwrap_or_default(),
+        seed: scenario.seed,
+    };
+    let proxy = reprod_dbproxy::DbProxy::start(config, clock, recorder.clone())
+        .await
+        .map_err(|e| format!("the database proxy could not listen on loopback: {e}"))?;
+    let proxied = reprod_dbproxy::proxied_url(url, proxy.port()).ok_or_else(|| {
+        format!(
+            "cannot point the services at the database proxy: {url} is not a URL reprod can rewrite"
+        )
+    })?;
+    Ok((proxy, proxied))
+}
+
+fn db_proxy_summary(counts: &reprod_dbproxy::ProxyCounts) -> reprod_report::DbProxySummary {
+    use std::sync::atomic::Ordering::Relaxed;
+    reprod_report::DbProxySummary {
+        connections: counts.connections.load(Relaxed),
+        max_open: counts.max_open.load(Relaxed).max(0) as u64,
+        statements: counts.statements.load(Relaxed),
+        dropped: counts.dropped.load(Relaxed),
+        faults: counts.faults.load(Relaxed),
+        upstream_failures: counts.upstream_failures.load(Relaxed),
+        last_upstream_failure: counts
+            .last_upstream_failure
+            .lock()
+            .ok()
+            .and_then(|l| l.clone()),
+    }
 }
 
 fn otlp_summary(counts: &reprod_otlp::OtlpCounts) -> reprod_report::OtlpSummary {
@@ -684,10 +770,27 @@ async fn drive(
     } else {
         None
     };
+    // The services reach a PostgreSQL database through the proxy; the checks read it
+    // directly. Dropped on every way out, which stops it.
+    let proxied = scenario
+        .database
+        .as_ref()
+        .is_some_and(|db| db.proxy == reprod_scenario::ProxyMode::On);
+    let (db_proxy, service_database_url) = match (&database_url, proxied) {
+        (Some(url), true) => match start_db_proxy(scenario, url, clock, &recorder).await {
+            Ok((proxy, proxied_url)) => (Some(proxy), Some(proxied_url)),
+            Err(why) => {
+                faults.stop().await;
+                return Driven::before_load(Ended::StartFailed(why));
+            }
+        },
+        _ => (None, database_url.clone()),
+    };
     let bindings = Bindings {
         otlp_url: otlp.as_ref().map(|r| r.url().to_string()),
+        database_proxied: db_proxy.is_some(),
         run_dir: run_dir.to_path_buf(),
-        database_url: database_url.clone(),
+        database_url: service_database_url,
         dependency_urls: scenario
             .dependencies
             .iter()
@@ -790,6 +893,9 @@ async fn drive(
     // inside the time the services took to start, so nothing is released late in a burst.
     let load_start_us = clock.now_us();
     faults.set_load_start(load_start_us);
+    if let Some(proxy) = &db_proxy {
+        proxy.set_load_start(load_start_us);
+    }
     recorder.record(Event::LoadStarted(load_start_us)).await;
     // Invariants that ask for it are checked while load runs, to learn when each violation
     // first appeared; the watcher stops when load and drain are over.
@@ -825,9 +931,14 @@ async fn drive(
         Some(receiver) => Some(otlp_summary(&*receiver.stop().await)),
         None => None,
     };
+    let db_proxy = match db_proxy {
+        Some(proxy) => Some(db_proxy_summary(&*proxy.stop().await)),
+        None => None,
+    };
     faults.stop().await;
     Driven {
         otlp,
+        db_proxy,
         ended,
         stats: Some(stats),
         first_seen,
@@ -1026,6 +1137,7 @@ fn summarize(
         setup: reprod_report::SetupSummary::default(),
         service_logs: Vec::new(),
         otlp: None,
+        db_proxy: None,
         ops: OpCounts {
             total: stats.ops,
             ok: stats.ok,

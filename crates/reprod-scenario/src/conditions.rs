@@ -27,11 +27,15 @@ pub enum Condition {
     MixedVersions,
     /// Small pools / concurrency caps passed to the service.
     PoolPressure,
+    /// Statement latency injected by the database proxy.
+    SlowDatabase,
+    /// Statement errors, resets and ambiguous commits injected by the database proxy.
+    DatabaseFaults,
 }
 
 impl Condition {
     /// Every condition, in report order.
-    pub const ALL: [Condition; 9] = [
+    pub const ALL: [Condition; 11] = [
         Condition::Overlap,
         Condition::SlowDependency,
         Condition::DependencyFaults,
@@ -41,6 +45,8 @@ impl Condition {
         Condition::Instances,
         Condition::MixedVersions,
         Condition::PoolPressure,
+        Condition::SlowDatabase,
+        Condition::DatabaseFaults,
     ];
 
     /// The name used on the command line and in reports.
@@ -55,6 +61,8 @@ impl Condition {
             Condition::Instances => "instances",
             Condition::MixedVersions => "mixed_versions",
             Condition::PoolPressure => "pool_pressure",
+            Condition::SlowDatabase => "slow_database",
+            Condition::DatabaseFaults => "database_faults",
         }
     }
 }
@@ -114,6 +122,8 @@ impl Scenario {
                 .services
                 .iter()
                 .any(|s| !s.pressure_args.is_empty() || !s.pressure_env.is_empty()),
+            Condition::SlowDatabase => self.database_faults().any(|f| f.is_latency()),
+            Condition::DatabaseFaults => self.database_faults().any(|f| !f.is_latency()),
         }
     }
 
@@ -168,7 +178,25 @@ impl Scenario {
                     s.pressure_env.clear();
                 }
             }
+            Condition::SlowDatabase => {
+                if let Some(db) = &mut self.database {
+                    db.faults.retain(|f| !f.is_latency());
+                }
+            }
+            Condition::DatabaseFaults => {
+                if let Some(db) = &mut self.database {
+                    db.faults.retain(crate::model::DbFault::is_latency);
+                }
+            }
         }
+    }
+
+    /// The statement faults the database proxy will inject.
+    fn database_faults(&self) -> impl Iterator<Item = &crate::model::DbFault> {
+        self.database
+            .iter()
+            .filter(|db| db.proxy == crate::model::ProxyMode::On)
+            .flat_map(|db| db.faults.iter())
     }
 
     /// Keeps only `keep` switched on (`--only`).

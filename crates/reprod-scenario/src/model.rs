@@ -61,6 +61,123 @@ pub struct Database {
     /// On PostgreSQL: every run gets a scratch database of its own on that server, dropped
     /// afterwards (services and invariants use it instead of the named one).
     pub fresh: Option<FreshDatabase>,
+    /// Whether the services reach it through reprod's PostgreSQL proxy.
+    pub proxy: ProxyMode,
+    /// The key a statement is about, for statements that carry no trace.
+    pub key: Option<StatementKey>,
+    /// Statement faults the proxy injects.
+    pub faults: Vec<DbFault>,
+}
+
+/// `[database] proxy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Services connect to the database directly.
+    Off,
+    /// Through the proxy; a SQLite URL is an error.
+    On,
+    /// Through the proxy when the URL is PostgreSQL, directly when it is SQLite (resolved to
+    /// `On` or `Off` when the scenario loads).
+    Auto,
+}
+
+/// How the proxy finds the key of a statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatementKey {
+    /// The bind parameter with this 1-based index (`$1`).
+    Param(usize),
+    /// The first capture group of this regular expression over the statement's text.
+    Regex(String),
+    /// The value given to this column: `column = $N` or `column = 'literal'` in the text, or
+    /// the column's place in an `INSERT ... (columns) VALUES (...)`.
+    Column(String),
+}
+
+/// A kind of SQL statement, from its first word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatementKind {
+    /// `SELECT`, `WITH ... SELECT`, `VALUES`, `SHOW`.
+    Select,
+    /// `INSERT`.
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `BEGIN`, `START TRANSACTION`.
+    Begin,
+    /// `COMMIT`, `END`.
+    Commit,
+    /// `ROLLBACK`, `ABORT`.
+    Rollback,
+    /// Anything else (DDL, `SET`, `COPY`, ...).
+    Other,
+}
+
+impl StatementKind {
+    /// Every kind, with its name.
+    pub const NAMES: [(&'static str, StatementKind); 8] = [
+        ("select", StatementKind::Select),
+        ("insert", StatementKind::Insert),
+        ("update", StatementKind::Update),
+        ("delete", StatementKind::Delete),
+        ("begin", StatementKind::Begin),
+        ("commit", StatementKind::Commit),
+        ("rollback", StatementKind::Rollback),
+        ("other", StatementKind::Other),
+    ];
+
+    /// Its name in scenarios and the history.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("other", |(n, _)| n)
+    }
+}
+
+/// One `[[database.fault]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbFault {
+    /// What happens.
+    pub kind: DbFaultKind,
+    /// Chance that a matching statement gets it (0..=1).
+    pub probability: f64,
+    /// Only statements of this kind.
+    pub statement: Option<StatementKind>,
+    /// Only statements whose normalised text this regular expression matches.
+    pub text: Option<String>,
+    /// Only statements about this key.
+    pub key: Option<String>,
+    /// Active from this time after the load started...
+    pub from: Duration,
+    /// ... until this one (`None` = the end).
+    pub to: Option<Duration>,
+}
+
+impl DbFault {
+    /// Whether it only delays (`slow_database`) rather than fails (`database_faults`).
+    pub fn is_latency(&self) -> bool {
+        matches!(self.kind, DbFaultKind::Latency(_))
+    }
+}
+
+/// What a statement fault does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DbFaultKind {
+    /// Hold the statement this long before forwarding it.
+    Latency(Latency),
+    /// Answer an error with this SQLSTATE instead of running it.
+    Error {
+        /// Five characters: `40001`, `40P01`, `57014`, `23505`.
+        sqlstate: String,
+        /// The error's message.
+        message: String,
+    },
+    /// Close the service's connection instead of running it.
+    Reset,
+    /// Run it (a `COMMIT`, typically), then close the connection before the answer.
+    Ambiguous,
 }
 
 /// How a run's scratch PostgreSQL database is made.

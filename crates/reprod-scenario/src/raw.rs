@@ -53,6 +53,42 @@ pub struct RawDatabase {
     pub template: Option<S<String>>,
     pub schema: Option<S<String>>,
     pub scratch_prefix: Option<S<String>>,
+    pub proxy: Option<Scalar>,
+    pub key: Option<S<RawDbKey>>,
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<RawDbFault>,
+}
+
+/// `key = { param = 1 }` or `key = { regex = "..." }`: the key a statement is about.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDbKey {
+    pub param: Option<Scalar>,
+    pub regex: Option<S<String>>,
+    pub column: Option<S<String>>,
+}
+
+/// `[[database.fault]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDbFault {
+    pub kind: S<String>,
+    pub probability: Option<S<toml::Value>>,
+    pub latency: Option<RawLatency>,
+    pub sqlstate: Option<S<String>>,
+    pub message: Option<S<String>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawDbMatch>,
+    pub from: Option<S<String>>,
+    pub to: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDbMatch {
+    pub statement: Option<S<String>>,
+    pub text: Option<S<String>>,
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

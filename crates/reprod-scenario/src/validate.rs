@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use crate::error::{Diagnostics, nearest};
 use crate::model::{
-    AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, Dependency, DependencyMode,
-    FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant, InvariantKind,
-    Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, LogFormat, LogSpec, Matcher,
-    Overlap, RequestTemplate, Reset, Retry, RetryOn, Scenario, Service, ServiceKind, Sink,
-    SinkRule, Thresholds,
+    AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, DbFault, DbFaultKind, Dependency,
+    DependencyMode, FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant,
+    InvariantKind, Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, LogFormat, LogSpec,
+    Matcher, Overlap, ProxyMode, RequestTemplate, Reset, Retry, RetryOn, Scenario, Service,
+    ServiceKind, Sink, SinkRule, StatementKey, StatementKind, Thresholds,
 };
 use crate::raw::{
-    RawCaller, RawDependency, RawFault, RawInvariant, RawKeyExtract, RawKeys, RawLatency, RawLogs,
-    RawRequest, RawRetry, RawScenario, RawService, RawSink, RawThresholds, S,
+    RawCaller, RawDatabase, RawDbFault, RawDbKey, RawDependency, RawFault, RawInvariant,
+    RawKeyExtract, RawKeys, RawLatency, RawLogs, RawRequest, RawRetry, RawScenario, RawService,
+    RawSink, RawThresholds, S,
 };
 use crate::sql_guard::{Backend, check_read_only};
 use crate::template::{Scope, Template, Var};
@@ -431,7 +432,41 @@ pub fn validate(
             schema: db.schema.as_ref().map(|f| base_dir.join(f.get_ref())),
             prefix,
         });
-        Some(Database { url, fresh })
+        let sqlite = matches!(url.segments.first(),
+            Some(crate::template::Segment::Lit(t)) if t.starts_with("sqlite:"));
+        let proxy = database_proxy(&mut cx, db, sqlite);
+        let key = db.key.as_ref().and_then(|k| statement_key(&mut cx, k));
+        let mut faults: Vec<DbFault> = db
+            .faults
+            .iter()
+            .filter_map(|f| db_fault(&mut cx, f))
+            .collect();
+        // "auto" on SQLite: no proxy, so its statement faults have nothing to act on.
+        let proxy = match proxy {
+            ProxyMode::Auto if sqlite => {
+                faults.clear();
+                ProxyMode::Off
+            }
+            ProxyMode::Auto => ProxyMode::On,
+            other => other,
+        };
+        if proxy == ProxyMode::Off
+            && db.proxy.as_ref().is_none_or(|p| p.get_ref().as_str() != Some("auto"))
+            && let Some(f) = db.faults.first()
+        {
+            cx.err(
+                f.kind.span(),
+                "statement faults are injected by reprod's database proxy, which is off",
+                Some("add proxy = true (or \"auto\") to [database]"),
+            );
+        }
+        Some(Database {
+            url,
+            fresh,
+            proxy,
+            key,
+            faults,
+        })
     });
 
     let dependencies = unique_names(
@@ -994,6 +1029,173 @@ fn service(
         balance,
         pressure_args,
         pressure_env,
+    })
+}
+
+/// `[database] proxy = true | false | "auto"`.
+fn database_proxy(cx: &mut Cx<'_, '_>, db: &RawDatabase, sqlite: bool) -> ProxyMode {
+    let Some(value) = &db.proxy else {
+        return ProxyMode::Off;
+    };
+    let mode = match value.get_ref() {
+        toml::Value::String(t) if t.trim() == "auto" => ProxyMode::Auto,
+        _ => match cx.flag(&db.proxy, "database.proxy", false) {
+            true => ProxyMode::On,
+            false => ProxyMode::Off,
+        },
+    };
+    if mode == ProxyMode::On && sqlite {
+        cx.err(
+            value.span(),
+            "SQLite runs inside the service, so there is no database connection for reprod's proxy to sit on",
+            Some("drop proxy (or write proxy = \"auto\": on for PostgreSQL, off for SQLite), and read the service's own lines with logs = { format = \"json\" } on the service"),
+        );
+    }
+    mode
+}
+
+/// `key = { param = N }` or `key = { regex = "..." }`.
+fn statement_key(cx: &mut Cx<'_, '_>, k: &S<RawDbKey>) -> Option<StatementKey> {
+    let k_ref = k.get_ref();
+    match (&k_ref.param, &k_ref.regex, &k_ref.column) {
+        (None, None, Some(c)) => {
+            let name = c.get_ref().trim();
+            if name.is_empty() || !name.chars().all(|ch| ch.is_alphanumeric() || ch == '_') {
+                cx.err(
+                    c.span(),
+                    format!("database.key.column {name:?} is not a column name"),
+                    Some("for example column = \"account_id\""),
+                );
+                return None;
+            }
+            Some(StatementKey::Column(name.to_string()))
+        }
+        (Some(p), None, None) => cx
+            .positive(p, "database.key.param", 65_535)
+            .map(|n| StatementKey::Param(n as usize)),
+        (None, Some(re), None) => match regex_lite::Regex::new(re.get_ref()) {
+            Ok(compiled) if compiled.captures_len() >= 2 => {
+                Some(StatementKey::Regex(re.get_ref().clone()))
+            }
+            Ok(_) => {
+                cx.err(
+                    re.span(),
+                    "database.key.regex needs a capture group: the key is what it captures",
+                    Some("for example regex = \"account_id = '([^']+)'\""),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(
+                    re.span(),
+                    format!("database.key.regex is not a valid regular expression: {e}"),
+                    Some("for example regex = \"account_id = '([^']+)'\""),
+                );
+                None
+            }
+        },
+        _ => {
+            cx.err(
+                k.span(),
+                "database.key takes one of column, param (a bind parameter's number) or regex",
+                Some("key = { column = \"account_id\" } for the value a statement gives that column, key = { param = 1 } for its $1, or key = { regex = \"account_id = '([^']+)'\" }"),
+            );
+            None
+        }
+    }
+}
+
+/// One `[[database.fault]]`.
+fn db_fault(cx: &mut Cx<'_, '_>, f: &RawDbFault) -> Option<DbFault> {
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Latency,
+        Error,
+        Reset,
+        Ambiguous,
+    }
+    let kind = cx.choice(
+        &f.kind,
+        "database fault kind",
+        &[
+            ("latency", Kind::Latency),
+            ("error", Kind::Error),
+            ("reset", Kind::Reset),
+            ("ambiguous", Kind::Ambiguous),
+        ],
+    )?;
+    let probability = cx
+        .fraction(&f.probability, "fault probability")
+        .unwrap_or(1.0);
+    let kind = match kind {
+        Kind::Latency => {
+            let Some(l) = &f.latency else {
+                cx.err(
+                    f.kind.span(),
+                    "a latency fault needs a latency",
+                    Some("for example latency = { p50 = \"5ms\", p99 = \"40ms\" } or latency = { fixed = \"10ms\" }"),
+                );
+                return None;
+            };
+            DbFaultKind::Latency(latency(cx, l)?)
+        }
+        Kind::Error => {
+            let sqlstate = f
+                .sqlstate
+                .as_ref()
+                .map_or_else(|| "40001".to_string(), |s| s.get_ref().clone());
+            if sqlstate.len() != 5 || !sqlstate.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                cx.err(
+                    f.sqlstate.as_ref().map_or(f.kind.span(), |s| s.span()),
+                    format!("{sqlstate:?} is not a SQLSTATE (five letters or digits)"),
+                    Some("for example sqlstate = \"40001\" (serialization failure), \"40P01\" (deadlock), \"57014\" (canceled)"),
+                );
+            }
+            DbFaultKind::Error {
+                message: f.message.as_ref().map_or_else(
+                    || format!("injected by reprod (SQLSTATE {sqlstate})"),
+                    |m| m.get_ref().clone(),
+                ),
+                sqlstate,
+            }
+        }
+        Kind::Reset => DbFaultKind::Reset,
+        Kind::Ambiguous => DbFaultKind::Ambiguous,
+    };
+    let m = f.matcher.as_ref();
+    let statement = m
+        .and_then(|m| m.statement.as_ref())
+        .and_then(|s| cx.choice(s, "match.statement", &StatementKind::NAMES));
+    let text = m.and_then(|m| m.text.as_ref()).and_then(|t| match regex_lite::Regex::new(t.get_ref()) {
+        Ok(_) => Some(t.get_ref().clone()),
+        Err(e) => {
+            cx.err(
+                t.span(),
+                format!("match.text is not a valid regular expression: {e}"),
+                Some("it is matched against the statement's text, for example text = \"FROM invoices\""),
+            );
+            None
+        }
+    });
+    let from = cx.duration_or(&f.from, "from", Duration::ZERO);
+    let to = f.to.as_ref().and_then(|t| cx.duration(t, "to"));
+    if let (Some(to), Some(span)) = (to, f.to.as_ref().map(|t| t.span()))
+        && to <= from
+    {
+        cx.err(
+            span,
+            "the fault window's end (to) must come after its start (from)",
+            Some("for example from = \"2s\", to = \"5s\""),
+        );
+    }
+    Some(DbFault {
+        kind,
+        probability,
+        statement,
+        text,
+        key: m.and_then(|m| m.key.as_ref()).map(|k| k.get_ref().clone()),
+        from,
+        to,
     })
 }
 

@@ -40,6 +40,9 @@ pub struct Bindings {
     pub run_dir: PathBuf,
     /// `{database.url}`.
     pub database_url: Option<String>,
+    /// `database_url` is reprod's database proxy: each replica's URL names it
+    /// (`application_name=<service>/<replica>`), so its statements do.
+    pub database_proxied: bool,
     /// `{dependency.NAME.url}`.
     pub dependency_urls: BTreeMap<String, String>,
     /// `{sink.NAME.url}`.
@@ -549,6 +552,14 @@ fn render(
             Var::Replica => out.push_str(&spec.replica.to_string()),
             Var::Version => out.push_str(spec.version),
             Var::DatabaseUrl => match &bindings.database_url {
+                Some(url) if bindings.database_proxied && !url.contains("application_name=") => {
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    let _ = write!(
+                        out,
+                        "{url}{sep}application_name={}%2F{}",
+                        spec.service, spec.replica
+                    );
+                }
                 Some(url) => out.push_str(url),
                 None => return false,
             },

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod database;
 mod examples;
 mod explain;
 mod isolate;

@@ -177,10 +177,12 @@ fn spans_from_an_instrumented_python_service_join_the_timeline() {
         .as_array()
         .expect("a comparison");
     assert!(
-        comparison.iter().any(|d| d["name"] == "db.response.returned_rows"
-            && d["sentence"]
-                .as_str()
-                .is_some_and(|s| s.contains("logged db.response.returned_rows"))),
+        comparison
+            .iter()
+            .any(|d| d["name"] == "db.response.returned_rows"
+                && d["sentence"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("logged db.response.returned_rows"))),
         "a span attribute is a dimension: {comparison:#?}"
     );
     assert!(

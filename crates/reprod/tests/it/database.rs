@@ -1,0 +1,242 @@
+//! The database proxy on PostgreSQL: the invoice service (sqlx, the extended query protocol,
+//! pipelined) reaches its database through reprod; its statements join the timeline, a
+//! `slow_database` latency on the invoice lookup reproduces the duplicate without a slow
+//! dependency, the fixed variant's unique index shows as `INSERT 0 0`, and an injected
+//! serialization failure answers in an INSERT's place while the connection goes on.
+
+use serde_json::Value;
+
+use crate::support::{PgDb, TempDir, invoices, run_dir, run_json, scalar};
+
+/// `scenarios/invoices.toml` with statement faults added to its `[database]`.
+fn with_faults(dir: &TempDir, faults: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(invoices()).expect("invoices.toml");
+    let at = text.find("\n[[service]]").expect("a service");
+    let (head, tail) = text.split_at(at);
+    dir.write("invoices.toml", &format!("{head}\n{faults}\n{tail}"))
+}
+
+fn timeline(summary: &Value) -> Vec<String> {
+    summary["explanation"]["timeline"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter(|e| e["kind"] == "statement")
+                .filter_map(|e| e["text"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_reproduces_the_duplicate_and_the_timeline_shows_each_decision() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let dir = TempDir::new();
+    let path = with_faults(
+        &dir,
+        r#"[[database.fault]]
+kind = "latency"
+match = { statement = "select", text = "FROM invoices" }
+latency = { fixed = "40ms" }"#,
+    );
+    let url = db.url.clone();
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || {
+            run_json(
+                "run",
+                &path,
+                &out,
+                &[
+                    "--set",
+                    &format!("database={url}"),
+                    "--without",
+                    "slow_dependency",
+                    "--duration",
+                    "3s",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    db.drop_now().await;
+    assert_eq!(code, Some(1), "the duplicate is found: {stderr}\n{summary}");
+    let conditions: Vec<&str> = summary["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        conditions.contains(&"slow_database") && !conditions.contains(&"slow_dependency"),
+        "{conditions:?}"
+    );
+    let proxy = &summary["db_proxy"];
+    assert!(proxy["statements"].as_u64().unwrap_or(0) > 100, "{proxy}");
+    assert!(proxy["faults"].as_u64().unwrap_or(0) > 10, "{proxy}");
+    assert_eq!(proxy["upstream_failures"], 0, "{proxy}");
+
+    let lines = timeline(&summary);
+    let selects: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.contains(", api op ")
+                && l.contains(": SELECT invoices → 0 rows")
+                && l.ends_with("held 40 ms by a slow_database fault")
+        })
+        .collect();
+    let inserts = lines
+        .iter()
+        .filter(|l| l.contains(", api op ") && l.contains(": INSERT invoices → 1 row"))
+        .count();
+    assert!(
+        selects.len() >= 2 && inserts >= 2,
+        "both lookups found nothing and both inserted, each joined to its operation: {lines:#?}"
+    );
+    let history = run_dir(&out).join("history.sqlite");
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM db_statements WHERE trace_id IN (SELECT trace_id FROM ops)"
+        ) > 100,
+        "the service's sqlcommenter comments join statements to operations"
+    );
+    assert_eq!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM db_statements WHERE replica NOT IN ('invoices/0', 'invoices/1')"
+        ),
+        0,
+        "each connection names its replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixed_variant_shows_the_unique_index_deciding() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let dir = TempDir::new();
+    let url = db.url.clone();
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || {
+            run_json(
+                "run",
+                &invoices(),
+                &out,
+                &[
+                    "--set",
+                    &format!("database={url}"),
+                    "--set",
+                    "variant=fixed",
+                    "--duration",
+                    "3s",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    db.drop_now().await;
+    assert_eq!(code, Some(0), "{stderr}\n{summary}");
+    let history = run_dir(&out).join("history.sqlite");
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM db_statements
+             WHERE kind = 'insert' AND table_name = 'invoices' AND tag = 'INSERT 0 0'"
+        ) > 0,
+        "a second create's INSERT ... ON CONFLICT inserted nothing"
+    );
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(DISTINCT tx) FROM db_statements WHERE tx IS NOT NULL"
+        ) > 10,
+        "the fixed variant's transactions are told apart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_serialization_failure_answers_in_place_of_the_insert() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let dir = TempDir::new();
+    let path = with_faults(
+        &dir,
+        r#"[[database.fault]]
+kind = "error"
+sqlstate = "40001"
+match = { statement = "insert", text = "INTO invoices" }"#,
+    );
+    let url = db.url.clone();
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || {
+            run_json(
+                "run",
+                &path,
+                &out,
+                &[
+                    "--set",
+                    &format!("database={url}"),
+                    "--only",
+                    "database_faults",
+                    "--duration",
+                    "2s",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    db.drop_now().await;
+    assert_ne!(code, Some(2), "{stderr}\n{summary}");
+    let history = run_dir(&out).join("history.sqlite");
+    let injected = scalar(
+        &history,
+        "SELECT COUNT(*) FROM db_statements WHERE sqlstate = '40001' AND fault = 'error'",
+    );
+    assert!(injected > 10, "{summary}");
+    assert_eq!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM db_statements WHERE tag LIKE 'INSERT%' AND table_name = 'invoices'"
+        ),
+        0,
+        "no invoice insert reached the server"
+    );
+    // The same connections go on: statements after an injected error were answered.
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM db_statements s WHERE s.tag IS NOT NULL AND EXISTS
+             (SELECT 1 FROM db_statements e WHERE e.conn = s.conn AND e.fault = 'error'
+              AND e.received_us < s.received_us)"
+        ) > 0,
+        "the connection is usable after the injected error"
+    );
+    // The service answered each create with its own error, promptly: no attempt timed out.
+    assert_eq!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM attempts WHERE error LIKE '%timeout%'"
+        ),
+        0
+    );
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM attempts WHERE status >= 500"
+        ) > 0,
+        "{summary}"
+    );
+}
