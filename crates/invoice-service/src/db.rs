@@ -102,7 +102,19 @@ impl Db {
                 for stmt in SQLITE_SCHEMA {
                     sqlx::query(stmt).execute(&mut *tx).await.map_err(fail)?;
                 }
+                // The index in the same transaction, on the same connection, as the tables:
+                // SQLite compiles `ON CONFLICT (account_id, period)` against a connection's
+                // cached schema, and a pooled connection that read the schema before another
+                // one added the index rejects it ("ON CONFLICT clause does not match any ...
+                // UNIQUE constraint") without reading it again.
+                if variant == Variant::Fixed {
+                    sqlx::query(UNIQUE_INDEX)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unique_index_failed)?;
+                }
                 tx.commit().await.map_err(fail)?;
+                return Ok(());
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(fail)?;
@@ -121,22 +133,25 @@ impl Db {
         if variant == Variant::Fixed {
             let created =
                 on_pool!(self, pool => sqlx::query(UNIQUE_INDEX).execute(pool).await.map(|_| ()));
-            if let Err(e) = created {
-                let duplicates = matches!(&e, sqlx::Error::Database(d)
-                    if d.kind() == sqlx::error::ErrorKind::UniqueViolation
-                        || d.message().contains("UNIQUE"));
-                return Err(StartupError::Migration(if duplicates {
-                    "cannot create the unique index on invoices (account_id, period): the \
-                     database already holds duplicate invoices, probably from a naive run; \
-                     start the fixed variant on a fresh database"
-                        .to_string()
-                } else {
-                    e.to_string()
-                }));
-            }
+            created.map_err(unique_index_failed)?;
         }
         Ok(())
     }
+}
+
+/// Why the unique index could not be made, in words.
+fn unique_index_failed(e: sqlx::Error) -> StartupError {
+    let duplicates = matches!(&e, sqlx::Error::Database(d)
+        if d.kind() == sqlx::error::ErrorKind::UniqueViolation
+            || d.message().contains("UNIQUE"));
+    StartupError::Migration(if duplicates {
+        "cannot create the unique index on invoices (account_id, period): the \
+         database already holds duplicate invoices, probably from a naive run; \
+         start the fixed variant on a fresh database"
+            .to_string()
+    } else {
+        e.to_string()
+    })
 }
 
 /// The statement that makes (account_id, period) a durable invariant (the seed's fix).
