@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub faults: Vec<DbFault>,
     /// The run's seed: fault draws derive from it.
     pub seed: u64,
+    /// The loopback port to listen on; `None`: any free one.
+    pub port: Option<u16>,
 }
 
 /// What the proxy saw.
@@ -110,7 +112,7 @@ impl DbProxy {
         clock: RunClock,
         recorder: Recorder,
     ) -> std::io::Result<DbProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(("127.0.0.1", config.port.unwrap_or(0))).await?;
         let port = listener.local_addr()?.port();
         let counts = Arc::new(ProxyCounts::default());
         let load_start_us = Arc::new(AtomicI64::new(i64::MAX));

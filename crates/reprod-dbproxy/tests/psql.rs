@@ -83,6 +83,7 @@ async fn psql_sessions_pass_through_and_are_recorded() {
             to: None,
         }],
         seed: 1,
+        port: None,
     };
     let proxy = DbProxy::start(config, clock, recorder)
         .await
@@ -267,6 +268,7 @@ async fn an_ambiguous_commit_is_applied_and_its_answer_lost() {
             to: None,
         }],
         seed: 1,
+        port: None,
     };
     let proxy = DbProxy::start(config, clock, recorder)
         .await

@@ -597,10 +597,17 @@ async fn start_db_proxy(
         key: db.and_then(|d| d.key.clone()),
         faults: db.map(|d| d.faults.clone()).unwrap_or_default(),
         seed: scenario.seed,
+        port: db.and_then(|d| d.proxy_port),
     };
+    let port = config.port;
     let proxy = reprod_dbproxy::DbProxy::start(config, clock, recorder.clone())
         .await
-        .map_err(|e| format!("the database proxy could not listen on loopback: {e}"))?;
+        .map_err(|e| match port {
+            Some(port) => format!(
+                "the database proxy could not listen on 127.0.0.1:{port} ([database] proxy_port): {e}; is another run or program using it?"
+            ),
+            None => format!("the database proxy could not listen on loopback: {e}"),
+        })?;
     let proxied = reprod_dbproxy::proxied_url(url, proxy.port()).ok_or_else(|| {
         format!(
             "cannot point the services at the database proxy: {url} is not a URL reprod can rewrite"

@@ -63,6 +63,9 @@ pub struct Database {
     pub fresh: Option<FreshDatabase>,
     /// Whether the services reach it through reprod's PostgreSQL proxy.
     pub proxy: ProxyMode,
+    /// The loopback port the proxy listens on; `None`: any free one. A service reprod does
+    /// not start is pointed at this port by its owner.
+    pub proxy_port: Option<u16>,
     /// The key a statement is about, for statements that carry no trace.
     pub key: Option<StatementKey>,
     /// Statement faults the proxy injects.

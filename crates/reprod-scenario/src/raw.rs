@@ -54,6 +54,7 @@ pub struct RawDatabase {
     pub schema: Option<S<String>>,
     pub scratch_prefix: Option<S<String>>,
     pub proxy: Option<Scalar>,
+    pub proxy_port: Option<Scalar>,
     pub key: Option<S<RawDbKey>>,
     #[serde(default, rename = "fault")]
     pub faults: Vec<RawDbFault>,

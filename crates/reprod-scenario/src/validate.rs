@@ -460,10 +460,22 @@ pub fn validate(
                 Some("add proxy = true (or \"auto\") to [database]"),
             );
         }
+        let proxy_port = db.proxy_port.as_ref().and_then(|p| {
+            let port = cx.positive(p, "database.proxy_port", 65_535)? as u16;
+            if proxy == ProxyMode::Off {
+                cx.err(
+                    p.span(),
+                    "proxy_port says where the database proxy listens, and the proxy is off",
+                    Some("add proxy = true to [database], or drop proxy_port"),
+                );
+            }
+            Some(port)
+        });
         Some(Database {
             url,
             fresh,
             proxy,
+            proxy_port,
             key,
             faults,
         })

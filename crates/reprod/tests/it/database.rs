@@ -1,8 +1,9 @@
 //! The database proxy on PostgreSQL: the invoice service (sqlx, the extended query protocol,
 //! pipelined) reaches its database through reprod; its statements join the timeline, a
 //! `slow_database` latency on the invoice lookup reproduces the duplicate without a slow
-//! dependency, the fixed variant's unique index shows as `INSERT 0 0`, and an injected
-//! serialization failure answers in an INSERT's place while the connection goes on.
+//! dependency, the fixed variant's unique index shows as `INSERT 0 0`, an injected serialization
+//! failure answers in an INSERT's place while the connection goes on, and a service reprod
+//! does not start is seen through a fixed `proxy_port`.
 
 use serde_json::Value;
 
@@ -238,5 +239,113 @@ match = { statement = "insert", text = "INTO invoices" }"#,
             "SELECT COUNT(*) FROM attempts WHERE status >= 500"
         ) > 0,
         "{summary}"
+    );
+}
+
+/// A service the test starts itself (a `url` service): on each POST it asks PostgreSQL, with
+/// `psql`, whether the customer has an order and adds one if not, through the database URL it
+/// was given — reprod's proxy, on the port the scenario fixes with `proxy_port`.
+const ORDERS: &str = r#"
+import http.server, subprocess, sys
+DB = sys.argv[1]
+def sql(q):
+    return subprocess.run(["psql", DB, "-X", "-A", "-t", "-c", q], capture_output=True, text=True).stdout.strip()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        customer = self.path.rsplit("/", 1)[-1]
+        if sql(f"SELECT count(*) FROM orders WHERE customer = '{customer}'") == "0":
+            sql(f"INSERT INTO orders (customer) VALUES ('{customer}')")
+        self.send_response(201)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(f"http://127.0.0.1:{server.server_port}", flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_reprod_does_not_start_is_seen_through_a_fixed_proxy_port() {
+    use std::io::BufRead as _;
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    sqlx::query("CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    pool.close().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let name = db.url.rsplit('/').next().unwrap_or_default().to_string();
+    let dir = TempDir::new();
+    let script = dir.write("orders.py", ORDERS);
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("postgres://postgres@127.0.0.1:{port}/{name}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("its URL");
+    let path = dir.write(
+        "orders.toml",
+        &format!(
+            r#"
+duration = "1s"
+drain = "300ms"
+[database]
+url = "{url}"
+proxy = true
+proxy_port = {port}
+key = {{ column = "customer" }}
+[[service]]
+name = "orders"
+url = "{service}"
+reset_sql = "reset.sql"
+[[caller]]
+name = "buyers"
+request = {{ method = "POST", path = "/orders/{{key}}" }}
+keys = {{ count = 5, prefix = "c" }}
+rate = 10
+[[invariant]]
+name = "one order per customer"
+sql = "SELECT customer, COUNT(*) AS n FROM orders GROUP BY customer HAVING COUNT(*) > 1"
+key_column = "customer"
+"#,
+            url = db.url,
+            service = line.trim()
+        ),
+    );
+    dir.write("reset.sql", "DELETE FROM orders;");
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || run_json("run", &path, &out, &[])
+    })
+    .await
+    .expect("join");
+    let _ = child.kill();
+    let _ = child.wait();
+    db.drop_now().await;
+    assert!(matches!(code, Some(0 | 1)), "{stderr}\n{summary}");
+    assert!(
+        summary["db_proxy"]["connections"].as_u64().unwrap_or(0) > 0,
+        "the service's connections came through the proxy: {summary}"
+    );
+    let history = run_dir(&out).join("history.sqlite");
+    assert!(
+        scalar(
+            &history,
+            "SELECT COUNT(*) FROM db_statements WHERE key LIKE 'c%' AND table_name = 'orders'"
+        ) > 5,
+        "its statements are recorded with their keys"
     );
 }
