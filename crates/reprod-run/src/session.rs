@@ -584,9 +584,10 @@ async fn start_db_proxy(
     }
     let host = DatabasePart::Host.of(url).unwrap_or_default();
     if host.is_empty() || host.starts_with('/') {
-        return Err(format!(
-            "the database proxy connects to the server over TCP, and {url} names no TCP host: give the URL a host and port, for example postgres://user@127.0.0.1:5432/app"
-        ));
+        return Err(
+            "the database proxy connects to the server over TCP, and the [database] URL names no TCP host (a Unix socket?): give it a host and port, for example postgres://user@127.0.0.1:5432/app"
+                .to_string(),
+        );
     }
     let port = DatabasePart::Port
         .of(url)
@@ -609,9 +610,7 @@ async fn start_db_proxy(
             None => format!("the database proxy could not listen on loopback: {e}"),
         })?;
     let proxied = reprod_dbproxy::proxied_url(url, proxy.port()).ok_or_else(|| {
-        format!(
-            "cannot point the services at the database proxy: {url} is not a URL reprod can rewrite"
-        )
+        "cannot point the services at the database proxy: the [database] URL is not a postgres:// URL reprod can rewrite".to_string()
     })?;
     Ok((proxy, proxied))
 }
