@@ -44,9 +44,17 @@ fn isolate_tells_the_naive_conditions_apart() {
     ]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(json["baseline"]["failures"], 2, "{json}");
-    assert_eq!(
-        json["staging"]["failures"], 0,
-        "staging does not reproduce: {json}"
+    // Staging keeps one way to the race: a reconciliation job runs after its `POST /reconcile`
+    // was answered 202, so keeping operations on one key apart does not keep the job from an
+    // API create on the same account (in 2 of the CI runs so far, one staging trial broke one
+    // key of 261). The seed's "worker schedule: manually triggered" is the neutral value of a
+    // condition reprod does not have yet (concurrent_callers). What staging does show is that
+    // the conditions carry the race.
+    let baseline_rate = json["baseline"]["key_rate"].as_f64().expect("rate");
+    let staging_rate = json["staging"]["key_rate"].as_f64().expect("rate");
+    assert!(
+        staging_rate < baseline_rate / 10.0,
+        "with every condition off, a tenth as many keys break at most: {json}"
     );
     let conditions = json["conditions"].as_array().expect("conditions");
     let names: Vec<&str> = conditions
@@ -69,7 +77,6 @@ fn isolate_tells_the_naive_conditions_apart() {
         }
     }
     let rate = |c: &Value| c["key_rate"].as_f64().expect("key_rate");
-    let baseline_rate = json["baseline"]["key_rate"].as_f64().expect("rate");
     assert!(
         rate(&conditions[0]) < baseline_rate / 2.0,
         "without overlap far fewer keys break: {json}"
@@ -80,22 +87,32 @@ fn isolate_tells_the_naive_conditions_apart() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    // The naive race needs two requests on one account at once. Overlap is what usually
-    // supplies them, but it amplifies rather than being necessary (retries and hot keys put
-    // requests on one key together too), so the greedy search may drop it when one trial
-    // without it still reproduces: seen once in several runs. The minimal set must keep
-    // something that makes same-key concurrency.
-    assert!(
-        ["overlap", "retries", "hot_keys"]
-            .iter()
-            .any(|c| minimal.contains(c)),
-        "{json}"
-    );
     let command = json["command"].as_str().expect("command");
-    assert!(
-        command.ends_with(&format!("--set variant=naive --only {}", minimal.join(","))),
-        "the command reruns the minimal set: {command}"
-    );
+    if json["staging"]["failures"] == 0 {
+        // The naive race needs two requests on one account at once. Overlap is what usually
+        // supplies them, but it amplifies rather than being necessary (retries and hot keys put
+        // requests on one key together too), so the greedy search may drop it when one trial
+        // without it still reproduces: seen once in several runs. The minimal set must keep
+        // something that makes same-key concurrency.
+        assert!(
+            ["overlap", "retries", "hot_keys"]
+                .iter()
+                .any(|c| minimal.contains(c)),
+            "{json}"
+        );
+        assert!(
+            command.ends_with(&format!("--set variant=naive --only {}", minimal.join(","))),
+            "the command reruns the minimal set: {command}"
+        );
+    } else {
+        // Staging reproduced (the job's leak above): then no condition is needed, and isolate
+        // must say so rather than name one.
+        assert!(minimal.is_empty(), "{json}");
+        assert!(
+            command.ends_with("--set variant=naive --staging"),
+            "the command reruns staging: {command}"
+        );
+    }
     // Each invariant gets its own answer from the same trials.
     let per_invariant: Vec<&str> = json["invariants"]
         .as_array()
