@@ -1117,6 +1117,26 @@ fn statement_key(cx: &mut Cx<'_, '_>, k: &S<RawDbKey>) -> Option<StatementKey> {
     }
 }
 
+/// A fault rule's `from` and `to`: when, counted from the load's start, it applies.
+fn fault_window(
+    cx: &mut Cx<'_, '_>,
+    from: &Option<S<String>>,
+    to: &Option<S<String>>,
+) -> (Duration, Option<Duration>) {
+    let start = cx.duration_or(from, "from", Duration::ZERO);
+    let end = to.as_ref().and_then(|t| cx.duration(t, "to"));
+    if let (Some(end), Some(span)) = (end, to.as_ref().map(|t| t.span()))
+        && end <= start
+    {
+        cx.err(
+            span,
+            "the fault window's end (to) must come after its start (from)",
+            Some("for example from = \"2s\", to = \"5s\""),
+        );
+    }
+    (start, end)
+}
+
 /// One `[[database.fault]]`.
 fn db_fault(cx: &mut Cx<'_, '_>, f: &RawDbFault) -> Option<DbFault> {
     #[derive(Clone, Copy)]
@@ -1189,17 +1209,7 @@ fn db_fault(cx: &mut Cx<'_, '_>, f: &RawDbFault) -> Option<DbFault> {
             None
         }
     });
-    let from = cx.duration_or(&f.from, "from", Duration::ZERO);
-    let to = f.to.as_ref().and_then(|t| cx.duration(t, "to"));
-    if let (Some(to), Some(span)) = (to, f.to.as_ref().map(|t| t.span()))
-        && to <= from
-    {
-        cx.err(
-            span,
-            "the fault window's end (to) must come after its start (from)",
-            Some("for example from = \"2s\", to = \"5s\""),
-        );
-    }
+    let (from, to) = fault_window(cx, &f.from, &f.to);
     Some(DbFault {
         kind,
         probability,
@@ -2238,17 +2248,7 @@ fn fault(cx: &mut Cx<'_, '_>, f: &RawFault, is_proxy: bool) -> Option<FaultRule>
         },
         None => Matcher::default(),
     };
-    let from = cx.duration_or(&f.from, "from", Duration::ZERO);
-    let to = f.to.as_ref().and_then(|t| cx.duration(t, "to"));
-    if let (Some(to), Some(span)) = (to, f.to.as_ref().map(|t| t.span()))
-        && to <= from
-    {
-        cx.err(
-            span,
-            "the fault window's end (to) must come after its start (from)",
-            Some("for example from = \"2s\", to = \"5s\""),
-        );
-    }
+    let (from, to) = fault_window(cx, &f.from, &f.to);
     Some(FaultRule {
         kind,
         probability,
