@@ -536,12 +536,7 @@ fn statement_words(st: &reprod_history::query::KeyStatement) -> String {
 
 /// At most `max` characters of `text`, on one line.
 fn clip(text: &str, max: usize) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > max {
-        format!("{}…", one_line.chars().take(max).collect::<String>())
-    } else {
-        one_line
-    }
+    reprod_history::bounded(&text.split_whitespace().collect::<Vec<_>>().join(" "), max)
 }
 
 fn short(key: &str) -> String {

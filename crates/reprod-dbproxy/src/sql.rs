@@ -2,6 +2,7 @@
 //! normalised form (literals and comments out), the trace of a sqlcommenter comment, and bind
 //! parameters as text. Pure.
 
+pub use reprod_history::bounded;
 use reprod_scenario::StatementKind;
 use serde_json::Value;
 
@@ -247,17 +248,6 @@ fn hex(bytes: &[u8]) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
-}
-
-/// At most `max` characters of `text`.
-pub fn bounded(text: &str, max: usize) -> String {
-    if text.chars().count() > max {
-        let mut cut: String = text.chars().take(max).collect();
-        cut.push('…');
-        cut
-    } else {
-        text.to_string()
-    }
 }
 
 /// The number at the end of a command tag: `SELECT 3` → 3, `INSERT 0 1` → 1.

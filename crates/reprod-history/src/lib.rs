@@ -691,6 +691,15 @@ CREATE INDEX IF NOT EXISTS db_statements_trace ON db_statements (trace_id);
 CREATE INDEX IF NOT EXISTS db_statements_key ON db_statements (key);
 ";
 
+/// At most `max` characters of `text`, with `…` where it was cut: how every text a record
+/// carries from outside (log messages, statements, attribute values) is bounded.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// The trace id inside a `traceparent` (`00-<trace id>-<span id>-<flags>`).
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');
@@ -1199,6 +1208,14 @@ fn insert(tx: &Connection, event: &Event) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_cuts_at_characters_not_bytes() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "abc…");
+        assert_eq!(bounded("ééé", 2), "éé…");
+        assert_eq!(bounded("", 0), "");
+    }
 
     /// A fresh history in a directory of its own: (directory, file, history, recorder).
     fn new_history(name: &str) -> (PathBuf, PathBuf, History, Recorder) {

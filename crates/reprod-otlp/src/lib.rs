@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+use reprod_history::bounded;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -502,16 +503,6 @@ fn attributes(kvs: &[KeyValue]) -> String {
         map.insert("_cut".to_string(), Value::from(cut));
     }
     Value::Object(map).to_string()
-}
-
-fn bounded(text: &str, max: usize) -> String {
-    if text.chars().count() > max {
-        let mut cut: String = text.chars().take(max).collect();
-        cut.push('…');
-        cut
-    } else {
-        text.to_string()
-    }
 }
 
 #[cfg(test)]

@@ -645,12 +645,7 @@ fn otlp_summary(counts: &reprod_otlp::OtlpCounts) -> reprod_report::OtlpSummary 
 
 /// At most `max` characters of `text` on one line.
 fn snippet(text: &str, max: usize) -> String {
-    let one_line = text.replace(['\n', '\r'], " ");
-    if one_line.chars().count() > max {
-        format!("{}…", one_line.chars().take(max).collect::<String>())
-    } else {
-        one_line
-    }
+    reprod_history::bounded(&text.replace(['\n', '\r'], " "), max)
 }
 
 /// The scenario's database URL with `{run_dir}` filled in.

@@ -2,6 +2,7 @@
 //! logfmt pairs or a regular expression's named groups per line, and from its fields the trace
 //! id, the service's own time, the key, the level and the message. Pure: lines in, rows out.
 
+use reprod_history::bounded;
 use std::collections::HashMap;
 
 use reprod_scenario::{LogFormat, LogSpec};
@@ -359,16 +360,6 @@ fn logfmt(line: &str) -> Option<Map<String, Value>> {
         }
     }
     (pairs > 0).then_some(map)
-}
-
-fn bounded(text: &str, max: usize) -> String {
-    if text.chars().count() > max {
-        let mut cut: String = text.chars().take(max).collect();
-        cut.push('…');
-        cut
-    } else {
-        text.to_string()
-    }
 }
 
 /// The fields as JSON, each long string value cut, at most [`MAX_FIELDS_BYTES`] in all.
