@@ -275,11 +275,28 @@ enum Item {
     Sync,
 }
 
+/// What the proxy reads from a statement's text, once per Parse (or simple Query) rather than
+/// per execution: a prepared statement runs many times with the same text.
+#[derive(Debug)]
+struct Statement {
+    /// The text as sent, bounded.
+    text: String,
+    normalized: String,
+    kind: StatementKind,
+    table: Option<String>,
+    /// From a sqlcommenter comment.
+    trace_id: Option<String>,
+    /// Where its key is, by the scenario's rule.
+    key: Option<sql::KeyAt>,
+    /// Parameter types from Parse, for reading binary parameters.
+    oids: Vec<u32>,
+}
+
 /// What one connection's two directions share; never held across an await.
 #[derive(Debug, Default)]
 struct Conn {
-    statements: HashMap<String, (String, Vec<u32>)>,
-    portals: HashMap<String, (String, Vec<u32>, Vec<serde_json::Value>)>,
+    statements: HashMap<String, Arc<Statement>>,
+    portals: HashMap<String, (Arc<Statement>, Vec<serde_json::Value>)>,
     queue: VecDeque<Item>,
     /// Answered, waiting for ReadyForQuery to learn their transaction.
     answered: Vec<DbStatementRecord>,
@@ -291,7 +308,7 @@ struct Conn {
     /// server would have.
     skip_until_sync: bool,
     replica: Option<String>,
-    rng: Option<fastrand::Rng>,
+    rng: fastrand::Rng,
 }
 
 fn decode<M: Message>(frame: &[u8]) -> Option<M> {
@@ -407,10 +424,10 @@ async fn serve(state: Arc<State>, mut client: TcpStream) {
         let conn = Mutex::new(Conn {
             status: b'I',
             replica,
-            rng: Some(fastrand::Rng::with_seed(reprod_scenario::seed::mix(
+            rng: fastrand::Rng::with_seed(reprod_scenario::seed::mix(
                 state.config.seed,
                 conn_id as u64,
-            ))),
+            )),
             ..Conn::default()
         });
         let client_w = tokio::sync::Mutex::new(client_w);
@@ -464,9 +481,7 @@ impl State {
             return Decision::Pass;
         }
         let since = Duration::from_micros((now - load_start) as u64);
-        let Some(rng) = conn.rng.as_mut() else {
-            return Decision::Pass;
-        };
+        let rng = &mut conn.rng;
         for (i, f) in self.config.faults.iter().enumerate() {
             if since < f.from || f.to.is_some_and(|to| since >= to) {
                 continue;
@@ -507,45 +522,52 @@ impl State {
         Decision::Pass
     }
 
-    /// A new record for a statement with `text` and bound `params`.
-    fn record(
-        &self,
-        conn_id: i64,
-        conn: &Conn,
-        text: &str,
-        params: &[serde_json::Value],
-    ) -> DbStatementRecord {
+    /// What `text` is, read once.
+    fn statement(&self, text: &str, oids: Vec<u32>) -> Statement {
         let normalized = sql::normalize(text);
         let kind = sql::kind(&normalized);
         let key = match &self.config.key {
-            Some(StatementKey::Param(n)) => params.get(n - 1).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Null => None,
-                other => Some(other.to_string()),
-            }),
+            Some(StatementKey::Param(n)) => Some(sql::KeyAt::Param(*n)),
             Some(StatementKey::Regex(_)) => self
                 .key_regex
                 .as_ref()
                 .and_then(|re| re.captures(text))
                 .and_then(|c| c.get(1))
-                .map(|m| m.as_str().to_string()),
-            Some(StatementKey::Column(_)) => {
-                self.key_column.as_ref().and_then(|k| k.value(text, params))
-            }
+                .map(|m| sql::KeyAt::Literal(m.as_str().to_string())),
+            Some(StatementKey::Column(_)) => self.key_column.as_ref().and_then(|k| k.locate(text)),
             None => None,
         };
+        Statement {
+            table: sql::table(&normalized, kind),
+            text: sql::bounded(text, sql::MAX_TEXT_CHARS),
+            normalized,
+            kind,
+            trace_id: sql::traceparent(text),
+            key,
+            oids,
+        }
+    }
+
+    /// A new record for `statement` run with `params`.
+    fn record(
+        &self,
+        conn_id: i64,
+        conn: &Conn,
+        statement: &Statement,
+        params: &[serde_json::Value],
+    ) -> DbStatementRecord {
         DbStatementRecord {
             conn: conn_id,
             replica: conn.replica.clone(),
             tx: None,
             tx_status: None,
-            kind: kind.name(),
-            table: sql::table(&normalized, kind),
-            text: sql::bounded(text, sql::MAX_TEXT_CHARS),
-            normalized,
+            kind: statement.kind.name(),
+            table: statement.table.clone(),
+            text: statement.text.clone(),
+            normalized: statement.normalized.clone(),
             params: (!params.is_empty()).then(|| sql::params_json(params)),
-            trace_id: sql::traceparent(text),
-            key,
+            trace_id: statement.trace_id.clone(),
+            key: statement.key.as_ref().and_then(|k| k.value(params)),
             tag: None,
             rows: None,
             sqlstate: None,
@@ -614,23 +636,24 @@ async fn frontend(
                             },
                             |q| q.query,
                         );
-                        let record = state.record(conn_id, &c, &text, &[]);
+                        let statement = state.statement(&text, Vec::new());
+                        let record = state.record(conn_id, &c, &statement, &[]);
                         decision = state.decide(&mut c, &record);
                         push(&mut c, record, true, &mut decision, &mut forward);
                     }
                     b'P' if !skipping => {
                         if let Some(p) = decode::<Parse>(&frame) {
-                            c.statements
-                                .insert(p.name.unwrap_or_default(), (p.query, p.type_oids));
+                            let statement = Arc::new(state.statement(&p.query, p.type_oids));
+                            c.statements.insert(p.name.unwrap_or_default(), statement);
                         }
                     }
                     b'B' if !skipping => {
                         if let Some(b) = decode::<Bind>(&frame) {
-                            let (text, oids) = c
+                            let statement = c
                                 .statements
                                 .get(&b.statement_name.unwrap_or_default())
                                 .cloned()
-                                .unwrap_or_default();
+                                .unwrap_or_else(|| Arc::new(state.statement("", Vec::new())));
                             let params: Vec<serde_json::Value> = b
                                 .parameters
                                 .iter()
@@ -644,20 +667,23 @@ async fn frontend(
                                     sql::param(
                                         v.as_deref(),
                                         format == 1,
-                                        oids.get(i).copied().unwrap_or(0),
+                                        statement.oids.get(i).copied().unwrap_or(0),
                                     )
                                 })
                                 .collect();
                             c.portals
-                                .insert(b.portal_name.unwrap_or_default(), (text, oids, params));
+                                .insert(b.portal_name.unwrap_or_default(), (statement, params));
                         }
                     }
                     b'E' if !skipping => {
                         let portal = decode::<Execute>(&frame)
                             .and_then(|e| e.name)
                             .unwrap_or_default();
-                        let (text, _, params) = c.portals.get(&portal).cloned().unwrap_or_default();
-                        let record = state.record(conn_id, &c, &text, &params);
+                        let (statement, params) =
+                            c.portals.get(&portal).cloned().unwrap_or_else(|| {
+                                (Arc::new(state.statement("", Vec::new())), Vec::new())
+                            });
+                        let record = state.record(conn_id, &c, &statement, &params);
                         decision = state.decide(&mut c, &record);
                         push(&mut c, record, false, &mut decision, &mut forward);
                     }

@@ -200,22 +200,16 @@ impl ColumnKey {
         })
     }
 
-    /// The value `text` gives the column, reading `$N` from `params`.
-    pub fn value(&self, text: &str, params: &[Value]) -> Option<String> {
-        let param = |n: &str| -> Option<String> {
-            let i: usize = n.parse().ok()?;
-            match params.get(i.checked_sub(1)?)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Null => None,
-                other => Some(other.to_string()),
-            }
-        };
+    /// Where `text` gives the column its value: a bind parameter or a literal. It depends on
+    /// the text alone, so a prepared statement's is found once.
+    pub fn locate(&self, text: &str) -> Option<KeyAt> {
+        let param = |n: &str| n.parse::<usize>().ok().map(KeyAt::Param);
         if let Some(c) = self.compare.captures(text) {
             if let Some(n) = c.get(1) {
                 return param(n.as_str());
             }
             if let Some(lit) = c.get(2) {
-                return Some(lit.as_str().replace("''", "'"));
+                return Some(KeyAt::Literal(lit.as_str().replace("''", "'")));
             }
         }
         let c = self.insert.captures(text)?;
@@ -232,7 +226,35 @@ impl ColumnKey {
             None => value
                 .strip_prefix('\'')
                 .and_then(|v| v.strip_suffix('\''))
-                .map(|v| v.replace("''", "'")),
+                .map(|v| KeyAt::Literal(v.replace("''", "'"))),
+        }
+    }
+
+    /// The value `text` gives the column, reading `$N` from `params`.
+    pub fn value(&self, text: &str, params: &[Value]) -> Option<String> {
+        self.locate(text)?.value(params)
+    }
+}
+
+/// Where a statement's key is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyAt {
+    /// Its bind parameter with this 1-based number.
+    Param(usize),
+    /// In its text.
+    Literal(String),
+}
+
+impl KeyAt {
+    /// The key, with the statement bound to `params`.
+    pub fn value(&self, params: &[Value]) -> Option<String> {
+        match self {
+            KeyAt::Literal(text) => Some(text.clone()),
+            KeyAt::Param(n) => match params.get(n.checked_sub(1)?)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Null => None,
+                other => Some(other.to_string()),
+            },
         }
     }
 }
