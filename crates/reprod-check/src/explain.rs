@@ -158,6 +158,10 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
         Some((caller, op)) => format!("{caller} op {op}"),
         None => "an operation on another key".to_string(),
     };
+    let for_op = |trace: &Option<String>| match trace {
+        Some(_) => format!(" for {}", label(trace)),
+        None => String::new(),
+    };
     for c in reader.calls_of_key(key)? {
         let reprod_history::query::KeyCall {
             dependency: dep,
@@ -228,8 +232,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
     // The services' own lines, each labelled with the replica, its version and the operation
     // whose trace it carries; past a few lines per operation and replica, one line counts the
     // rest.
-    let mut per_group: HashMap<(Option<String>, String), (usize, i64)> = HashMap::new();
-    let mut folded: Vec<(Option<String>, String, String)> = Vec::new();
+    let mut fold = Fold::default();
     for l in reader.logs_of_key(key)? {
         let reprod_history::query::KeyLog {
             service,
@@ -250,18 +253,14 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             Some(_) => format!(", {}", label(&trace)),
             None => String::new(),
         };
-        let group = (trace.clone(), instance.clone());
-        let seen = per_group.entry(group).or_insert((0, at));
-        seen.0 += 1;
-        seen.1 = at;
-        if seen.0 == MAX_LOG_LINES_PER_OP + 1 {
-            folded.push((
-                trace.clone(),
-                instance.clone(),
-                format!("{service}-{replica}.log"),
-            ));
-        }
-        if seen.0 > MAX_LOG_LINES_PER_OP {
+        let shown = fold.show((trace.clone(), instance.clone()), at, || Folded {
+            kind: EntryKind::Log,
+            what: "line(s)",
+            place: instance.clone(),
+            who: for_op(&trace),
+            source: format!("services/{service}-{replica}.log"),
+        });
+        if !shown {
             continue;
         }
         let level = match level.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -304,14 +303,14 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             None => service,
         };
         let trace = Some(trace_id);
-        let group = (trace.clone(), instance.clone());
-        let seen = per_group.entry(group).or_insert((0, start_us));
-        seen.0 += 1;
-        seen.1 = start_us;
-        if seen.0 == MAX_LOG_LINES_PER_OP + 1 {
-            folded.push((trace.clone(), instance.clone(), "spans".to_string()));
-        }
-        if seen.0 > MAX_LOG_LINES_PER_OP {
+        let shown = fold.show((trace.clone(), instance.clone()), start_us, || Folded {
+            kind: EntryKind::Log,
+            what: "line(s) and span(s)",
+            place: instance.clone(),
+            who: for_op(&trace),
+            source: "the history's service_logs and spans".to_string(),
+        });
+        if !shown {
             continue;
         }
         let detail = detail
@@ -354,7 +353,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
     }
     // Database statements, labelled with the operation whose trace their comment carries or,
     // failing that, the operation of the key whose attempt was in flight when they arrived.
-    let mut statement_groups: HashMap<(String, String), (usize, i64)> = HashMap::new();
+    let mut statement_fold = Fold::default();
     for st in reader.statements_of_key(key)? {
         let at = st.received_us;
         let who = match &st.trace_id {
@@ -376,12 +375,14 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             .replica
             .clone()
             .unwrap_or_else(|| format!("conn {}", st.conn));
-        let seen = statement_groups
-            .entry((who.clone(), place.clone()))
-            .or_insert((0, at));
-        seen.0 += 1;
-        seen.1 = at;
-        if seen.0 > MAX_LOG_LINES_PER_OP {
+        let shown = statement_fold.show((who.clone(), place.clone()), at, || Folded {
+            kind: EntryKind::Statement,
+            what: "statement(s)",
+            place: place.clone(),
+            who: format!(" for {who}"),
+            source: "the history's db_statements".to_string(),
+        });
+        if !shown {
             continue;
         }
         let text = statement_words(&st);
@@ -396,40 +397,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
         );
         raw.push((at, EntryKind::Statement, format!("{place}, {who}: {text}")));
     }
-    for ((who, place), (n, last)) in statement_groups {
-        if n > MAX_LOG_LINES_PER_OP {
-            raw.push((
-                last,
-                EntryKind::Statement,
-                format!(
-                    "… {} more statement(s) from {place} for {who} (the history's db_statements)",
-                    n - MAX_LOG_LINES_PER_OP
-                ),
-            ));
-        }
-    }
-    for (trace, instance, file) in folded {
-        let (n, last) = per_group[&(trace.clone(), instance.clone())];
-        let who = match &trace {
-            Some(_) => format!(" for {}", label(&trace)),
-            None => String::new(),
-        };
-        raw.push((
-            last,
-            EntryKind::Log,
-            if file == "spans" {
-                format!(
-                    "… {} more line(s) and span(s) from {instance}{who} (the history's service_logs and spans)",
-                    n - MAX_LOG_LINES_PER_OP
-                )
-            } else {
-                format!(
-                    "… {} more line(s) from {instance}{who} (services/{file})",
-                    n - MAX_LOG_LINES_PER_OP
-                )
-            },
-        ));
-    }
+    raw.extend(fold.rest().chain(statement_fold.rest()));
     let mut seen_during = Vec::new();
     let mut found_after = Vec::new();
     for v in reader.violations_of_key(key)? {
@@ -532,6 +500,70 @@ fn statement_words(st: &reprod_history::query::KeyStatement) -> String {
         None => String::new(),
     };
     format!("{what}{outcome}{tx}{fault}")
+}
+
+/// The lines of one operation at one place that a timeline does not show, past
+/// [`MAX_LOG_LINES_PER_OP`].
+struct Folded {
+    /// Where they come from.
+    kind: EntryKind,
+    /// `line(s)`, `statement(s)`.
+    what: &'static str,
+    /// The replica.
+    place: String,
+    /// ` for api op 3`, or nothing.
+    who: String,
+    /// Where they are.
+    source: String,
+}
+
+/// Counts a timeline's lines per operation and place: the first [`MAX_LOG_LINES_PER_OP`] of
+/// each are shown, the rest counted in one line.
+struct Fold<K> {
+    groups: HashMap<K, (usize, i64, Option<Folded>)>,
+}
+
+impl<K> Default for Fold<K> {
+    fn default() -> Self {
+        Fold {
+            groups: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Fold<K> {
+    /// Whether a line of `group` at `at` is shown; `folded` describes the rest, asked for once
+    /// when the first one is not.
+    fn show(&mut self, group: K, at: i64, folded: impl FnOnce() -> Folded) -> bool {
+        let (n, last, rest) = self.groups.entry(group).or_insert((0, at, None));
+        *n += 1;
+        *last = at;
+        if *n == MAX_LOG_LINES_PER_OP + 1 {
+            *rest = Some(folded());
+        }
+        *n <= MAX_LOG_LINES_PER_OP
+    }
+
+    /// One counting line per group that had more than it showed, at the time of its last.
+    fn rest(self) -> impl Iterator<Item = (i64, EntryKind, String)> {
+        self.groups.into_values().filter_map(|(n, last, rest)| {
+            let Folded {
+                kind,
+                what,
+                place,
+                who,
+                source,
+            } = rest?;
+            Some((
+                last,
+                kind,
+                format!(
+                    "… {} more {what} from {place}{who} ({source})",
+                    n - MAX_LOG_LINES_PER_OP
+                ),
+            ))
+        })
+    }
 }
 
 /// At most `max` characters of `text`, on one line.
@@ -822,7 +854,34 @@ fn max_concurrency(intervals: &[(i64, i64)]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::max_concurrency;
+    use super::{EntryKind, Fold, Folded, MAX_LOG_LINES_PER_OP, max_concurrency};
+
+    #[test]
+    fn folding_shows_the_first_lines_of_a_group_and_counts_the_rest() {
+        let mut fold = Fold::default();
+        let folded = || Folded {
+            kind: EntryKind::Log,
+            what: "line(s)",
+            place: "api/0".to_string(),
+            who: " for c op 1".to_string(),
+            source: "services/api-0.log".to_string(),
+        };
+        let shown: Vec<bool> = (0..MAX_LOG_LINES_PER_OP as i64 + 2)
+            .map(|t| fold.show("op 1", t, folded))
+            .collect();
+        assert!(shown[..MAX_LOG_LINES_PER_OP].iter().all(|s| *s));
+        assert!(!shown[MAX_LOG_LINES_PER_OP] && !shown[MAX_LOG_LINES_PER_OP + 1]);
+        assert!(fold.show("op 2", 0, folded), "each group counts on its own");
+        let rest: Vec<_> = fold.rest().collect();
+        assert_eq!(
+            rest,
+            [(
+                MAX_LOG_LINES_PER_OP as i64 + 1,
+                EntryKind::Log,
+                "… 2 more line(s) from api/0 for c op 1 (services/api-0.log)".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn concurrency_counts_true_overlap_only() {
