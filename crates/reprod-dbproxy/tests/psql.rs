@@ -47,30 +47,17 @@ async fn psql_sessions_pass_through_and_are_recorded() {
     let Some(url) = server() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("reprod-dbproxy-psql-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("history.sqlite");
-    let info = RunInfo {
-        run_id: "r".into(),
-        scenario: "t".into(),
-        scenario_path: "t.toml".into(),
-        seed: 1,
-        started_at: "now".into(),
-        conditions: String::new(),
-        params: String::new(),
-        dimensions: String::new(),
-    };
-    let (history, recorder) = History::create(&path, &info).expect("history");
-    let clock = RunClock::start();
-    let host = reprod_scenario::DatabasePart::Host.of(&url).expect("host");
-    let port = reprod_scenario::DatabasePart::Port
-        .of(&url)
-        .unwrap_or_else(|| "5432".into());
-    let config = ProxyConfig {
-        upstream: format!("{host}:{port}"),
-        key: None,
-        faults: vec![DbFault {
+    let Proxied {
+        dir,
+        path,
+        history,
+        clock,
+        proxy,
+        through,
+    } = through_proxy(
+        &url,
+        "psql",
+        DbFault {
             kind: DbFaultKind::Error {
                 sqlstate: "40001".into(),
                 message: "injected by the test".into(),
@@ -81,57 +68,17 @@ async fn psql_sessions_pass_through_and_are_recorded() {
             key: None,
             from: Duration::ZERO,
             to: None,
-        }],
-        seed: 1,
-        port: None,
-    };
-    let proxy = DbProxy::start(config, clock, recorder)
-        .await
-        .expect("listen");
-    proxy.set_load_start(0);
-    let through = proxied_url(&url, proxy.port()).expect("a postgres URL");
+        },
+    )
+    .await;
 
-    let output = tokio::task::spawn_blocking(move || {
-        let psql = Command::new("psql")
-            .args([
-                through.as_str(),
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=0",
-                "-f",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut psql = match psql {
-            Ok(p) => p,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("REPROD_CI").is_none(),
-                    "REPROD_CI is set but psql cannot run ({e}): apt-get install postgresql-client"
-                );
-                return None;
-            }
-        };
-        psql.stdin
-            .take()
-            .expect("stdin")
-            .write_all(SCRIPT.as_bytes())
-            .expect("write");
-        Some(psql.wait_with_output().expect("psql"))
-    })
-    .await
-    .expect("join");
-    let Some(output) = output else {
+    let output = tokio::task::spawn_blocking(move || psql(&through, SCRIPT))
+        .await
+        .expect("join");
+    let Some((stdout, stderr)) = output else {
         eprintln!("SKIPPED: psql is not installed");
         return;
     };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
     for expected in ["2", "10", "20", "7", "a", "b"] {
         assert!(
@@ -199,6 +146,60 @@ async fn psql_sessions_pass_through_and_are_recorded() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A history in a directory of its own, and the proxy in front of `url`'s server with `fault`.
+struct Proxied {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+    history: History,
+    clock: RunClock,
+    proxy: DbProxy,
+    /// `url` through the proxy.
+    through: String,
+}
+
+async fn through_proxy(url: &str, name: &str, fault: DbFault) -> Proxied {
+    let dir = std::env::temp_dir().join(format!("reprod-dbproxy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("history.sqlite");
+    let info = RunInfo {
+        run_id: "r".into(),
+        scenario: "t".into(),
+        scenario_path: "t.toml".into(),
+        seed: 1,
+        started_at: "now".into(),
+        conditions: String::new(),
+        params: String::new(),
+        dimensions: String::new(),
+    };
+    let (history, recorder) = History::create(&path, &info).expect("history");
+    let clock = RunClock::start();
+    let host = reprod_scenario::DatabasePart::Host.of(url).expect("host");
+    let port = reprod_scenario::DatabasePart::Port
+        .of(url)
+        .unwrap_or_else(|| "5432".into());
+    let config = ProxyConfig {
+        upstream: format!("{host}:{port}"),
+        key: None,
+        faults: vec![fault],
+        seed: 1,
+        port: None,
+    };
+    let proxy = DbProxy::start(config, clock, recorder)
+        .await
+        .expect("listen");
+    proxy.set_load_start(0);
+    let through = proxied_url(url, proxy.port()).expect("a postgres URL");
+    Proxied {
+        dir,
+        path,
+        history,
+        clock,
+        proxy,
+        through,
+    }
+}
+
 /// Runs `script` with psql at `url`; (stdout, stderr), or `None` without psql.
 fn psql(url: &str, script: &str) -> Option<(String, String)> {
     let mut child = match Command::new("psql")
@@ -236,29 +237,17 @@ async fn an_ambiguous_commit_is_applied_and_its_answer_lost() {
         return;
     };
     let table = format!("reprod_ambiguous_{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("reprod-dbproxy-amb-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let info = RunInfo {
-        run_id: "r".into(),
-        scenario: "t".into(),
-        scenario_path: "t.toml".into(),
-        seed: 1,
-        started_at: "now".into(),
-        conditions: String::new(),
-        params: String::new(),
-        dimensions: String::new(),
-    };
-    let (history, recorder) = History::create(&dir.join("history.sqlite"), &info).expect("history");
-    let clock = RunClock::start();
-    let host = reprod_scenario::DatabasePart::Host.of(&url).expect("host");
-    let port = reprod_scenario::DatabasePart::Port
-        .of(&url)
-        .unwrap_or_else(|| "5432".into());
-    let config = ProxyConfig {
-        upstream: format!("{host}:{port}"),
-        key: None,
-        faults: vec![DbFault {
+    let Proxied {
+        dir,
+        history,
+        clock,
+        proxy,
+        through,
+        ..
+    } = through_proxy(
+        &url,
+        "amb",
+        DbFault {
             kind: DbFaultKind::Ambiguous,
             probability: 1.0,
             statement: Some(StatementKind::Commit),
@@ -266,15 +255,9 @@ async fn an_ambiguous_commit_is_applied_and_its_answer_lost() {
             key: None,
             from: Duration::ZERO,
             to: None,
-        }],
-        seed: 1,
-        port: None,
-    };
-    let proxy = DbProxy::start(config, clock, recorder)
-        .await
-        .expect("listen");
-    proxy.set_load_start(0);
-    let through = proxied_url(&url, proxy.port()).expect("a postgres URL");
+        },
+    )
+    .await;
     let direct = url.clone();
     let t = table.clone();
     let outcome = tokio::task::spawn_blocking(move || {

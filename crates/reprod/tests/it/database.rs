@@ -17,6 +17,25 @@ fn with_faults(dir: &TempDir, faults: &str) -> std::path::PathBuf {
     dir.write("invoices.toml", &format!("{head}\n{faults}\n{tail}"))
 }
 
+/// `reprod run SCENARIO --json --set database=<db> EXTRA...`, off the async threads.
+async fn run_on(
+    db: &PgDb,
+    scenario: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> (Option<i32>, Value, String) {
+    let database = format!("database={}", db.url);
+    let mut args = vec!["--set".to_string(), database];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let (scenario, out) = (scenario.to_path_buf(), out.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_json("run", &scenario, &out, &args)
+    })
+    .await
+    .expect("join")
+}
+
 fn timeline(summary: &Value) -> Vec<String> {
     summary["explanation"]["timeline"]
         .as_array()
@@ -42,28 +61,14 @@ kind = "latency"
 match = { statement = "select", text = "FROM invoices" }
 latency = { fixed = "40ms" }"#,
     );
-    let url = db.url.clone();
     let out = dir.path().join("runs");
-    let (code, summary, stderr) = tokio::task::spawn_blocking({
-        let out = out.clone();
-        move || {
-            run_json(
-                "run",
-                &path,
-                &out,
-                &[
-                    "--set",
-                    &format!("database={url}"),
-                    "--without",
-                    "slow_dependency",
-                    "--duration",
-                    "3s",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (code, summary, stderr) = run_on(
+        &db,
+        &path,
+        &out,
+        &["--without", "slow_dependency", "--duration", "3s"],
+    )
+    .await;
     db.drop_now().await;
     assert_eq!(code, Some(1), "the duplicate is found: {stderr}\n{summary}");
     let conditions: Vec<&str> = summary["conditions"]
@@ -122,28 +127,14 @@ async fn the_fixed_variant_shows_the_unique_index_deciding() {
         return;
     };
     let dir = TempDir::new();
-    let url = db.url.clone();
     let out = dir.path().join("runs");
-    let (code, summary, stderr) = tokio::task::spawn_blocking({
-        let out = out.clone();
-        move || {
-            run_json(
-                "run",
-                &invoices(),
-                &out,
-                &[
-                    "--set",
-                    &format!("database={url}"),
-                    "--set",
-                    "variant=fixed",
-                    "--duration",
-                    "3s",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (code, summary, stderr) = run_on(
+        &db,
+        &invoices(),
+        &out,
+        &["--set", "variant=fixed", "--duration", "3s"],
+    )
+    .await;
     db.drop_now().await;
     assert_eq!(code, Some(0), "{stderr}\n{summary}");
     let history = run_dir(&out).join("history.sqlite");
@@ -177,28 +168,14 @@ kind = "error"
 sqlstate = "40001"
 match = { statement = "insert", text = "INTO invoices" }"#,
     );
-    let url = db.url.clone();
     let out = dir.path().join("runs");
-    let (code, summary, stderr) = tokio::task::spawn_blocking({
-        let out = out.clone();
-        move || {
-            run_json(
-                "run",
-                &path,
-                &out,
-                &[
-                    "--set",
-                    &format!("database={url}"),
-                    "--only",
-                    "database_faults",
-                    "--duration",
-                    "2s",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (code, summary, stderr) = run_on(
+        &db,
+        &path,
+        &out,
+        &["--only", "database_faults", "--duration", "2s"],
+    )
+    .await;
     db.drop_now().await;
     assert_ne!(code, Some(2), "{stderr}\n{summary}");
     let history = run_dir(&out).join("history.sqlite");
