@@ -60,6 +60,7 @@ async fn main() {
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     };
     let (history, recorder) = match History::create(&path, &info) {
         Ok(x) => x,

@@ -46,6 +46,7 @@ async fn main() {
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     };
     let (history, recorder) = match History::create(&dir.join("history.sqlite"), &info) {
         Ok(x) => x,

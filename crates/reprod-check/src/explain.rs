@@ -10,7 +10,9 @@ use std::path::Path;
 
 use reprod_history::HistoryError;
 use reprod_history::query::{FieldValue, Reader};
-pub use reprod_report::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
+pub use reprod_report::{
+    Dimension, DimensionStatus, EntryKind, Explanation, Lane, Span, TimelineEvent,
+};
 
 /// Why a run directory could not be explained.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +73,7 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
         Some(k) => timeline(&reader, k)?,
         None => (Vec::new(), Vec::new()),
     };
-    let (violating_keys, clean_keys, comparison) = compare(&reader)?;
+    let (violating_keys, clean_keys, unrelated_keys, comparison) = compare(&reader)?;
     Ok(Explanation {
         run_id,
         status,
@@ -81,6 +83,7 @@ pub fn explain(run_dir: &Path, key: Option<&str>) -> Result<Explanation, Explain
         swimlanes,
         violating_keys,
         clean_keys,
+        unrelated_keys,
         comparison,
     })
 }
@@ -584,6 +587,8 @@ fn short(key: &str) -> String {
 struct KeyFacts {
     callers: BTreeSet<String>,
     ops: u64,
+    /// Arrivals (overlap groups): the operations of one group count once.
+    arrivals: BTreeSet<i64>,
     intervals: Vec<(i64, i64)>,
     retried: bool,
     instances: BTreeSet<String>,
@@ -591,6 +596,11 @@ struct KeyFacts {
     queue_delay: bool,
     max_dependency_delay_us: i64,
     fault: bool,
+    /// Largest injected statement delay.
+    max_statement_delay_us: i64,
+    statement_fault: bool,
+    /// Largest time one operation's statements spent at the database (through the proxy).
+    max_db_wait_us: i64,
     /// Per `dimensions` field, what the key's log lines said.
     logged: Vec<Logged>,
 }
@@ -606,14 +616,53 @@ struct Logged {
 
 /// Distinct values of a text field tried as the comparison's split.
 const MAX_FIELD_VALUES: usize = 20;
+/// Clean keys a stratum needs before a dimension is said to come with another: with fewer,
+/// "no further separation" would only mean "too few keys to tell".
+const MIN_STRATUM_CLEAN: usize = 5;
 
-fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryError> {
+/// The median of the positive values (`None` when there are none).
+fn median_positive(values: impl Iterator<Item = i64>) -> Option<i64> {
+    let mut v: Vec<i64> = values.filter(|d| *d > 0).collect();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+type Pred = Box<dyn Fn(&KeyFacts) -> bool>;
+
+/// One candidate dimension: its name, the condition it measures, its phrase, its test.
+struct Candidate {
+    name: String,
+    condition: Option<&'static str>,
+    phrase: String,
+    pred: Pred,
+}
+
+impl Candidate {
+    fn new(
+        name: &str,
+        condition: Option<&'static str>,
+        phrase: impl Into<String>,
+        pred: impl Fn(&KeyFacts) -> bool + 'static,
+    ) -> Candidate {
+        Candidate {
+            name: name.to_string(),
+            condition,
+            phrase: phrase.into(),
+            pred: Box::new(pred),
+        }
+    }
+}
+
+/// The comparison: (violating keys, clean keys, keys left out as unrelated, dimensions).
+fn compare(reader: &Reader) -> Result<(usize, usize, usize, Vec<Dimension>), HistoryError> {
+    let active: BTreeSet<String> = reader.run()?.conditions.into_iter().collect();
     let mut facts: HashMap<String, KeyFacts> = HashMap::new();
     let mut trace_key: HashMap<String, String> = HashMap::new();
     reader.for_each_op(|op| {
         let f = facts.entry(op.key.to_string()).or_default();
         f.callers.insert(op.caller.to_string());
         f.ops += 1;
+        f.arrivals.insert(op.group_id);
         f.intervals.push((op.started_us, op.done_us));
         f.retried |= op.attempts > 1;
         f.queue_delay |= op.queue_delay_us > 0;
@@ -625,24 +674,44 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
             f.versions.insert(version.to_string());
         }
     })?;
-    reader.for_each_dependency_call(|key, trace, delay, fault| {
-        let key = key
-            .filter(|k| facts.contains_key(*k))
+    // A record names its key, or carries the trace of one of the key's operations.
+    let owner = |facts: &HashMap<String, KeyFacts>, key: Option<&str>, trace: Option<&str>| {
+        key.filter(|k| facts.contains_key(*k))
             .map(str::to_string)
-            .or_else(|| trace.and_then(|t| trace_key.get(t).cloned()));
-        if let Some(f) = key.and_then(|k| facts.get_mut(&k)) {
+            .or_else(|| trace.and_then(|t| trace_key.get(t).cloned()))
+    };
+    reader.for_each_dependency_call(|key, trace, delay, fault| {
+        if let Some(k) = owner(&facts, key, trace)
+            && let Some(f) = facts.get_mut(&k)
+        {
             f.max_dependency_delay_us = f.max_dependency_delay_us.max(delay);
             f.fault |= fault.is_some_and(|x| x != "caller_gone");
         }
     })?;
+    let mut waits: HashMap<String, i64> = HashMap::new();
+    reader.for_each_statement(|key, trace, took, delay, fault| {
+        if let Some(k) = owner(&facts, key, trace)
+            && let Some(f) = facts.get_mut(&k)
+        {
+            f.max_statement_delay_us = f.max_statement_delay_us.max(delay);
+            f.statement_fault |= fault.is_some();
+        }
+        // The wait of an operation: the statements its trace carried.
+        if let Some(t) = trace.filter(|t| trace_key.contains_key(*t)) {
+            *waits.entry(t.to_string()).or_default() += took.max(0);
+        }
+    })?;
+    for (trace, wait) in waits {
+        if let Some(f) = trace_key.get(&trace).and_then(|k| facts.get_mut(k)) {
+            f.max_db_wait_us = f.max_db_wait_us.max(wait);
+        }
+    }
     let fields = reader.dimensions()?;
     for (i, name) in fields.iter().enumerate() {
         reader.for_each_log_field(name, |key, trace, value| {
-            let key = key
-                .filter(|k| facts.contains_key(*k))
-                .map(str::to_string)
-                .or_else(|| trace.and_then(|t| trace_key.get(t).cloned()));
-            if let Some(f) = key.and_then(|k| facts.get_mut(&k)) {
+            if let Some(k) = owner(&facts, key, trace)
+                && let Some(f) = facts.get_mut(&k)
+            {
                 if f.logged.len() <= i {
                     f.logged.resize(fields.len(), Logged::default());
                 }
@@ -661,86 +730,125 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
         .into_iter()
         .filter(|k| facts.contains_key(k))
         .collect();
+    // Only the key space of the violation: the callers that touched a violating key, and the
+    // callers that send the same operation on other keys (the control a user sets up). An
+    // unrelated caller's keys differ in everything that caller does, which says nothing about
+    // the violation.
+    let mut related: BTreeSet<String> = violating
+        .iter()
+        .flat_map(|k| facts[k].callers.iter().cloned())
+        .collect();
+    let operations = reader.caller_operations()?;
+    let related_ops: BTreeSet<&String> =
+        related.iter().filter_map(|c| operations.get(c)).collect();
+    related.extend(
+        operations
+            .iter()
+            .filter(|(_, op)| related_ops.contains(op))
+            .map(|(c, _)| c.clone()),
+    );
+    let before = facts.len();
+    facts.retain(|_, f| f.callers.iter().any(|c| related.contains(c)));
+    let unrelated = before - facts.len();
     let clean: Vec<&String> = facts.keys().filter(|k| !violating.contains(*k)).collect();
     if violating.is_empty() || clean.is_empty() {
-        return Ok((violating.len(), clean.len(), Vec::new()));
+        return Ok((violating.len(), clean.len(), unrelated, Vec::new()));
     }
-    // Hot = in the top tenth of keys by operation count.
-    let mut counts: Vec<u64> = facts.values().map(|f| f.ops).collect();
+    // Hot = in the top tenth of keys by arrivals, so a double-submitting caller's key is no
+    // hotter than a single submitter's.
+    let mut counts: Vec<usize> = facts.values().map(|f| f.arrivals.len()).collect();
     counts.sort_unstable();
     let hot_threshold = counts[(counts.len() * 9) / 10].max(2);
-    let mut slow_delays: Vec<i64> = facts
-        .values()
-        .map(|f| f.max_dependency_delay_us)
-        .filter(|d| *d > 0)
-        .collect();
-    slow_delays.sort_unstable();
-    let slow_threshold = slow_delays
-        .get(slow_delays.len() / 2)
-        .copied()
-        .unwrap_or(i64::MAX)
-        .max(1);
     let caller_names: BTreeSet<String> = facts
         .values()
         .flat_map(|f| f.callers.iter().cloned())
         .collect();
 
-    type Pred = Box<dyn Fn(&KeyFacts) -> bool>;
-    let mut dims: Vec<(String, String, Pred)> = vec![
-        (
-            "overlap".into(),
-            "had 2+ overlapping operations".into(),
-            Box::new(|f: &KeyFacts| max_concurrency(&f.intervals) >= 2),
+    let mut dims: Vec<Candidate> = vec![
+        Candidate::new(
+            "overlap",
+            Some("overlap"),
+            "had 2+ overlapping operations",
+            |f| max_concurrency(&f.intervals) >= 2,
         ),
-        (
-            "retries".into(),
-            "had a retried operation".into(),
-            Box::new(|f: &KeyFacts| f.retried),
+        Candidate::new("retries", Some("retries"), "had a retried operation", |f| {
+            f.retried
+        }),
+        Candidate::new(
+            "instances",
+            Some("instances"),
+            "were served by 2+ replicas",
+            |f| f.instances.len() >= 2,
         ),
-        (
-            "instances".into(),
-            "were served by 2+ replicas".into(),
-            Box::new(|f: &KeyFacts| f.instances.len() >= 2),
+        Candidate::new(
+            "mixed_versions",
+            Some("mixed_versions"),
+            "were served by 2+ versions",
+            |f| f.versions.len() >= 2,
         ),
-        (
-            "mixed_versions".into(),
-            "were served by 2+ versions".into(),
-            Box::new(|f: &KeyFacts| f.versions.len() >= 2),
+        Candidate::new(
+            "queue_delay",
+            Some("queue_delay"),
+            "had a queue-delayed operation",
+            |f| f.queue_delay,
         ),
-        (
-            "queue_delay".into(),
-            "had a queue-delayed operation".into(),
-            Box::new(|f: &KeyFacts| f.queue_delay),
+        Candidate::new(
+            "dependency_faults",
+            Some("dependency_faults"),
+            "saw an injected dependency fault",
+            |f| f.fault,
         ),
-        (
-            "dependency_faults".into(),
-            "saw an injected dependency fault".into(),
-            Box::new(|f: &KeyFacts| f.fault),
-        ),
-        (
-            "hot_keys".into(),
-            format!("were hot ({hot_threshold}+ operations)"),
-            Box::new(move |f: &KeyFacts| f.ops >= hot_threshold),
+        Candidate::new(
+            "hot_keys",
+            Some("hot_keys"),
+            format!("were hot ({hot_threshold}+ arrivals)"),
+            move |f| f.arrivals.len() >= hot_threshold,
         ),
     ];
-    if slow_threshold != i64::MAX {
-        dims.push((
-            "slow_dependency".into(),
+    if let Some(t) = median_positive(facts.values().map(|f| f.max_dependency_delay_us)) {
+        dims.push(Candidate::new(
+            "slow_dependency",
+            Some("slow_dependency"),
+            format!("saw a dependency delay of {}+ ms", ms(t)),
+            move |f| f.max_dependency_delay_us >= t,
+        ));
+    }
+    if let Some(t) = median_positive(facts.values().map(|f| f.max_statement_delay_us)) {
+        dims.push(Candidate::new(
+            "slow_database",
+            Some("slow_database"),
+            format!("saw a statement delay of {}+ ms", ms(t)),
+            move |f| f.max_statement_delay_us >= t,
+        ));
+    }
+    if facts.values().any(|f| f.statement_fault) {
+        dims.push(Candidate::new(
+            "database_faults",
+            Some("database_faults"),
+            "saw an injected statement fault",
+            |f| f.statement_fault,
+        ));
+    }
+    if let Some(t) = median_positive(facts.values().map(|f| f.max_db_wait_us)) {
+        dims.push(Candidate::new(
+            "db_wait",
+            None,
             format!(
-                "saw a dependency delay of {:.0}+ ms",
-                slow_threshold as f64 / 1e3
+                "had an operation whose statements took {}+ ms at the database",
+                ms(t)
             ),
-            Box::new(move |f: &KeyFacts| f.max_dependency_delay_us >= slow_threshold),
+            move |f| f.max_db_wait_us >= t,
         ));
     }
     if caller_names.len() >= 2 {
-        dims.push((
-            "caller_mix".into(),
+        dims.push(Candidate::new(
+            "caller_mix",
+            None,
             format!(
                 "were touched by 2+ callers ({})",
                 caller_names.iter().cloned().collect::<Vec<_>>().join(", ")
             ),
-            Box::new(|f: &KeyFacts| f.callers.len() >= 2),
+            |f| f.callers.len() >= 2,
         ));
     }
     for (i, name) in fields.iter().enumerate() {
@@ -756,10 +864,11 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
         if texts.is_empty() {
             let mut maxima: Vec<f64> = all.iter().filter_map(|l| l.max).collect();
             if maxima.is_empty() {
-                dims.push((
-                    name.clone(),
+                dims.push(Candidate::new(
+                    name,
+                    None,
                     format!("logged {name} (no log line of a touched key carried it)"),
-                    Box::new(|_: &KeyFacts| false),
+                    |_| false,
                 ));
                 continue;
             }
@@ -769,10 +878,11 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
                 .get(positive.len() / 2)
                 .copied()
                 .unwrap_or(maxima[maxima.len() / 2]);
-            dims.push((
-                name.clone(),
+            dims.push(Candidate::new(
+                name,
+                None,
                 format!("logged {name} of {}+", number(threshold)),
-                Box::new(move |f: &KeyFacts| logged(f).max.is_some_and(|m| m >= threshold)),
+                move |f| logged(f).max.is_some_and(|m| m >= threshold),
             ));
         } else {
             // A text field: split on the value that tells the groups apart best.
@@ -796,33 +906,108 @@ fn compare(reader: &Reader) -> Result<(usize, usize, Vec<Dimension>), HistoryErr
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, value)| value)
                 .unwrap_or_default();
-            let phrase = format!("logged {name}={best}");
-            dims.push((
-                name.clone(),
-                phrase,
-                Box::new(move |f: &KeyFacts| logged(f).texts.contains(&best)),
+            dims.push(Candidate::new(
+                name,
+                None,
+                format!("logged {name}={best}"),
+                move |f| logged(f).texts.contains(&best),
             ));
         }
     }
-    let mut out = Vec::new();
-    for (name, phrase, pred) in dims {
-        let v =
-            violating.iter().filter(|k| pred(&facts[*k])).count() as f64 / violating.len() as f64;
-        let c = clean.iter().filter(|k| pred(&facts[**k])).count() as f64 / clean.len() as f64;
-        out.push(Dimension {
-            sentence: format!(
-                "{:.0}% of violating keys {phrase}, {:.0}% of clean keys did",
-                v * 100.0,
-                c * 100.0
-            ),
-            name,
-            violating_share: v,
-            clean_share: c,
-            separation: (v - c).abs(),
-        });
+    // Counts of (violating, clean) keys among `keys` for which `pred` holds.
+    let tally = |pred: &Pred, within: &dyn Fn(&KeyFacts) -> bool| {
+        let count = |keys: &mut dyn Iterator<Item = &KeyFacts>| {
+            let (mut k, mut n) = (0u64, 0u64);
+            for f in keys.filter(|f| within(f)) {
+                n += 1;
+                k += u64::from(pred(f));
+            }
+            (k, n)
+        };
+        (
+            count(&mut violating.iter().map(|k| &facts[k])),
+            count(&mut clean.iter().map(|k| &facts[*k])),
+        )
+    };
+    let mut out: Vec<(Dimension, Pred)> = Vec::new();
+    for c in dims {
+        let ((kv, nv), (kc, nc)) = tally(&c.pred, &|_| true);
+        let (v, cl) = (kv as f64 / nv as f64, kc as f64 / nc as f64);
+        let ci = reprod_report::newcombe(kv, nv, kc, nc);
+        let status = match c.condition {
+            Some(cond) if !active.contains(cond) => DimensionStatus::Inactive,
+            _ if ci.0 <= 0.0 && ci.1 >= 0.0 => DimensionStatus::DoesNotSeparate,
+            _ => DimensionStatus::Separates,
+        };
+        out.push((
+            Dimension {
+                sentence: format!(
+                    "{:.0}% of violating keys {}, {:.0}% of clean keys did",
+                    v * 100.0,
+                    c.phrase,
+                    cl * 100.0
+                ),
+                name: c.name,
+                condition: c.condition.map(str::to_string),
+                violating_share: v,
+                clean_share: cl,
+                separation: (v - cl).abs(),
+                difference_ci: ci,
+                status,
+                goes_with: None,
+                within: None,
+            },
+            c.pred,
+        ));
     }
-    out.sort_by(|a, b| b.separation.total_cmp(&a.separation));
-    Ok((violating.len(), clean.len(), out))
+    let rank = |d: &Dimension| match d.status {
+        DimensionStatus::Separates | DimensionStatus::GoesWith => 0,
+        DimensionStatus::DoesNotSeparate => 1,
+        DimensionStatus::Inactive => 2,
+    };
+    out.sort_by(|(a, _), (b, _)| {
+        rank(a)
+            .cmp(&rank(b))
+            .then(b.separation.total_cmp(&a.separation))
+    });
+    // Confounders: a dimension that separates no further among the keys that had the best
+    // separator comes with it (two replicas serve most overlapping requests).
+    if let Some(((top, top_pred), rest)) = out
+        .split_first_mut()
+        .filter(|((d, _), _)| d.status == DimensionStatus::Separates)
+    {
+        for (d, pred) in rest
+            .iter_mut()
+            .filter(|(d, _)| d.status == DimensionStatus::Separates)
+        {
+            let ((kv, nv), (kc, nc)) = tally(pred, &|f| top_pred(f));
+            if nv == 0 || (nc as usize) < MIN_STRATUM_CLEAN {
+                continue;
+            }
+            let (lo, hi) = reprod_report::newcombe(kv, nv, kc, nc);
+            if lo <= 0.0 && hi >= 0.0 {
+                d.status = DimensionStatus::GoesWith;
+                d.goes_with = Some(top.name.clone());
+                d.within = Some(format!(
+                    "among keys that also had {}, {:.0}% of {nv} violating and {:.0}% of {nc} clean keys did",
+                    top.name,
+                    100.0 * kv as f64 / nv as f64,
+                    100.0 * kc as f64 / nc as f64
+                ));
+            }
+        }
+    }
+    Ok((
+        violating.len(),
+        clean.len(),
+        unrelated,
+        out.into_iter().map(|(d, _)| d).collect(),
+    ))
+}
+
+/// µs as milliseconds to a tenth: `21.4`, `3`.
+fn ms(us: i64) -> String {
+    number((us as f64 / 100.0).round() / 10.0)
 }
 
 /// A threshold as a person writes it: `12`, `0.5`, `37.4`.

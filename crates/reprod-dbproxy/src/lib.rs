@@ -15,7 +15,7 @@
 
 pub mod sql;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +79,37 @@ pub struct ProxyCounts {
     pub upstream_failures: AtomicU64,
     /// Why the last connection to the server failed.
     pub last_upstream_failure: Mutex<Option<String>>,
+    /// Per replica (its `application_name`; `""` when it gave none): connections opened,
+    /// open now, the most open at once — each replica's pool as the database saw it.
+    pub per_replica: Mutex<BTreeMap<String, ReplicaConnections>>,
+}
+
+/// One replica's connections through the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaConnections {
+    /// Opened over the run.
+    pub connections: u64,
+    /// Open now.
+    pub open: u64,
+    /// The most open at once.
+    pub max_open: u64,
+}
+
+impl ProxyCounts {
+    fn replica_opened(&self, replica: &str) {
+        let mut all = self.per_replica.lock().unwrap_or_else(|p| p.into_inner());
+        let r = all.entry(replica.to_string()).or_default();
+        r.connections += 1;
+        r.open += 1;
+        r.max_open = r.max_open.max(r.open);
+    }
+
+    fn replica_closed(&self, replica: &str) {
+        let mut all = self.per_replica.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = all.get_mut(replica) {
+            r.open = r.open.saturating_sub(1);
+        }
+    }
 }
 
 /// The running proxy; dropping it (or [`DbProxy::stop`]) stops listening and cuts the
@@ -418,6 +449,8 @@ async fn serve(state: Arc<State>, mut client: TcpStream) {
     state.counts.connections.fetch_add(1, Ordering::Relaxed);
     let open = state.counts.open.fetch_add(1, Ordering::Relaxed) + 1;
     state.counts.max_open.fetch_max(open, Ordering::Relaxed);
+    let replica_name = replica.clone().unwrap_or_default();
+    state.counts.replica_opened(&replica_name);
     let (client_r, client_w) = client.into_split();
     let (upstream_r, mut upstream_w) = upstream.into_split();
     if upstream_w.write_all(&startup).await.is_ok() {
@@ -445,6 +478,7 @@ async fn serve(state: Arc<State>, mut client: TcpStream) {
         }
     }
     state.counts.open.fetch_sub(1, Ordering::Relaxed);
+    state.counts.replica_closed(&replica_name);
 }
 
 /// `application_name` from a startup packet's parameters (after the protocol version).

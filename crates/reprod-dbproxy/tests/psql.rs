@@ -171,6 +171,7 @@ async fn through_proxy(url: &str, name: &str, fault: DbFault) -> Proxied {
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     };
     let (history, recorder) = History::create(&path, &info).expect("history");
     let clock = RunClock::start();

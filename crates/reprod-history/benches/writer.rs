@@ -261,5 +261,6 @@ fn info(path: &Path) -> RunInfo {
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     }
 }

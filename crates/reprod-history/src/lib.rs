@@ -472,6 +472,10 @@ pub struct RunInfo {
     pub params: String,
     /// Log fields the comparison covers (`scenario.dimensions`), comma-separated.
     pub dimensions: String,
+    /// Each caller's operation, one `name<TAB>METHOD path` line per caller, the path's
+    /// placeholders as `{}`: callers sending the same operation are one key space to the
+    /// comparison.
+    pub callers: String,
 }
 
 /// Why the history could not be written.
@@ -616,7 +620,8 @@ CREATE TABLE run (
     run_id TEXT NOT NULL, scenario TEXT NOT NULL, scenario_path TEXT NOT NULL, seed INTEGER NOT NULL,
     started_at TEXT NOT NULL, conditions TEXT NOT NULL, params TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'running', ended_at_us INTEGER, load_started_us INTEGER,
-    dimensions TEXT NOT NULL DEFAULT ''
+    dimensions TEXT NOT NULL DEFAULT '',
+    callers TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE ops (
     op_id INTEGER PRIMARY KEY, caller TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -725,7 +730,7 @@ impl History {
         conn.execute_batch(SCHEMA).map_err(fail)?;
         conn.execute(
             "INSERT INTO run (run_id, scenario, scenario_path, seed, started_at, conditions, params,
-             dimensions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             dimensions, callers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 info.run_id,
                 info.scenario,
@@ -734,7 +739,8 @@ impl History {
                 info.started_at,
                 info.conditions,
                 info.params,
-                info.dimensions
+                info.dimensions,
+                info.callers
             ],
         )
         .map_err(fail)?;
@@ -1233,6 +1239,7 @@ mod tests {
             conditions: "overlap".into(),
             params: String::new(),
             dimensions: String::new(),
+            callers: String::new(),
         };
         let (history, recorder) = History::create(&path, &info).expect("create");
         (dir, path, history, recorder)

@@ -29,6 +29,8 @@ pub struct RunRow {
     pub started_at: String,
     /// `completed`, `interrupted`, ..., or `running` when the run never finished.
     pub status: String,
+    /// The conditions the run had on (`overlap`, `retries`, ...).
+    pub conditions: Vec<String>,
 }
 
 /// An attempt of an operation on one key, for that key's timeline.
@@ -178,6 +180,17 @@ pub struct KeySpan {
     pub rows: Option<i64>,
 }
 
+/// One key's duplicate key conflicts at the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyConflicts {
+    /// The key (`None` when no key rule or trace tied the statements to one).
+    pub key: Option<String>,
+    /// Statements the server refused with a unique violation (23505).
+    pub unique_violations: u64,
+    /// Inserts that inserted nothing (`INSERT 0 0`, an `ON CONFLICT DO NOTHING` deciding).
+    pub noop_inserts: u64,
+}
+
 /// One value of a log field named in `dimensions`, for the comparison.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FieldValue {
@@ -207,6 +220,8 @@ pub struct OpFacts<'a> {
     pub key: &'a str,
     /// Its caller.
     pub caller: &'a str,
+    /// Its arrival: the operations of one overlap group share it.
+    pub group_id: i64,
     /// First attempt sent.
     pub started_us: i64,
     /// Ended.
@@ -252,7 +267,7 @@ impl Reader {
     pub fn run(&self) -> Result<RunRow, HistoryError> {
         self.conn
             .query_row(
-                "SELECT run_id, scenario, seed, started_at, status FROM run",
+                "SELECT run_id, scenario, seed, started_at, status, conditions FROM run",
                 [],
                 |r| {
                     Ok(RunRow {
@@ -261,6 +276,12 @@ impl Reader {
                         seed: r.get(2)?,
                         started_at: r.get(3)?,
                         status: r.get(4)?,
+                        conditions: r
+                            .get::<_, String>(5)?
+                            .split(',')
+                            .filter(|c| !c.is_empty())
+                            .map(str::to_string)
+                            .collect(),
                     })
                 },
             )
@@ -296,6 +317,27 @@ impl Reader {
             .split(',')
             .filter(|d| !d.is_empty())
             .map(str::to_string)
+            .collect())
+    }
+
+    /// Each caller's operation (`POST /orders/{}`), by caller name; empty for a history written
+    /// before callers were recorded.
+    pub fn caller_operations(&self) -> Result<BTreeMap<String, String>, HistoryError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT callers FROM run", [], |r| r.get(0))
+            .optional()
+            .or_else(|e| match e {
+                // Written before the column existed.
+                rusqlite::Error::SqliteFailure(..) => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|e| self.fail(e))?;
+        Ok(text
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(name, op)| (name.to_string(), op.to_string()))
             .collect())
     }
 
@@ -617,7 +659,8 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT key, caller, started_us, done_us, attempts, queue_delay_us, trace_id
+                "SELECT key, caller, started_us, done_us, attempts, queue_delay_us, trace_id,
+                        group_id
                  FROM ops",
             )
             .map_err(|e| self.fail(e))?;
@@ -632,6 +675,7 @@ impl Reader {
                 attempts: r.get(4).map_err(|e| self.fail(e))?,
                 queue_delay_us: r.get(5).map_err(|e| self.fail(e))?,
                 trace_id: text(6).map_err(|e| self.fail(e))?,
+                group_id: r.get(7).map_err(|e| self.fail(e))?,
             });
         }
         Ok(())
@@ -679,6 +723,68 @@ impl Reader {
             each(key.as_deref(), trace.as_deref(), delay, fault.as_deref());
         }
         Ok(())
+    }
+
+    /// Every recorded statement's (key its rule named, trace id of its comment, time from
+    /// received to answered, injected delay, injected fault), streamed; nothing when the run
+    /// had no database proxy.
+    pub fn for_each_statement(
+        &self,
+        mut each: impl FnMut(Option<&str>, Option<&str>, i64, i64, Option<&str>),
+    ) -> Result<(), HistoryError> {
+        if !self.has_table("db_statements")? {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, trace_id, done_us - received_us, delay_us, fault FROM db_statements",
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            let text = |i: usize| r.get_ref(i).map(|v| v.as_str().ok());
+            each(
+                text(0).map_err(|e| self.fail(e))?,
+                text(1).map_err(|e| self.fail(e))?,
+                r.get(2).map_err(|e| self.fail(e))?,
+                r.get(3).map_err(|e| self.fail(e))?,
+                text(4).map_err(|e| self.fail(e))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The seed's "duplicate key conflicts appear", per key (`None`: a statement neither its
+    /// key rule nor a trace tied to a key): unique violations (SQLSTATE 23505) and inserts a
+    /// unique index turned into no-ops (`INSERT 0 0`), most first.
+    pub fn duplicate_conflicts(&self) -> Result<Vec<KeyConflicts>, HistoryError> {
+        if !self.has_table("db_statements")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT COALESCE(s.key, (SELECT o.key FROM ops o WHERE o.trace_id = s.trace_id
+                                         LIMIT 1)) AS k,
+                        SUM(CASE WHEN s.sqlstate = '23505' THEN 1 ELSE 0 END),
+                        SUM(CASE WHEN s.sqlstate IS NULL THEN 1 ELSE 0 END)
+                 FROM db_statements s
+                 WHERE s.sqlstate = '23505'
+                    OR (s.sqlstate IS NULL AND s.kind = 'insert' AND s.rows = 0)
+                 GROUP BY k ORDER BY 2 + 3 DESC, k",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(KeyConflicts {
+                    key: r.get(0)?,
+                    unique_violations: r.get(1)?,
+                    noop_inserts: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }
 
     /// Every key with a violation.

@@ -61,6 +61,7 @@ async fn json_traces_and_protobuf_logs_reach_the_history() {
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     };
     let (history, recorder) = History::create(&path, &info).expect("history");
     let clock = RunClock::start();

@@ -65,17 +65,50 @@ pub struct Span {
     pub label: String,
 }
 
+/// What the comparison concluded of one dimension.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DimensionStatus {
+    /// The 95% interval of the difference between violating and clean keys excludes zero.
+    #[default]
+    Separates,
+    /// It separates, but no further among the keys that had the best separating dimension:
+    /// it comes with that one (two replicas serve most overlapping requests, so `instances`
+    /// rides on `overlap`).
+    GoesWith,
+    /// The interval of the difference contains zero: the keys do not tell it apart.
+    DoesNotSeparate,
+    /// Its condition was off in this run: shown, never ranked as a cause.
+    Inactive,
+}
+
 /// One dimension of the comparison.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Dimension {
     /// Short name.
     pub name: String,
+    /// The condition it measures, when it measures one (`overlap`); `None` for the log
+    /// fields, `db_wait` and `caller_mix`.
+    #[serde(default)]
+    pub condition: Option<String>,
     /// Share of violating keys that had it.
     pub violating_share: f64,
     /// Share of clean keys that had it.
     pub clean_share: f64,
     /// |violating − clean|: how well it separates the groups.
     pub separation: f64,
+    /// 95% interval of violating − clean (Newcombe's hybrid score interval).
+    #[serde(default)]
+    pub difference_ci: (f64, f64),
+    /// What the comparison concluded.
+    #[serde(default)]
+    pub status: DimensionStatus,
+    /// For [`DimensionStatus::GoesWith`]: the dimension it comes with.
+    #[serde(default)]
+    pub goes_with: Option<String>,
+    /// For [`DimensionStatus::GoesWith`]: the shares among the keys that had that one.
+    #[serde(default)]
+    pub within: Option<String>,
     /// The finding in words.
     pub sentence: String,
 }
@@ -97,8 +130,13 @@ pub struct Explanation {
     pub swimlanes: Vec<Lane>,
     /// Keys with a violation / without.
     pub violating_keys: usize,
-    /// Keys operations touched that have no violation.
+    /// Keys operations touched that have no violation, in the violating keys' key space (the
+    /// keys of the callers that touched a violating key).
     pub clean_keys: usize,
+    /// Keys left out of the comparison: only callers that touched no violating key touched
+    /// them.
+    #[serde(default)]
+    pub unrelated_keys: usize,
     /// The comparison, best separating first.
     pub comparison: Vec<Dimension>,
 }
@@ -138,16 +176,72 @@ impl Explanation {
         if !self.comparison.is_empty() {
             let _ = writeln!(
                 out,
-                "\nviolating keys ({}) against clean keys ({}), best separating first:",
-                self.violating_keys, self.clean_keys
+                "\nviolating keys ({}) against clean keys ({}), best separating first{}:",
+                self.violating_keys,
+                self.clean_keys,
+                if self.unrelated_keys > 0 {
+                    format!(
+                        " ({} keys of callers that touched no violating key left out)",
+                        self.unrelated_keys
+                    )
+                } else {
+                    String::new()
+                }
             );
-            for d in &self.comparison {
-                let _ = writeln!(out, "  {:<19} {}", d.name, d.sentence);
+            let shown = |status: DimensionStatus| {
+                self.comparison.iter().filter(move |d| d.status == status)
+            };
+            for d in self.comparison.iter().filter(|d| {
+                matches!(
+                    d.status,
+                    DimensionStatus::Separates | DimensionStatus::GoesWith
+                )
+            }) {
+                let _ = write!(
+                    out,
+                    "  {:<19} {} ({:+.0} points, 95% CI {:+.0} to {:+.0})",
+                    d.name,
+                    d.sentence,
+                    100.0 * (d.violating_share - d.clean_share),
+                    100.0 * d.difference_ci.0,
+                    100.0 * d.difference_ci.1
+                );
+                match (&d.goes_with, &d.within) {
+                    (Some(with), Some(within)) if d.status == DimensionStatus::GoesWith => {
+                        let _ = writeln!(out, "\n  {:<19} but {within}: it comes with {with}", "");
+                    }
+                    _ => out.push('\n'),
+                }
+            }
+            if shown(DimensionStatus::Separates).next().is_none() {
+                let _ = writeln!(
+                    out,
+                    "  (no dimension separates them beyond chance: try more load or `reprod isolate`)"
+                );
+            }
+            let names = |status: DimensionStatus| {
+                shown(status)
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if shown(DimensionStatus::DoesNotSeparate).next().is_some() {
+                let _ = writeln!(
+                    out,
+                    "  not separating (the 95% interval of the difference contains 0):"
+                );
+                for d in shown(DimensionStatus::DoesNotSeparate) {
+                    let _ = writeln!(out, "    {:<17} {}", d.name, d.sentence);
+                }
+            }
+            let off = names(DimensionStatus::Inactive);
+            if !off.is_empty() {
+                let _ = writeln!(out, "  conditions off in this run, not ranked: {off}");
             }
         } else if self.violating_keys > 0 {
             let _ = writeln!(
                 out,
-                "\n(no clean keys to compare against: every key touched was violated)"
+                "\n(no clean keys to compare against: every key touched was violated; `reprod isolate` tells which conditions are needed)"
             );
         }
         out

@@ -449,12 +449,18 @@ fn swimlanes(out: &mut String, e: &Explanation) {
 }
 
 fn comparison(out: &mut String, e: &Explanation) {
-    if e.comparison.is_empty() {
+    // Dimensions of conditions that were off are no candidates; the text report lists them.
+    let shown: Vec<&crate::Dimension> = e
+        .comparison
+        .iter()
+        .filter(|d| d.status != crate::DimensionStatus::Inactive)
+        .collect();
+    if shown.is_empty() {
         return;
     }
     let row_h = 38.0;
     let label_w = 170.0;
-    let height = MARGIN_TOP + row_h * e.comparison.len() as f64 + 10.0;
+    let height = MARGIN_TOP + row_h * shown.len() as f64 + 10.0;
     let plot_w = WIDTH - label_w - MARGIN_RIGHT - 60.0;
     let px = |share: f64| label_w + share * plot_w;
     let _ = writeln!(
@@ -475,15 +481,21 @@ fn comparison(out: &mut String, e: &Explanation) {
         COLORS[0],
         label_w + 146.0
     );
-    for (i, d) in e.comparison.iter().enumerate() {
+    for (i, d) in shown.into_iter().enumerate() {
         let y = MARGIN_TOP + i as f64 * row_h;
+        let verdict = match (d.status, &d.goes_with) {
+            (crate::DimensionStatus::GoesWith, Some(with)) => format!(" (comes with {with})"),
+            (crate::DimensionStatus::DoesNotSeparate, _) => " (not separating)".to_string(),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "<g class=\"dimension\"><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}<title>{}</title></text>",
+            "<g class=\"dimension\"><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}{}<title>{}</title></text>",
             label_w - 8.0,
             y + 16.0,
             escape(&d.name),
-            escape(&d.sentence)
+            if verdict.is_empty() { "" } else { "*" },
+            escape(&format!("{}{verdict}", d.sentence))
         );
         for (j, (share, n, color)) in [
             (d.violating_share, e.violating_keys, COLORS[3]),
@@ -593,11 +605,17 @@ mod tests {
             }],
             violating_keys: 5,
             clean_keys: 20,
+            unrelated_keys: 0,
             comparison: vec![crate::Dimension {
                 name: "overlap".into(),
+                condition: Some("overlap".into()),
                 violating_share: 1.0,
                 clean_share: 0.1,
                 separation: 0.9,
+                difference_ci: (0.6, 0.97),
+                status: crate::DimensionStatus::Separates,
+                goes_with: None,
+                within: None,
                 sentence: "s".into(),
             }],
         });

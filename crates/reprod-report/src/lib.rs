@@ -14,7 +14,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-pub use explanation::{Dimension, EntryKind, Explanation, Lane, Span, TimelineEvent};
+pub use explanation::{
+    Dimension, DimensionStatus, EntryKind, Explanation, Lane, Span, TimelineEvent,
+};
 
 /// Operation counts by outcome.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -70,6 +72,47 @@ pub struct DbProxySummary {
     pub upstream_failures: u64,
     /// Why the last one failed.
     pub last_upstream_failure: Option<String>,
+    /// Per replica, its connections as the database saw them.
+    #[serde(default)]
+    pub replicas: Vec<DbReplicaConnections>,
+    /// The seed's "duplicate key conflicts appear": what the database refused or skipped.
+    #[serde(default)]
+    pub conflicts: DbConflicts,
+}
+
+/// One replica's connections through the database proxy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DbReplicaConnections {
+    /// `invoices/0` (the `application_name` reprod gave it; `""` when a connection gave none).
+    pub replica: String,
+    /// Connections opened over the run.
+    pub connections: u64,
+    /// The most open at once.
+    pub max_open: u64,
+}
+
+/// Duplicate key conflicts at the database, over the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DbConflicts {
+    /// Statements refused with a unique violation (SQLSTATE 23505).
+    pub unique_violations: u64,
+    /// Inserts that inserted nothing (`INSERT 0 0`).
+    pub noop_inserts: u64,
+    /// Keys with at least one.
+    pub keys: u64,
+    /// The keys with the most, most first (at most 5).
+    pub top: Vec<KeyConflict>,
+}
+
+/// One key's duplicate key conflicts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KeyConflict {
+    /// The key (`null` when no key rule or trace tied the statements to one).
+    pub key: Option<String>,
+    /// Unique violations (23505).
+    pub unique_violations: u64,
+    /// Inserts that inserted nothing.
+    pub noop_inserts: u64,
 }
 
 /// What reprod's OTLP receiver took in (`{otlp.url}`).
@@ -471,6 +514,60 @@ impl Summary {
                 }
             );
         }
+        if let Some(p) = &self.db_proxy {
+            let pools: Vec<String> = p
+                .replicas
+                .iter()
+                .map(|r| {
+                    let name = if r.replica.is_empty() {
+                        "unnamed"
+                    } else {
+                        &r.replica
+                    };
+                    format!("{name} {} (at most {} open)", r.connections, r.max_open)
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "database    {} statements through the proxy, {} injected faults; connections {}",
+                p.statements,
+                p.faults,
+                if pools.is_empty() {
+                    "none".to_string()
+                } else {
+                    pools.join(", ")
+                }
+            );
+            let c = &p.conflicts;
+            if c.unique_violations + c.noop_inserts > 0 {
+                let mut what = Vec::new();
+                if c.unique_violations > 0 {
+                    what.push(format!("{} unique violations (23505)", c.unique_violations));
+                }
+                if c.noop_inserts > 0 {
+                    what.push(format!("{} inserts that inserted nothing", c.noop_inserts));
+                }
+                let count = |k: &KeyConflict| k.unique_violations + k.noop_inserts;
+                // Which keys had most, when some had more than one.
+                let most: Vec<String> = c
+                    .top
+                    .iter()
+                    .filter(|k| count(k) > 1)
+                    .map(|k| format!("{} {}", k.key.as_deref().unwrap_or("(no key)"), count(k)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "            duplicate key conflicts: {} on {} keys{}",
+                    what.join(" and "),
+                    c.keys,
+                    if most.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (most: {})", most.join(", "))
+                    }
+                );
+            }
+        }
         if !self.invariants.is_empty() {
             let _ = writeln!(out);
         }
@@ -685,6 +782,20 @@ pub fn wilson(k: u64, n: u64) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// 95% interval of the difference `k1/n1 − k2/n2` of two proportions: Newcombe's hybrid score
+/// interval (his method 10, built from the two Wilson intervals), which stays inside [−1, 1]
+/// and behaves at 0% and 100%, where the textbook interval collapses to a point.
+pub fn newcombe(k1: u64, n1: u64, k2: u64, n2: u64) -> (f64, f64) {
+    let share = |k: u64, n: u64| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    let (p1, p2) = (share(k1, n1), share(k2, n2));
+    let ((l1, u1), (l2, u2)) = (wilson(k1, n1), wilson(k2, n2));
+    let d = p1 - p2;
+    (
+        (d - ((p1 - l1).powi(2) + (u2 - p2).powi(2)).sqrt()).max(-1.0),
+        (d + ((u1 - p1).powi(2) + (p2 - l2).powi(2)).sqrt()).min(1.0),
+    )
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
@@ -692,6 +803,32 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newcombe_matches_his_worked_examples() {
+        // Newcombe (1998), table II, method 10: 56/70 − 48/80 is 0.2000 (0.0524, 0.3339);
+        // 9/10 − 3/10 is 0.6000 (0.1705, 0.8090); 10/10 − 0/20 is 1 (0.6791, 1).
+        let near =
+            |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).abs() < 5e-4 && (a.1 - b.1).abs() < 5e-4;
+        assert!(
+            near(newcombe(56, 70, 48, 80), (0.0524, 0.3339)),
+            "{:?}",
+            newcombe(56, 70, 48, 80)
+        );
+        assert!(
+            near(newcombe(9, 10, 3, 10), (0.1705, 0.8090)),
+            "{:?}",
+            newcombe(9, 10, 3, 10)
+        );
+        assert!(
+            near(newcombe(10, 10, 0, 20), (0.6791, 1.0)),
+            "{:?}",
+            newcombe(10, 10, 0, 20)
+        );
+        // Equal shares: an interval around zero.
+        let (lo, hi) = newcombe(5, 10, 10, 20);
+        assert!(lo < 0.0 && hi > 0.0);
+    }
 
     fn inv(held: bool, error: Option<&str>) -> InvariantResult {
         InvariantResult {

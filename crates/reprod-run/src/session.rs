@@ -169,6 +169,12 @@ pub async fn perform(
             .collect::<Vec<_>>()
             .join("\n"),
         dimensions: scenario.dimensions.join(","),
+        callers: scenario
+            .callers
+            .iter()
+            .map(|c| format!("{}\t{}", c.name, c.operation()))
+            .collect::<Vec<_>>()
+            .join("\n"),
     };
     let history_path = run_dir.join("history.sqlite");
     let clock = RunClock::start();
@@ -246,6 +252,14 @@ pub async fn perform(
     summary.service_logs = driven.service_logs.clone();
     summary.otlp = driven.otlp.clone();
     summary.db_proxy = driven.db_proxy.clone();
+    if let Some(p) = summary.db_proxy.as_mut() {
+        match conflicts(&history_path) {
+            Ok(c) => p.conflicts = c,
+            Err(e) => obs.problem(&format!(
+                "reprod: cannot count the duplicate key conflicts: {e}"
+            )),
+        }
+    }
     summary.dependencies = dependency_results(scenario, &history_path);
     check(
         obs,
@@ -615,9 +629,45 @@ async fn start_db_proxy(
     Ok((proxy, proxied))
 }
 
+/// Keys shown with their duplicate key conflicts in the summary.
+const CONFLICT_KEYS_SHOWN: usize = 5;
+
+/// The duplicate key conflicts the proxy recorded, from the finished history.
+fn conflicts(history: &Path) -> Result<reprod_report::DbConflicts, reprod_history::HistoryError> {
+    let per_key = reprod_history::query::Reader::open(history)?.duplicate_conflicts()?;
+    Ok(reprod_report::DbConflicts {
+        unique_violations: per_key.iter().map(|k| k.unique_violations).sum(),
+        noop_inserts: per_key.iter().map(|k| k.noop_inserts).sum(),
+        keys: per_key.iter().filter(|k| k.key.is_some()).count() as u64,
+        top: per_key
+            .into_iter()
+            .take(CONFLICT_KEYS_SHOWN)
+            .map(|k| reprod_report::KeyConflict {
+                key: k.key,
+                unique_violations: k.unique_violations,
+                noop_inserts: k.noop_inserts,
+            })
+            .collect(),
+    })
+}
+
 fn db_proxy_summary(counts: &reprod_dbproxy::ProxyCounts) -> reprod_report::DbProxySummary {
     use std::sync::atomic::Ordering::Relaxed;
     reprod_report::DbProxySummary {
+        replicas: counts
+            .per_replica
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .map(|(replica, r)| reprod_report::DbReplicaConnections {
+                        replica: replica.clone(),
+                        connections: r.connections,
+                        max_open: r.max_open,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        conflicts: reprod_report::DbConflicts::default(),
         connections: counts.connections.load(Relaxed),
         max_open: counts.max_open.load(Relaxed).max(0) as u64,
         statements: counts.statements.load(Relaxed),

@@ -450,6 +450,22 @@ pub struct RequestTemplate {
     pub body: Option<Template>,
 }
 
+impl Caller {
+    /// The operation it sends, as `POST /orders/{}`: the method and the path with its
+    /// placeholders blanked, so two callers sending the same request on different keys say the
+    /// same.
+    pub fn operation(&self) -> String {
+        let mut out = format!("{} ", self.request.method);
+        for segment in &self.request.path.segments {
+            match segment {
+                crate::template::Segment::Lit(text) => out.push_str(text),
+                crate::template::Segment::Var(_) => out.push_str("{}"),
+            }
+        }
+        out
+    }
+}
+
 impl RequestTemplate {
     /// Whether the path, a header or the body has a placeholder that satisfies `pred`.
     pub fn uses(&self, pred: impl Fn(&Var) -> bool) -> bool {

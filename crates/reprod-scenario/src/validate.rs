@@ -1231,6 +1231,9 @@ const BUILT_IN_DIMENSIONS: &[&str] = &[
     "dependency_faults",
     "hot_keys",
     "slow_dependency",
+    "slow_database",
+    "database_faults",
+    "db_wait",
     "caller_mix",
 ];
 

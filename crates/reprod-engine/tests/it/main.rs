@@ -110,6 +110,7 @@ async fn run(name: &str, settings: &str, caller: &str, stop_after: Option<Durati
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     };
     let (writer, recorder) = History::create(&history, &info).expect("history");
     let targets = vec![vec![Target {

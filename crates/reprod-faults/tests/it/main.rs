@@ -55,6 +55,7 @@ async fn start_before_load(deps: &str) -> (FaultLayer, History, Dir, RunClock) {
         conditions: String::new(),
         params: String::new(),
         dimensions: String::new(),
+        callers: String::new(),
     };
     let (history, recorder) = History::create(&d.0.join("history.sqlite"), &info).expect("history");
     let clock = RunClock::start();

@@ -119,6 +119,17 @@ latency = { fixed = "40ms" }"#,
         0,
         "each connection names its replica"
     );
+    // The proxy's own dimensions are compared, as conditions that were on.
+    let comparison = summary["explanation"]["comparison"]
+        .as_array()
+        .expect("a comparison");
+    for name in ["slow_database", "db_wait"] {
+        let d = comparison
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is compared: {comparison:#?}"));
+        assert_ne!(d["status"], "inactive", "{d}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,6 +163,30 @@ async fn the_fixed_variant_shows_the_unique_index_deciding() {
             "SELECT COUNT(DISTINCT tx) FROM db_statements WHERE tx IS NOT NULL"
         ) > 10,
         "the fixed variant's transactions are told apart"
+    );
+    // The seed's "duplicate key conflicts appear", counted per key, and each replica's pool.
+    let proxy = &summary["db_proxy"];
+    let conflicts = &proxy["conflicts"];
+    assert!(
+        conflicts["noop_inserts"].as_u64().unwrap_or(0) > 0,
+        "{proxy}"
+    );
+    assert!(conflicts["keys"].as_u64().unwrap_or(0) > 0, "{proxy}");
+    let replicas: Vec<&str> = proxy["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter(|r| {
+            r["connections"].as_u64().unwrap_or(0) > 0 && r["max_open"].as_u64().unwrap_or(0) > 0
+        })
+        .filter_map(|r| r["replica"].as_str())
+        .collect();
+    assert_eq!(replicas, ["invoices/0", "invoices/1"], "{proxy}");
+    let report = std::fs::read_to_string(run_dir(&out).join("report.txt")).expect("report");
+    assert!(
+        report.contains("duplicate key conflicts: ")
+            && report.contains("inserts that inserted nothing"),
+        "{report}"
     );
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{TempDir, invoices, run, run_dir, text};
+use crate::support::{TempDir, invoices, run, run_dir, run_json, text};
 
 #[test]
 fn explain_renders_a_stored_naive_run() {
@@ -111,6 +111,90 @@ fn explain_renders_a_stored_naive_run() {
             .all(|t| t.contains("first seen by the check during the run")
                 || t.contains("(found by the final check)")),
         "{violations:?}"
+    );
+}
+
+/// A second caller reading keys of its own is no evidence about the race: its keys are left out, the
+/// ranked dimensions are the conditions that were on, and each carries the interval of its
+/// difference.
+#[test]
+fn the_comparison_leaves_out_an_unrelated_caller_and_ranks_only_what_separates() {
+    let dir = TempDir::new();
+    let base = std::fs::read_to_string(invoices()).expect("scenario");
+    let scenario = dir.write(
+        "two-callers.toml",
+        &base.replace(
+            "[[caller]]\nname = \"worker\"",
+            r#"[[caller]]
+name = "other"
+request = { method = "GET", path = "/invoices?account_id={key}&period={param.period}" }
+arrival = "poisson"
+rate = 30
+keys = { count = 60, prefix = "solo_" }
+timeout = "1s"
+
+[[caller]]
+name = "worker""#,
+        ),
+    );
+    assert!(
+        base.contains("[[caller]]\nname = \"worker\""),
+        "the scenario changed"
+    );
+    let (code, summary, stderr) = run_json(
+        "run",
+        &scenario,
+        &dir.path().join("runs"),
+        &["--duration", "3s"],
+    );
+    assert_eq!(code, Some(1), "{stderr}\n{summary}");
+    let e = &summary["explanation"];
+    let unrelated = e["unrelated_keys"].as_u64().unwrap_or(0);
+    assert!(
+        unrelated > 10,
+        "the other caller's keys are left out: {e:#}"
+    );
+    let dims = e["comparison"].as_array().expect("a comparison");
+    let status = |name: &str| {
+        dims.iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("{name} is compared: {dims:#?}"))
+    };
+    assert_eq!(dims[0]["name"], "overlap", "{dims:#?}");
+    assert_eq!(status("overlap"), "separates");
+    // Off in this scenario: shown apart, never ranked.
+    for off in ["queue_delay", "mixed_versions", "dependency_faults"] {
+        assert_eq!(status(off), "inactive", "{dims:#?}");
+    }
+    for d in dims {
+        let (lo, hi) = (
+            d["difference_ci"][0].as_f64().expect("interval"),
+            d["difference_ci"][1].as_f64().expect("interval"),
+        );
+        let diff =
+            d["violating_share"].as_f64().unwrap_or(0.0) - d["clean_share"].as_f64().unwrap_or(0.0);
+        assert!(lo <= diff && diff <= hi, "{d}");
+        match d["status"].as_str() {
+            Some("separates") | Some("goes_with") => assert!(lo > 0.0 || hi < 0.0, "{d}"),
+            Some("does_not_separate") => assert!(lo <= 0.0 && hi >= 0.0, "{d}"),
+            _ => {}
+        }
+    }
+    // Two replicas serve most overlapping requests: `instances` comes with overlap.
+    let instances = dims
+        .iter()
+        .find(|d| d["name"] == "instances")
+        .expect("instances");
+    if instances["status"] == "goes_with" {
+        assert_eq!(instances["goes_with"], "overlap", "{instances}");
+    }
+    let text = std::fs::read_to_string(run_dir(&dir.path().join("runs")).join("report.txt"))
+        .expect("report");
+    assert!(
+        text.contains("keys of callers that touched no violating key left out")
+            && text.contains("conditions off in this run, not ranked: "),
+        "{text}"
     );
 }
 
