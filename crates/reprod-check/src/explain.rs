@@ -739,8 +739,7 @@ fn compare(reader: &Reader) -> Result<(usize, usize, usize, Vec<Dimension>), His
         .flat_map(|k| facts[k].callers.iter().cloned())
         .collect();
     let operations = reader.caller_operations()?;
-    let related_ops: BTreeSet<&String> =
-        related.iter().filter_map(|c| operations.get(c)).collect();
+    let related_ops: BTreeSet<&String> = related.iter().filter_map(|c| operations.get(c)).collect();
     related.extend(
         operations
             .iter()

@@ -198,6 +198,8 @@ struct Shared {
     recorder: Recorder,
     live: Arc<Live>,
     key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The open gates of synchronised overlap groups (`overlap.sync = "last_byte"`), by group.
+    gates: Mutex<HashMap<u64, Arc<Gate>>>,
     pool: runner::Pool,
     /// The first contained panic of an operation, which stops the run.
     failure: Mutex<Option<String>>,
@@ -276,6 +278,7 @@ pub async fn run(input: Input<'_>) -> Stats {
         recorder,
         live,
         key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
+        gates: Mutex::new(HashMap::new()),
         pool: runner::Pool::new(
             Schedule::new(scenario),
             load_start_us,
@@ -339,6 +342,74 @@ pub async fn run(input: Input<'_>) -> Stats {
         engine_failure: lock(&shared.failure).take(),
         series,
     }
+}
+
+/// The longest a synchronised group's members wait for the rest: a member that cannot be sent
+/// (its connection failed, the schedule's operation cap cut the group) releases the others
+/// after this.
+const SYNC_WAIT: Duration = Duration::from_secs(1);
+
+/// Where a synchronised overlap group's members wait, each with all of its request but the
+/// final byte written, until all `k` have arrived.
+struct Gate {
+    k: u32,
+    arrived: std::sync::atomic::AtomicU32,
+    /// Members that took the gate: the last one removes it from [`Shared::gates`].
+    taken: std::sync::atomic::AtomicU32,
+    opened: std::sync::atomic::AtomicBool,
+    open: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn new(k: u32) -> Gate {
+        Gate {
+            k,
+            arrived: 0.into(),
+            taken: 0.into(),
+            opened: false.into(),
+            open: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts one member in; the last one opens the gate.
+    fn arrive(&self) {
+        if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 >= self.k {
+            self.opened.store(true, Ordering::SeqCst);
+            self.open.notify_waiters();
+        }
+    }
+
+    /// Arrives and waits until every member has (or [`SYNC_WAIT`] passed).
+    async fn pass(&self) {
+        let notified = self.open.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        self.arrive();
+        if !self.opened.load(Ordering::SeqCst) {
+            let _ = tokio::time::timeout(SYNC_WAIT, notified).await;
+        }
+    }
+}
+
+/// The gate of `op`'s group, when its first attempt is sent synchronised.
+fn gate_of(shared: &Shared, caller: &CallerRt, op: &PlannedOp) -> Option<Arc<Gate>> {
+    let overlap = &caller.spec.overlap;
+    if overlap.sync != reprod_scenario::OverlapSync::LastByte
+        || overlap.k < 2
+        || shared.key_locks.is_some()
+    {
+        return None;
+    }
+    let mut gates = lock(&shared.gates);
+    let gate = Arc::clone(
+        gates
+            .entry(op.group)
+            .or_insert_with(|| Arc::new(Gate::new(overlap.k))),
+    );
+    if gate.taken.fetch_add(1, Ordering::Relaxed) + 1 >= overlap.k {
+        gates.remove(&op.group);
+    }
+    Some(gate)
 }
 
 /// Records an operation whose run panicked as failed, with the message, and stops the run:
@@ -479,6 +550,7 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
     let mut ambiguous_seen = false;
     let mut last_status = None;
     let mut attempts = 0;
+    let mut gate = gate_of(shared, caller, &op);
     for n in 1..=spec.retry.attempts {
         attempts = n;
         let target = pick(caller, &key, &mut rng);
@@ -508,14 +580,43 @@ async fn run_op(shared: &Shared, op: PlannedOp, rt: &mut Runner) {
         if n > 1 {
             shared.live.retries.fetch_add(1, Ordering::Relaxed);
         }
+        // A synchronised group's first attempts: the time their final byte went out.
+        let released_us = std::sync::atomic::AtomicI64::new(0);
         let (end, response) = match request {
             Ok(request) => {
                 // The timeout counts from the send time just read: no second clock read.
                 let deadline = shared.clock.instant_at(sent_us) + spec.timeout;
                 let head_only = spec.request.method == "HEAD";
-                send(rt, pool, &request, head_only, deadline.into()).await
+                match gate.take().filter(|_| n == 1) {
+                    Some(gate) => {
+                        let arrived = std::sync::atomic::AtomicBool::new(false);
+                        let pass = async {
+                            arrived.store(true, Ordering::Relaxed);
+                            gate.pass().await;
+                            released_us.store(shared.clock.now_us(), Ordering::Relaxed);
+                        };
+                        let exchange = pool.exchange_gated(&request, head_only, pass);
+                        let sent = finish(rt.within(deadline.into(), exchange).await);
+                        // A member that failed before the gate still counts, so the others
+                        // need not wait for it.
+                        if !arrived.load(Ordering::Relaxed) {
+                            gate.arrive();
+                        }
+                        sent
+                    }
+                    None => send(rt, pool, &request, head_only, deadline.into()).await,
+                }
             }
-            Err(e) => (AttemptEnd::Transport(e), None),
+            Err(e) => {
+                if let Some(gate) = gate.take() {
+                    gate.arrive();
+                }
+                (AttemptEnd::Transport(e), None)
+            }
+        };
+        let sent_us = match released_us.load(Ordering::Relaxed) {
+            0 => sent_us,
+            released => released,
         };
         done_us = shared.clock.now_us();
         let (status, error) = match &end {
@@ -817,7 +918,14 @@ async fn send(
     head_only: bool,
     deadline: tokio::time::Instant,
 ) -> (AttemptEnd, Option<Snippet>) {
-    match rt.within(deadline, pool.exchange(request, head_only)).await {
+    finish(rt.within(deadline, pool.exchange(request, head_only)).await)
+}
+
+/// How an exchange run until its deadline ended.
+fn finish(
+    exchanged: Result<Option<Result<http::Response, http::HttpError>>, Stopped>,
+) -> (AttemptEnd, Option<Snippet>) {
+    match exchanged {
         Ok(Some(Ok(response))) => {
             let kept = &response.body[..response.body.len().min(KEPT_RESPONSE_BYTES)];
             (

@@ -51,7 +51,10 @@ struct CallerGen {
 impl CallerGen {
     fn new(scenario: &Scenario, index: usize) -> CallerGen {
         let caller = &scenario.callers[index];
-        let end_us = scenario.duration.as_micros() as i64;
+        let end_us = caller
+            .until
+            .map_or(scenario.duration, |u| u.min(scenario.duration))
+            .as_micros() as i64;
         let mut generator = CallerGen {
             rng: fastrand::Rng::with_seed(mix(scenario.seed, index as u64 + 1)),
             arrival: caller.arrival.clone(),
@@ -379,6 +382,40 @@ delay = "5ms"
         let mut bounded = s.clone();
         bounded.max_ops = 100;
         assert_eq!(Schedule::new(&bounded).count(), 100);
+    }
+
+    /// `concurrent_callers` off moves each caller to a slice of its own: every caller sends the
+    /// same operations on the same keys, each at its old time plus one shift per caller, even
+    /// where the run cut a caller short (the batch below ends after the run did).
+    #[test]
+    fn callers_one_after_another_send_the_same_operations_shifted() {
+        let text = format!(
+            "{API}\n[[caller]]\nname = \"batch\"\nrequest = {{ path = \"/y\" }}\narrival = \"batch\"\nat = \"8s\"\nspread = \"4s\"\nkeys = {{ count = 50 }}\n"
+        );
+        let together = scenario(&text);
+        let mut apart = together.clone();
+        apart.neutralize(reprod_scenario::Condition::ConcurrentCallers);
+        assert!(apart.duration > together.duration);
+        let per_caller = |s: &Scenario, c: usize| -> Vec<(u64, u64, i64)> {
+            Schedule::new(s)
+                .filter(|o| o.caller == c)
+                .map(|o| (o.seq, o.key_index, o.at_us))
+                .collect()
+        };
+        for c in 0..2 {
+            let (a, b) = (per_caller(&together, c), per_caller(&apart, c));
+            assert!(a.len() > 20, "{c}: {}", a.len());
+            assert_eq!(a.len(), b.len(), "caller {c} sends as many operations");
+            let shift = b[0].2 - a[0].2;
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!((x.0, x.1, x.2 + shift), *y, "caller {c}");
+            }
+        }
+        // The batch (cut at 10 s, halfway) starts after the API's 10 s and the drain.
+        let batch = per_caller(&apart, 1);
+        let api_end = per_caller(&apart, 0).iter().map(|o| o.2).max().unwrap_or(0);
+        assert!(batch[0].2 >= api_end + apart.drain.as_micros() as i64 - 30_000);
+        assert_eq!(batch.len(), 25, "the half of the batch the run sent");
     }
 
     #[test]

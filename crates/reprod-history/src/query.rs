@@ -180,6 +180,17 @@ pub struct KeySpan {
     pub rows: Option<i64>,
 }
 
+/// How one overlap group's first attempts landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupLanding {
+    /// The group's caller.
+    pub caller: String,
+    /// First member's send to the last's, µs.
+    pub spread_us: i64,
+    /// How long every member was in flight at once, µs (negative: never).
+    pub together_us: i64,
+}
+
 /// One key's duplicate key conflicts at the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyConflicts {
@@ -753,6 +764,32 @@ impl Reader {
             );
         }
         Ok(())
+    }
+
+    /// Every overlap group (an arrival of two or more operations) of every caller: how its first
+    /// attempts landed — the time from the first member's send to the last's (for a
+    /// synchronised group, the final bytes), and how long all of them were in flight together
+    /// (negative: never all at once).
+    pub fn overlap_groups(&self) -> Result<Vec<GroupLanding>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT o.caller, MAX(a.sent_us) - MIN(a.sent_us), MIN(a.done_us) - MAX(a.sent_us)
+                 FROM attempts a JOIN ops o ON o.op_id = a.op_id
+                 WHERE a.n = 1
+                 GROUP BY o.caller, o.group_id HAVING COUNT(*) > 1",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(GroupLanding {
+                    caller: r.get(0)?,
+                    spread_us: r.get(1)?,
+                    together_us: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }
 
     /// The seed's "duplicate key conflicts appear", per key (`None`: a statement neither its

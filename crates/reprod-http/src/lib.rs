@@ -172,6 +172,36 @@ impl Pool {
             .map_err(|f| f.error)
     }
 
+    /// Last-byte synchronisation: on a connection of its own, writes all of `request` but its
+    /// final byte, waits for `gate`, then sends the final byte and reads the response. The
+    /// server cannot act on the request before the final byte, so members of a group that all
+    /// wait at one gate reach it together, within the time it takes to write one byte each.
+    pub async fn exchange_gated(
+        &self,
+        request: &[u8],
+        head_only: bool,
+        gate: impl Future<Output = ()>,
+    ) -> Result<Response, HttpError> {
+        let Some((last, head)) = request.split_last() else {
+            return Err(HttpError::Transport("an empty request".to_string()));
+        };
+        let mut conn = loop {
+            match self.take() {
+                Some(conn) if still_open(&conn.stream) => break conn,
+                Some(_) => continue,
+                None => break self.connect().await?,
+            }
+        };
+        conn.stream
+            .write_all(head)
+            .await
+            .map_err(|e| HttpError::Transport(format!("sending: {e}")))?;
+        gate.await;
+        self.exchange_on(conn, std::slice::from_ref(last), head_only, false)
+            .await
+            .map_err(|f| f.error)
+    }
+
     /// One round trip on `conn`, which goes back to the pool when it can carry another.
     async fn exchange_on(
         &self,
@@ -585,6 +615,54 @@ mod tests {
 
     /// A request the server read but did not answer (it closed the connection instead) may
     /// have been processed: it is an error of the attempt, never sent a second time.
+    /// Last-byte synchronisation: until the gate opens the server holds every byte of the
+    /// request but the final one, and so cannot act on it; once it opens, the request completes.
+    #[tokio::test]
+    async fn a_gated_exchange_holds_back_the_final_byte_until_the_gate_opens() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (got_head, head_seen) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let (got_last, last_seen) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; GET.len() - 1];
+            stream
+                .read_exact(&mut buf)
+                .await
+                .expect("all but the last byte");
+            // Nothing more is there: the final byte waits for the gate.
+            let mut one = [0u8; 1];
+            assert!(matches!(
+                stream.try_read(&mut one),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ));
+            let _ = got_head.send(buf);
+            stream.read_exact(&mut one).await.expect("the final byte");
+            let _ = got_last.send(one.to_vec());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        });
+        let pool = Pool::new(addr, "x".into());
+        let exchange = tokio::spawn(async move {
+            pool.exchange_gated(GET, false, async {
+                let _ = gate.await;
+            })
+            .await
+        });
+        let head = head_seen.await.expect("the server read the head");
+        assert_eq!(head, &GET[..GET.len() - 1]);
+        assert!(!exchange.is_finished(), "no answer without the final byte");
+        release.send(()).expect("open the gate");
+        assert_eq!(last_seen.await.expect("final byte"), &GET[GET.len() - 1..]);
+        let response = exchange.await.expect("task").expect("answered");
+        assert_eq!(
+            (response.status, response.body.as_slice()),
+            (200, &b"ok"[..])
+        );
+    }
+
     #[tokio::test]
     async fn a_request_that_reached_the_server_is_never_resent() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -115,6 +115,53 @@ pub struct KeyConflict {
     pub noop_inserts: u64,
 }
 
+/// How one caller's overlap groups landed: the spread of their sends and whether the members
+/// were ever in flight together.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OverlapLanding {
+    /// The caller.
+    pub caller: String,
+    /// `window` or `last_byte`.
+    pub sync: String,
+    /// Groups of two or more operations sent.
+    pub groups: u64,
+    /// First member's send to the last's (a synchronised group: the final bytes), µs.
+    pub spread_us: Spread,
+    /// Groups whose members were all in flight at one moment.
+    pub together: u64,
+    /// For those, how long, µs.
+    pub together_us: Spread,
+}
+
+/// Median, 99th percentile and maximum, µs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Median.
+    pub p50: i64,
+    /// 99th percentile.
+    pub p99: i64,
+    /// Largest.
+    pub max: i64,
+}
+
+impl Spread {
+    /// Of `values` (all zero when there are none).
+    pub fn of(mut values: Vec<i64>) -> Spread {
+        values.sort_unstable();
+        let at = |q: f64| {
+            values
+                .get(((values.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0)
+        };
+        Spread {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: values.last().copied().unwrap_or(0),
+        }
+    }
+}
+
 /// What reprod's OTLP receiver took in (`{otlp.url}`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OtlpSummary {
@@ -321,6 +368,9 @@ pub struct Summary {
     /// What the database proxy saw, when the services reached the database through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_proxy: Option<DbProxySummary>,
+    /// Per caller with `overlap`: how tightly its groups landed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlap: Vec<OverlapLanding>,
     /// Operations.
     pub ops: OpCounts,
     /// Attempts.
@@ -512,6 +562,27 @@ impl Summary {
                 } else {
                     fmt(&d.achieved_ms)
                 }
+            );
+        }
+        for o in &self.overlap {
+            let ms = |us: i64| us as f64 / 1e3;
+            let together = match o.together {
+                0 => "none of them all in flight at once".to_string(),
+                n => format!(
+                    "{n} of them all in flight at once (for p50 {:.1} ms, p99 {:.1} ms)",
+                    ms(o.together_us.p50),
+                    ms(o.together_us.p99)
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "overlap     {}: {} groups ({}), sent within p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {together}",
+                o.caller,
+                o.groups,
+                o.sync,
+                ms(o.spread_us.p50),
+                ms(o.spread_us.p99),
+                ms(o.spread_us.max),
             );
         }
         if let Some(p) = &self.db_proxy {

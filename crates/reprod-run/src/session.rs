@@ -252,6 +252,12 @@ pub async fn perform(
     summary.service_logs = driven.service_logs.clone();
     summary.otlp = driven.otlp.clone();
     summary.db_proxy = driven.db_proxy.clone();
+    match overlap_landings(scenario, &history_path) {
+        Ok(o) => summary.overlap = o,
+        Err(e) => obs.problem(&format!(
+            "reprod: cannot measure how the overlap groups landed: {e}"
+        )),
+    }
     if let Some(p) = summary.db_proxy.as_mut() {
         match conflicts(&history_path) {
             Ok(c) => p.conflicts = c,
@@ -627,6 +633,39 @@ async fn start_db_proxy(
         "cannot point the services at the database proxy: the [database] URL is not a postgres:// URL reprod can rewrite".to_string()
     })?;
     Ok((proxy, proxied))
+}
+
+/// Per caller with `overlap`, how its groups landed, from the finished history.
+fn overlap_landings(
+    scenario: &Scenario,
+    history: &Path,
+) -> Result<Vec<reprod_report::OverlapLanding>, reprod_history::HistoryError> {
+    let groups = reprod_history::query::Reader::open(history)?.overlap_groups()?;
+    Ok(scenario
+        .callers
+        .iter()
+        .filter(|c| c.overlap.k > 1)
+        .map(|c| {
+            let mine: Vec<_> = groups.iter().filter(|g| g.caller == c.name).collect();
+            let together: Vec<i64> = mine
+                .iter()
+                .map(|g| g.together_us)
+                .filter(|t| *t > 0)
+                .collect();
+            reprod_report::OverlapLanding {
+                caller: c.name.clone(),
+                sync: match c.overlap.sync {
+                    reprod_scenario::OverlapSync::Window => "window",
+                    reprod_scenario::OverlapSync::LastByte => "last_byte",
+                }
+                .to_string(),
+                groups: mine.len() as u64,
+                spread_us: reprod_report::Spread::of(mine.iter().map(|g| g.spread_us).collect()),
+                together: together.len() as u64,
+                together_us: reprod_report::Spread::of(together),
+            }
+        })
+        .collect())
 }
 
 /// Keys shown with their duplicate key conflicts in the summary.
@@ -1189,6 +1228,7 @@ fn summarize(
         service_logs: Vec::new(),
         otlp: None,
         db_proxy: None,
+        overlap: Vec::new(),
         ops: OpCounts {
             total: stats.ops,
             ok: stats.ok,

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::model::{KeyDistribution, Scenario};
+use std::time::Duration;
+
+use crate::model::{Arrival, KeyDistribution, Scenario};
 
 /// A dimension of production pressure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,6 +29,9 @@ pub enum Condition {
     MixedVersions,
     /// Small pools / concurrency caps passed to the service.
     PoolPressure,
+    /// Two or more callers load the same keys at the same time (the batch starts with the API
+    /// traffic).
+    ConcurrentCallers,
     /// Statement latency injected by the database proxy.
     SlowDatabase,
     /// Statement errors, resets and ambiguous commits injected by the database proxy.
@@ -35,7 +40,7 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition, in report order.
-    pub const ALL: [Condition; 11] = [
+    pub const ALL: [Condition; 12] = [
         Condition::Overlap,
         Condition::SlowDependency,
         Condition::DependencyFaults,
@@ -45,6 +50,7 @@ impl Condition {
         Condition::Instances,
         Condition::MixedVersions,
         Condition::PoolPressure,
+        Condition::ConcurrentCallers,
         Condition::SlowDatabase,
         Condition::DatabaseFaults,
     ];
@@ -61,6 +67,7 @@ impl Condition {
             Condition::Instances => "instances",
             Condition::MixedVersions => "mixed_versions",
             Condition::PoolPressure => "pool_pressure",
+            Condition::ConcurrentCallers => "concurrent_callers",
             Condition::SlowDatabase => "slow_database",
             Condition::DatabaseFaults => "database_faults",
         }
@@ -122,9 +129,68 @@ impl Scenario {
                 .services
                 .iter()
                 .any(|s| !s.pressure_args.is_empty() || !s.pressure_env.is_empty()),
+            Condition::ConcurrentCallers => {
+                let windows: Vec<(i64, i64)> =
+                    (0..self.callers.len()).map(|i| self.window(i)).collect();
+                (0..self.callers.len()).any(|i| {
+                    (i + 1..self.callers.len()).any(|j| {
+                        self.callers[i].keys.prefix == self.callers[j].keys.prefix
+                            && windows[i].0 < windows[j].1
+                            && windows[j].0 < windows[i].1
+                    })
+                })
+            }
             Condition::SlowDatabase => self.database_faults().any(|f| f.is_latency()),
             Condition::DatabaseFaults => self.database_faults().any(|f| !f.is_latency()),
         }
+    }
+
+    /// When caller `index` sends, in µs of load time: from its first possible arrival to the
+    /// end of its last one's overlap window, cut where the run cuts it (end exclusive).
+    fn window(&self, index: usize) -> (i64, i64) {
+        let c = &self.callers[index];
+        let us = |d: &Duration| d.as_micros() as i64;
+        let cut = us(&c.until.map_or(self.duration, |u| u.min(self.duration)));
+        let (start, end) = match &c.arrival {
+            Arrival::Constant { start, stop, .. } | Arrival::Poisson { start, stop, .. } => {
+                (us(start), stop.as_ref().map_or(cut, us))
+            }
+            Arrival::Burst { at, .. } => (us(at), us(at) + 1),
+            Arrival::Batch { at, spread } => (us(at), us(at) + us(spread).max(1)),
+        };
+        (start, (end.max(start) + us(&c.overlap.window)).min(cut))
+    }
+
+    /// `concurrent_callers` off: each caller's load in its own time slice, in order of their
+    /// first arrivals, the scenario's drain between one slice and the next; the run's duration
+    /// grows to hold them all. The same operations on the same keys (each caller is cut where
+    /// the run would have cut it), never two callers at once.
+    fn callers_one_after_another(&mut self) {
+        let windows: Vec<(i64, i64)> = (0..self.callers.len()).map(|i| self.window(i)).collect();
+        let mut order: Vec<usize> = (0..self.callers.len()).collect();
+        order.sort_by_key(|i| windows[*i].0);
+        let drain = self.drain.as_micros() as i64;
+        let at = |us: i64| Duration::from_micros(us.max(0) as u64);
+        let mut next = order.first().map_or(0, |i| windows[*i].0);
+        let mut end = 0i64;
+        for i in order {
+            let (start, stop) = windows[i];
+            let shift = next - start;
+            let moved = |d: Duration| at(d.as_micros() as i64 + shift);
+            let caller = &mut self.callers[i];
+            match &mut caller.arrival {
+                Arrival::Constant { start, stop: s, .. }
+                | Arrival::Poisson { start, stop: s, .. } => {
+                    *start = moved(*start);
+                    *s = s.map(moved);
+                }
+                Arrival::Burst { at, .. } | Arrival::Batch { at, .. } => *at = moved(*at),
+            }
+            caller.until = Some(at(stop + shift));
+            end = end.max(stop + shift);
+            next = stop + shift + drain;
+        }
+        self.duration = self.duration.max(at(end));
     }
 
     /// Sets `condition` to its neutral (staging) value.
@@ -176,6 +242,11 @@ impl Scenario {
                 for s in &mut self.services {
                     s.pressure_args.clear();
                     s.pressure_env.clear();
+                }
+            }
+            Condition::ConcurrentCallers => {
+                if self.is_active(Condition::ConcurrentCallers) {
+                    self.callers_one_after_another();
                 }
             }
             Condition::SlowDatabase => {

@@ -366,6 +366,10 @@ pub struct Caller {
     /// The statuses that mean the operation succeeded (default: any 2xx): its outcome, its
     /// retries and the response invariants follow them.
     pub ok: RetryOn,
+    /// No operation of this caller is generated at or after this load time (`None`: the run's
+    /// duration). Set when `concurrent_callers` is off, so a caller moved to a later slice is
+    /// cut where the run would have cut it.
+    pub until: Option<Duration>,
 }
 
 /// A setup step: a request run once (or once per key) before the load, whose answer's values
@@ -580,6 +584,19 @@ pub struct Overlap {
     pub k: u32,
     /// The extra operations start uniformly within this window after the first.
     pub window: Duration,
+    /// How the group's first attempts are sent together.
+    pub sync: OverlapSync,
+}
+
+/// How an overlap group's first attempts are sent together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OverlapSync {
+    /// Each at its own time within `window`.
+    #[default]
+    Window,
+    /// Last-byte synchronisation: each member on its own connection writes all of its request
+    /// but the final byte; when every member has, the final bytes go out together.
+    LastByte,
 }
 
 /// Client retry policy.

@@ -190,6 +190,7 @@ pub struct RawKeys {
 pub struct RawOverlap {
     pub k: Scalar,
     pub window: Option<S<String>>,
+    pub sync: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,8 @@ use crate::model::{
     AmbiguousMode, Arrival, Backoff, Balance, Caller, Database, DbFault, DbFaultKind, Dependency,
     DependencyMode, FaultKind, FaultRule, FreshDatabase, Idempotency, IdempotencyMode, Invariant,
     InvariantKind, Jitter, KeyDistribution, KeyExtract, KeyFile, Keys, Latency, LogFormat, LogSpec,
-    Matcher, Overlap, ProxyMode, RequestTemplate, Reset, Retry, RetryOn, Scenario, Service,
-    ServiceKind, Sink, SinkRule, StatementKey, StatementKind, Thresholds,
+    Matcher, Overlap, OverlapSync, ProxyMode, RequestTemplate, Reset, Retry, RetryOn, Scenario,
+    Service, ServiceKind, Sink, SinkRule, StatementKey, StatementKind, Thresholds,
 };
 use crate::raw::{
     RawCaller, RawDatabase, RawDbFault, RawDbKey, RawDependency, RawFault, RawInvariant,
@@ -1522,13 +1522,43 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
     let arrival = arrival(cx, c);
     let keys = keys(cx, c.keys.as_ref());
     let overlap = match &c.overlap {
-        Some(o) => Overlap {
-            k: cx.positive(&o.k, "overlap.k", 64).unwrap_or(1) as u32,
-            window: cx.duration_or(&o.window, "overlap.window", Duration::from_millis(10)),
-        },
+        Some(o) => {
+            let sync = match o.sync.as_ref().map(|s| (s.span(), s.get_ref().as_str())) {
+                None | Some((_, "window")) => OverlapSync::Window,
+                Some((_, "last_byte")) => OverlapSync::LastByte,
+                Some((span, other)) => {
+                    cx.err(
+                        span,
+                        format!("unknown overlap.sync {other:?}"),
+                        Some("sync = \"last_byte\" (every member's final byte sent together) or leave it out for the window"),
+                    );
+                    OverlapSync::Window
+                }
+            };
+            if sync == OverlapSync::LastByte
+                && let Some(w) = &o.window
+            {
+                cx.err(
+                    w.span(),
+                    "overlap.window and sync = \"last_byte\" contradict each other: a synchronised group is sent at one instant",
+                    Some("drop window, or drop sync to spread the group over the window"),
+                );
+            }
+            Overlap {
+                k: cx.positive(&o.k, "overlap.k", 64).unwrap_or(1) as u32,
+                window: match sync {
+                    OverlapSync::LastByte => Duration::ZERO,
+                    OverlapSync::Window => {
+                        cx.duration_or(&o.window, "overlap.window", Duration::from_millis(10))
+                    }
+                },
+                sync,
+            }
+        }
         None => Overlap {
             k: 1,
             window: Duration::ZERO,
+            sync: OverlapSync::Window,
         },
     };
     let delay = cx.duration_or(&c.delay, "delay", Duration::ZERO);
@@ -1593,6 +1623,7 @@ fn caller(cx: &mut Cx<'_, '_>, c: &RawCaller, services: &[String]) -> Option<Cal
         retry,
         idempotency,
         ok,
+        until: None,
     })
 }
 

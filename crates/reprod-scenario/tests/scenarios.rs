@@ -139,6 +139,7 @@ fn the_shipped_invoice_scenario_loads_with_its_contract() {
         "hot_keys",
         "instances",
         "slow_dependency",
+        "concurrent_callers",
     ] {
         assert!(active.contains(&c), "{c} should be on: {active:?}");
     }
@@ -166,4 +167,49 @@ fn staging_and_without_neutralise_conditions() {
     assert!(s.services.iter().all(|svc| svc.replicas == 1));
     assert!(s.callers.iter().all(|c| c.retry.attempts == 1));
     assert!(s.dependencies.iter().all(|d| d.latency.is_none()));
+}
+
+/// `concurrent_callers` off: the API's 6 s of traffic, then the scenario's 3 s drain, then the
+/// batch, still spread over 2 s; the duration holds both.
+#[test]
+fn callers_one_after_another_keep_their_operations_in_slices_of_their_own() {
+    use reprod_scenario::{Arrival, Condition};
+    use std::time::Duration;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/invoices.toml");
+    let mut s = reprod_scenario::load(&path, &[]).expect("loads");
+    let before = s.clone();
+    s.neutralize(Condition::ConcurrentCallers);
+    assert!(!s.is_active(Condition::ConcurrentCallers));
+    let secs = Duration::from_secs;
+    match (&s.callers[0].arrival, &s.callers[1].arrival) {
+        (Arrival::Poisson { start, stop, .. }, Arrival::Batch { at, spread }) => {
+            assert_eq!((*start, *stop), (Duration::ZERO, None));
+            // The API's 6 s (its last overlap window cut where the run cut it), the 3 s drain,
+            // then the batch, cut where the run would have cut it.
+            assert_eq!(*at, secs(9));
+            assert_eq!(*spread, secs(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.callers[0].until, Some(secs(6)));
+    assert_eq!(s.callers[1].until, Some(secs(11)));
+    assert_eq!(s.duration, secs(11));
+    // Nothing else changed: the same callers, keys, rates and the other conditions.
+    let mut same = s.clone();
+    same.callers = before.callers.clone();
+    same.duration = before.duration;
+    assert_eq!(format!("{same:?}"), format!("{before:?}"));
+    for c in Condition::ALL
+        .into_iter()
+        .filter(|c| *c != Condition::ConcurrentCallers)
+    {
+        assert_eq!(s.is_active(c), before.is_active(c), "{c}");
+    }
+    // Callers on different keys never ran "together" in the sense that matters: nothing moves.
+    let mut apart = before.clone();
+    apart.callers[1].keys.prefix = "other_".to_string();
+    assert!(!apart.is_active(Condition::ConcurrentCallers));
+    let unchanged = apart.clone();
+    apart.neutralize(Condition::ConcurrentCallers);
+    assert_eq!(format!("{apart:?}"), format!("{unchanged:?}"));
 }

@@ -12,6 +12,7 @@ mod lifecycle;
 mod logs;
 mod otlp;
 mod outputs;
+mod overlap;
 mod reset;
 mod runs;
 mod setup;

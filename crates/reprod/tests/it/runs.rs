@@ -78,7 +78,8 @@ fn naive_invoices_violate_both_invariants_and_exit_1() {
             "slow_dependency",
             "retries",
             "hot_keys",
-            "instances"
+            "instances",
+            "concurrent_callers"
         ]
     );
 
