@@ -123,6 +123,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             status,
             error,
             idempotency_key: idem,
+            response,
         } = a;
         traces.insert(trace, (caller.clone(), op));
         in_flight.push((sent, done, format!("{caller} op {op}")));
@@ -134,6 +135,13 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             EntryKind::Attempt,
             format!("{caller} op {op} attempt {n} sent to {instance} ({version}){idem}"),
         ));
+        // The answer's own words: both racing creates answered 201, with different ids.
+        let body = response
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| format!(": {}", clip(&b.replace(['\n', '\r'], " "), 80)))
+            .unwrap_or_default();
         let answer = match (status, error) {
             (Some(s), _) => format!("answered {s}"),
             (None, Some(e)) => format!("failed: {e}"),
@@ -152,7 +160,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             done,
             EntryKind::Response,
             format!(
-                "{caller} op {op} attempt {n} {answer} after {:.0} ms",
+                "{caller} op {op} attempt {n} {answer} after {:.0} ms{body}",
                 (done - sent) as f64 / 1e3
             ),
         ));
@@ -689,16 +697,16 @@ fn compare(reader: &Reader) -> Result<(usize, usize, usize, Vec<Dimension>), His
         }
     })?;
     let mut waits: HashMap<String, i64> = HashMap::new();
-    reader.for_each_statement(|key, trace, took, delay, fault| {
-        if let Some(k) = owner(&facts, key, trace)
+    reader.for_each_statement(|st| {
+        if let Some(k) = owner(&facts, st.key, st.trace_id)
             && let Some(f) = facts.get_mut(&k)
         {
-            f.max_statement_delay_us = f.max_statement_delay_us.max(delay);
-            f.statement_fault |= fault.is_some();
+            f.max_statement_delay_us = f.max_statement_delay_us.max(st.delay_us);
+            f.statement_fault |= st.fault.is_some();
         }
         // The wait of an operation: the statements its trace carried.
-        if let Some(t) = trace.filter(|t| trace_key.contains_key(*t)) {
-            *waits.entry(t.to_string()).or_default() += took.max(0);
+        if let Some(t) = st.trace_id.filter(|t| trace_key.contains_key(*t)) {
+            *waits.entry(t.to_string()).or_default() += (st.done_us - st.received_us).max(0);
         }
     })?;
     for (trace, wait) in waits {
@@ -1020,6 +1028,94 @@ fn number(n: f64) -> String {
 }
 
 /// The most operations on one key in flight at once.
+/// What a run's load exercised: per place (the requests, each dependency, the database), how
+/// many keys had two or more of their requests, calls or statements in flight at once, and for
+/// how long. A pass means something only where this is not zero.
+pub fn exercised(history: &Path) -> Result<Vec<reprod_report::Exercised>, HistoryError> {
+    let reader = Reader::open(history)?;
+    // (place, key) → intervals; place 0 is the requests.
+    let mut places: Vec<String> = vec!["requests".to_string()];
+    let mut intervals: HashMap<(usize, String), Vec<(i64, i64)>> = HashMap::new();
+    let mut trace_key: HashMap<String, String> = HashMap::new();
+    reader.for_each_op(|op| {
+        intervals
+            .entry((0, op.key.to_string()))
+            .or_default()
+            .push((op.started_us, op.done_us));
+        trace_key.insert(op.trace_id.to_string(), op.key.to_string());
+    })?;
+    let key_of = |key: Option<&str>, trace: Option<&str>| {
+        key.map(str::to_string)
+            .or_else(|| trace.and_then(|t| trace_key.get(t).cloned()))
+    };
+    let place = |name: &str, places: &mut Vec<String>| match places.iter().position(|p| p == name) {
+        Some(i) => i,
+        None => {
+            places.push(name.to_string());
+            places.len() - 1
+        }
+    };
+    let mut calls = Vec::new();
+    reader.for_each_call_interval(|dependency, key, trace, from, to| {
+        if let Some(k) = key_of(key, trace) {
+            calls.push((place(dependency, &mut places), k, from, to));
+        }
+    })?;
+    reader.for_each_statement(|st| {
+        if let Some(k) = key_of(st.key, st.trace_id) {
+            calls.push((
+                place("database", &mut places),
+                k,
+                st.received_us,
+                st.done_us,
+            ));
+        }
+    })?;
+    for (p, k, from, to) in calls {
+        intervals.entry((p, k)).or_default().push((from, to));
+    }
+    let mut out: Vec<(u64, Vec<i64>)> = vec![(0, Vec::new()); places.len()];
+    for ((p, _), spans) in &intervals {
+        out[*p].0 += 1;
+        let together = together_us(spans);
+        if together > 0 {
+            out[*p].1.push(together);
+        }
+    }
+    Ok(places
+        .into_iter()
+        .zip(out)
+        .map(|(place, (keys, together))| reprod_report::Exercised {
+            place,
+            keys,
+            overlapped_keys: together.len() as u64,
+            together_us: reprod_report::Spread::of(together),
+        })
+        .collect())
+}
+
+/// How long two or more of `intervals` were under way at once, µs.
+fn together_us(intervals: &[(i64, i64)]) -> i64 {
+    if intervals.len() < 2 {
+        return 0;
+    }
+    let mut edges: Vec<(i64, i32)> = Vec::with_capacity(intervals.len() * 2);
+    for (start, end) in intervals {
+        edges.push((*start, 1));
+        edges.push((*end, -1));
+    }
+    edges.sort_unstable();
+    let (mut now, mut since, mut total) = (0i32, 0i64, 0i64);
+    for (at, d) in edges {
+        if now >= 2 {
+            total += at - since;
+        }
+        now += d;
+        since = at;
+    }
+    total
+}
+
 fn max_concurrency(intervals: &[(i64, i64)]) -> usize {
     let mut edges: Vec<(i64, i32)> = Vec::with_capacity(intervals.len() * 2);
     for (start, end) in intervals {
@@ -1038,7 +1134,23 @@ fn max_concurrency(intervals: &[(i64, i64)]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{EntryKind, Fold, Folded, MAX_LOG_LINES_PER_OP, max_concurrency};
+    use super::{EntryKind, Fold, Folded, MAX_LOG_LINES_PER_OP, max_concurrency, together_us};
+
+    #[test]
+    fn together_counts_only_time_with_two_under_way() {
+        assert_eq!(together_us(&[(0, 10)]), 0);
+        assert_eq!(
+            together_us(&[(0, 10), (10, 20)]),
+            0,
+            "touching is not overlapping"
+        );
+        assert_eq!(together_us(&[(0, 10), (4, 20)]), 6);
+        // Three at once counts once; gaps with one under way do not count.
+        assert_eq!(
+            together_us(&[(0, 10), (2, 8), (5, 30), (40, 50), (45, 60)]),
+            5 + 3 + 5
+        );
+    }
 
     #[test]
     fn folding_shows_the_first_lines_of_a_group_and_counts_the_rest() {

@@ -58,6 +58,8 @@ pub struct KeyAttempt {
     pub error: Option<String>,
     /// Idempotency key sent.
     pub idempotency_key: Option<String>,
+    /// The start of the answer's body, as recorded.
+    pub response: Option<String>,
 }
 
 /// A dependency call about one key (by extracted key or by trace).
@@ -178,6 +180,23 @@ pub struct KeySpan {
     pub detail: Option<String>,
     /// Rows a database span returned (`db.response.returned_rows`), when it says.
     pub rows: Option<i64>,
+}
+
+/// One statement, as the comparison and the exercised-concurrency count read it.
+#[derive(Clone, Copy, Debug)]
+pub struct StatementFacts<'a> {
+    /// The key its rule named.
+    pub key: Option<&'a str>,
+    /// The trace id of its comment.
+    pub trace_id: Option<&'a str>,
+    /// Received from the service.
+    pub received_us: i64,
+    /// Answered.
+    pub done_us: i64,
+    /// Injected delay.
+    pub delay_us: i64,
+    /// Injected fault.
+    pub fault: Option<&'a str>,
 }
 
 /// How one overlap group's first attempts landed.
@@ -560,7 +579,7 @@ impl Reader {
             .conn
             .prepare(
                 "SELECT o.op_id, o.caller, o.trace_id, a.n, a.instance, a.version, a.sent_us,
-                        a.done_us, a.status, a.error, a.idempotency_key
+                        a.done_us, a.status, a.error, a.idempotency_key, a.response
                  FROM ops o JOIN attempts a ON a.op_id = o.op_id WHERE o.key = ?1
                  ORDER BY a.sent_us",
             )
@@ -579,6 +598,7 @@ impl Reader {
                     status: r.get(8)?,
                     error: r.get(9)?,
                     idempotency_key: r.get(10)?,
+                    response: r.get(11)?,
                 })
             })
             .map_err(|e| self.fail(e))?;
@@ -736,12 +756,10 @@ impl Reader {
         Ok(())
     }
 
-    /// Every recorded statement's (key its rule named, trace id of its comment, time from
-    /// received to answered, injected delay, injected fault), streamed; nothing when the run
-    /// had no database proxy.
+    /// Every recorded statement, streamed; nothing when the run had no database proxy.
     pub fn for_each_statement(
         &self,
-        mut each: impl FnMut(Option<&str>, Option<&str>, i64, i64, Option<&str>),
+        mut each: impl FnMut(StatementFacts<'_>),
     ) -> Result<(), HistoryError> {
         if !self.has_table("db_statements")? {
             return Ok(());
@@ -749,18 +767,42 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT key, trace_id, done_us - received_us, delay_us, fault FROM db_statements",
+                "SELECT key, trace_id, received_us, done_us, delay_us, fault FROM db_statements",
             )
             .map_err(|e| self.fail(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.fail(e))?;
         while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
             let text = |i: usize| r.get_ref(i).map(|v| v.as_str().ok());
+            each(StatementFacts {
+                key: text(0).map_err(|e| self.fail(e))?,
+                trace_id: text(1).map_err(|e| self.fail(e))?,
+                received_us: r.get(2).map_err(|e| self.fail(e))?,
+                done_us: r.get(3).map_err(|e| self.fail(e))?,
+                delay_us: r.get(4).map_err(|e| self.fail(e))?,
+                fault: text(5).map_err(|e| self.fail(e))?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every dependency call's (dependency, key, trace id, received, answered), streamed.
+    pub fn for_each_call_interval(
+        &self,
+        mut each: impl FnMut(&str, Option<&str>, Option<&str>, i64, i64),
+    ) -> Result<(), HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT dependency, key, trace_id, received_us, done_us FROM dependency_calls")
+            .map_err(|e| self.fail(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.fail(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            let text = |i: usize| r.get_ref(i).map(|v| v.as_str().ok());
             each(
-                text(0).map_err(|e| self.fail(e))?,
+                text(0).map_err(|e| self.fail(e))?.unwrap_or(""),
                 text(1).map_err(|e| self.fail(e))?,
-                r.get(2).map_err(|e| self.fail(e))?,
+                text(2).map_err(|e| self.fail(e))?,
                 r.get(3).map_err(|e| self.fail(e))?,
-                text(4).map_err(|e| self.fail(e))?,
+                r.get(4).map_err(|e| self.fail(e))?,
             );
         }
         Ok(())

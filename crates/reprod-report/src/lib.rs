@@ -133,6 +133,20 @@ pub struct OverlapLanding {
     pub together_us: Spread,
 }
 
+/// What a run's load exercised at one place: how many keys had two or more of their requests
+/// (calls, statements) in flight at once.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Exercised {
+    /// `requests` (reprod's attempts), a dependency's name, or `database` (the proxy).
+    pub place: String,
+    /// Keys seen there.
+    pub keys: u64,
+    /// Keys with two or more under way at once.
+    pub overlapped_keys: u64,
+    /// Per such key, how long two or more were under way at once, µs.
+    pub together_us: Spread,
+}
+
 /// Median, 99th percentile and maximum, µs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Spread {
@@ -371,6 +385,9 @@ pub struct Summary {
     /// Per caller with `overlap`: how tightly its groups landed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overlap: Vec<OverlapLanding>,
+    /// The same-key concurrency the load reached: requests, each dependency, the database.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exercised: Vec<Exercised>,
     /// Operations.
     pub ops: OpCounts,
     /// Attempts.
@@ -564,8 +581,35 @@ impl Summary {
                 }
             );
         }
+        let ms = |us: i64| us as f64 / 1e3;
+        let places: Vec<String> = self
+            .exercised
+            .iter()
+            .map(|e| match e.overlapped_keys {
+                0 => format!("{}: no key had two at once", e.place),
+                n => format!(
+                    "{}: {n} of {} keys had two or more at once (for p50 {:.1} ms, p99 {:.1} ms)",
+                    e.place,
+                    e.keys,
+                    ms(e.together_us.p50),
+                    ms(e.together_us.p99)
+                ),
+            })
+            .collect();
+        if !places.is_empty() {
+            let _ = writeln!(out, "same key    {}", places.join("; "));
+        }
+        let raced = self
+            .exercised
+            .iter()
+            .any(|e| e.place == "requests" && e.overlapped_keys > 0);
+        if raced && self.verdict == Verdict::Pass {
+            let _ = writeln!(
+                out,
+                "            same-key requests were in flight together and every invariant held: a race window, if there is one, lies outside what this load reached (a narrower window: try overlap.sync = \"last_byte\"; a dependency reprod does not stand in for: see docs/real-services.md)"
+            );
+        }
         for o in &self.overlap {
-            let ms = |us: i64| us as f64 / 1e3;
             let together = match o.together {
                 0 => "none of them all in flight at once".to_string(),
                 n => format!(

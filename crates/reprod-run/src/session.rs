@@ -285,8 +285,17 @@ pub async fn perform(
             ));
         }
     }
+    match reprod_check::explain::exercised(&history_path) {
+        Ok(e) => summary.exercised = e,
+        Err(e) => obs.problem(&format!(
+            "reprod: cannot count the same-key concurrency the load reached: {e}"
+        )),
+    }
     summary.warnings = warnings(scenario, &stats, &driven, &history_path, summary.warnings);
     summary.decide();
+    if let Some(w) = never_raced(&summary) {
+        summary.warnings.push(w);
+    }
     let explanation = if summary.violated() {
         match reprod_check::explain::explain(&run_dir, None) {
             Ok(e) => Some(e),
@@ -633,6 +642,23 @@ async fn start_db_proxy(
         "cannot point the services at the database proxy: the [database] URL is not a postgres:// URL reprod can rewrite".to_string()
     })?;
     Ok((proxy, proxied))
+}
+
+/// A pass whose load never put two requests on one key in flight together tested no same-key
+/// race at all: said, so a bare PASS is not read as "no race".
+fn never_raced(summary: &Summary) -> Option<Warning> {
+    let requests = summary.exercised.iter().find(|e| e.place == "requests")?;
+    if summary.verdict != reprod_report::Verdict::Pass || requests.overlapped_keys > 0 {
+        return None;
+    }
+    Some(Warning {
+        kind: "never_raced".to_string(),
+        subject: None,
+        message: format!(
+            "no two requests on one key were ever in flight together ({} keys): this run exercised no same-key race, so its pass says nothing about one; give a caller overlap = {{ k = 2, sync = \"last_byte\" }} or a second caller on the same keys",
+            requests.keys
+        ),
+    })
 }
 
 /// Per caller with `overlap`, how its groups landed, from the finished history.
@@ -1229,6 +1255,7 @@ fn summarize(
         otlp: None,
         db_proxy: None,
         overlap: Vec::new(),
+        exercised: Vec::new(),
         ops: OpCounts {
             total: stats.ops,
             ok: stats.ok,

@@ -45,6 +45,12 @@ fn explain_renders_a_stored_naive_run() {
         t.contains("email delivery caused by"),
         "sink deliveries join to operations:\n{t}"
     );
+    // Each answer in its own words: both racing creates answered 201, each with its own id.
+    assert!(
+        t.lines()
+            .any(|l| l.contains(" answered 201 after ") && l.contains(": {\"id\":\"inv_")),
+        "answers carry the start of their body:\n{t}"
+    );
     // The service's own decisions, from its JSON lines, joined to the operation by trace.
     assert!(
         t.lines().any(|l| l.contains("invoices/")

@@ -120,3 +120,36 @@ fn every_member_of_a_synchronised_group_reaches_the_service_and_the_landing_is_m
         "{report}"
     );
 }
+
+/// A pass whose load never had two requests on one key in flight says so: with overlap off
+/// (`--staging`) every group runs one member at a time.
+#[test]
+fn a_pass_that_never_raced_says_so() {
+    let dir = TempDir::new();
+    dir.write("counter.py", COUNTER);
+    let path = dir.write("sync.toml", SCENARIO);
+    let out = dir.path().join("runs");
+    let (code, summary, stderr) = run_json("run", &path, &out, &["--staging"]);
+    assert_eq!(code, Some(0), "{stderr}\n{summary}");
+    let requests = summary["exercised"]
+        .as_array()
+        .and_then(|e| e.iter().find(|p| p["place"] == "requests"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(requests["overlapped_keys"], 0, "{requests}");
+    assert!(requests["keys"].as_u64().unwrap_or(0) > 0, "{requests}");
+    let warning = summary["warnings"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["kind"] == "never_raced"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        warning["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sync = \"last_byte\"")),
+        "{warning}"
+    );
+    let report = std::fs::read_to_string(run_dir(&out).join("report.txt")).expect("report");
+    assert!(
+        report.contains("same key    requests: no key had two at once"),
+        "{report}"
+    );
+}
