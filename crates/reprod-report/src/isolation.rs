@@ -54,6 +54,46 @@ pub struct Answer {
     pub minimal: Vec<String>,
     /// A `reprod run` command that reproduces with only that set.
     pub command: Option<String>,
+    /// Other ways to the bug: for a member of the minimal set without which it still
+    /// reproduced, the minimal set found without it ("any invariant" only).
+    #[serde(default)]
+    pub alternatives: Vec<Alternative>,
+}
+
+/// Another minimal set: the bug's way when one condition of the first is off.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alternative {
+    /// The condition of the first minimal set left off.
+    pub without: String,
+    /// The smallest set found without it that still reproduces.
+    pub minimal: Vec<String>,
+    /// A `reprod run` command that reproduces with only that set.
+    pub command: String,
+}
+
+impl Answer {
+    /// The alternatives in words: "reproduces with overlap alone, and without overlap with
+    /// concurrent_callers, slow_dependency: neither set is necessary, one of them is".
+    pub fn alternatives_in_words(&self) -> Option<String> {
+        if self.alternatives.is_empty() {
+            return None;
+        }
+        let set = |s: &[String]| match s.len() {
+            0 => "no condition at all".to_string(),
+            1 => format!("{} alone", s[0]),
+            _ => s.join(" + "),
+        };
+        let ways: Vec<String> = self
+            .alternatives
+            .iter()
+            .map(|a| format!("without {} with {}", a.without, set(&a.minimal)))
+            .collect();
+        Some(format!(
+            "reproduces with {}, and {}: neither is necessary on its own, one of them is",
+            set(&self.minimal),
+            ways.join("; ")
+        ))
+    }
 }
 
 /// One invariant's answer.
@@ -187,6 +227,12 @@ fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
             }
         );
         let _ = writeln!(out, "reproduce with: {command}");
+        if let Some(words) = a.alternatives_in_words() {
+            let _ = writeln!(out, "alternatives: {words}");
+            for alt in &a.alternatives {
+                let _ = writeln!(out, "  without {}: {}", alt.without, alt.command);
+            }
+        }
     }
 }
 
@@ -284,6 +330,9 @@ impl Isolation {
                     },
                     escape(command)
                 );
+            }
+            if let Some(words) = a.alternatives_in_words() {
+                let _ = writeln!(out, "<p>alternatives: {}</p>", escape(&words));
             }
         }
         if !self.incomplete_trials.is_empty() {

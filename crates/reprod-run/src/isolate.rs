@@ -22,7 +22,7 @@ use std::time::Instant;
 use reprod_check::stats::{self, ConditionVerdict, Tally};
 use reprod_report::Verdict;
 pub use reprod_report::isolation::{
-    Answer, ConditionResult, GroupOut, IncompleteTrial, InvariantAnswer, Isolation,
+    Alternative, Answer, ConditionResult, GroupOut, IncompleteTrial, InvariantAnswer, Isolation,
 };
 use reprod_scenario::{Condition, Scenario, Template, Var};
 
@@ -360,7 +360,10 @@ pub async fn isolate(
     let a = active.len() as u64;
     // Groups: baseline, one per condition, staging. Each question's greedy search then tries at
     // most one new set per condition after its first step (whose set is a one-off group).
-    let bound = n * (2 + a + questions.len() as u64 * a.saturating_sub(1));
+    // The alternatives' searches ("any invariant" only): for each member of its minimal set, at
+    // most one new set per remaining condition after the first step (a one-off group).
+    let bound =
+        n * (2 + a + questions.len() as u64 * a.saturating_sub(1) + a * a.saturating_sub(2));
     let per_trial_s = scenario.duration.as_secs_f64() + scenario.drain.as_secs_f64() + 1.5;
     obs.note(&format!(
         "reprod isolate: {} active condition(s) ({}); at most {bound} trials of ~{per_trial_s:.0} s ({} each): at most ~{:.0} s, less when groups are decided early or sets repeat",
@@ -446,6 +449,7 @@ async fn search(
             staging: group_out(&GroupRun::default(), &None),
             minimal: Vec::new(),
             command: None,
+            alternatives: Vec::new(),
         };
         let answers = questions.iter().map(|_| answer.clone()).collect();
         return Ok((answers, false));
@@ -480,6 +484,28 @@ async fn search(
         } else {
             minimal_set(trials, active, &without, &baseline, q, n).await?
         };
+        // Alternatives: a member of the minimal set that was not necessary (the bug reproduced
+        // without it) left another way to the bug; the same search, started without it, finds
+        // that way's own minimal set. Asked for "any invariant" only, which bounds the trials.
+        let mut alternatives = Vec::new();
+        if q.is_none() && base.failures > 0 {
+            for c in &minimal {
+                let Some((_, run)) = without.iter().find(|(x, _)| x == c) else {
+                    continue;
+                };
+                if !stats::still_reproduces(&run.tally(q), &base) {
+                    continue;
+                }
+                let start: Vec<Condition> = active.iter().copied().filter(|x| x != c).collect();
+                let other = minimal_set(trials, &start, &without, &baseline, q, n).await?;
+                let names: Vec<String> = other.iter().map(|c| c.name().to_string()).collect();
+                alternatives.push(Alternative {
+                    without: c.name().to_string(),
+                    command: command(options, &names),
+                    minimal: names,
+                });
+            }
+        }
         let minimal_names: Vec<String> = minimal.iter().map(|c| c.name().to_string()).collect();
         answers.push(Answer {
             baseline: group_out(&baseline, q),
@@ -487,6 +513,7 @@ async fn search(
             staging: group_out(&staging, q),
             command: (base.failures > 0).then(|| command(options, &minimal_names)),
             minimal: minimal_names,
+            alternatives,
         });
     }
     Ok((answers, true))
@@ -496,7 +523,7 @@ async fn search(
 /// when the smaller set's N trials still reproduce (`stats::still_reproduces`).
 async fn minimal_set(
     trials: &mut Trials<'_>,
-    active: &[Condition],
+    start: &[Condition],
     without: &[(Condition, GroupRun)],
     baseline: &GroupRun,
     q: &Question,
@@ -505,11 +532,11 @@ async fn minimal_set(
     let base = baseline.tally(q);
     let mut order: Vec<(Condition, f64)> = without
         .iter()
-        .filter(|(_, run)| !stats::lower(&run.tally(q), &base))
+        .filter(|(c, run)| start.contains(c) && !stats::lower(&run.tally(q), &base))
         .map(|(c, run)| (*c, run.tally(q).key_rate()))
         .collect();
     order.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut minimal: Vec<Condition> = active.to_vec();
+    let mut minimal: Vec<Condition> = start.to_vec();
     for (c, _) in order {
         let candidate: Vec<Condition> = minimal.iter().copied().filter(|x| *x != c).collect();
         let label = format!(

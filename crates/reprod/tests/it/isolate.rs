@@ -97,6 +97,25 @@ fn isolate_tells_the_naive_conditions_apart() {
         command.ends_with(&format!("--set variant=naive --only {}", minimal.join(","))),
         "the command reruns the minimal set: {command}"
     );
+    // Each member of the minimal set the bug did not need has its alternative: the minimal set
+    // found without it, which never contains it.
+    for alt in json["alternatives"].as_array().expect("alternatives") {
+        let without = alt["without"].as_str().expect("without");
+        assert!(minimal.contains(&without), "{alt}");
+        let other: Vec<&str> = alt["minimal"]
+            .as_array()
+            .expect("minimal")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(!other.contains(&without), "{alt}");
+        assert!(
+            alt["command"]
+                .as_str()
+                .is_some_and(|c| c.contains("--set variant=naive")),
+            "{alt}"
+        );
+    }
     // Each invariant gets its own answer from the same trials.
     let per_invariant: Vec<&str> = json["invariants"]
         .as_array()
