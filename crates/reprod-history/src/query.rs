@@ -330,11 +330,12 @@ impl Reader {
             .map_err(|e| self.fail(e))
     }
 
-    /// The log fields the scenario compared (`dimensions`); none in older histories.
-    pub fn dimensions(&self) -> Result<Vec<String>, HistoryError> {
+    /// A text column of `run` added after the first schema: empty in a history written before
+    /// it existed.
+    fn later_run_column(&self, column: &str) -> Result<String, HistoryError> {
         let text: Option<String> = self
             .conn
-            .query_row("SELECT dimensions FROM run", [], |r| r.get(0))
+            .query_row(&format!("SELECT {column} FROM run"), [], |r| r.get(0))
             .optional()
             .or_else(|e| match e {
                 // Written before the column existed.
@@ -342,8 +343,13 @@ impl Reader {
                 e => Err(e),
             })
             .map_err(|e| self.fail(e))?;
-        Ok(text
-            .unwrap_or_default()
+        Ok(text.unwrap_or_default())
+    }
+
+    /// The log fields the scenario compared (`dimensions`); none in older histories.
+    pub fn dimensions(&self) -> Result<Vec<String>, HistoryError> {
+        Ok(self
+            .later_run_column("dimensions")?
             .split(',')
             .filter(|d| !d.is_empty())
             .map(str::to_string)
@@ -353,18 +359,8 @@ impl Reader {
     /// Each caller's operation (`POST /orders/{}`), by caller name; empty for a history written
     /// before callers were recorded.
     pub fn caller_operations(&self) -> Result<BTreeMap<String, String>, HistoryError> {
-        let text: Option<String> = self
-            .conn
-            .query_row("SELECT callers FROM run", [], |r| r.get(0))
-            .optional()
-            .or_else(|e| match e {
-                // Written before the column existed.
-                rusqlite::Error::SqliteFailure(..) => Ok(None),
-                e => Err(e),
-            })
-            .map_err(|e| self.fail(e))?;
-        Ok(text
-            .unwrap_or_default()
+        Ok(self
+            .later_run_column("callers")?
             .lines()
             .filter_map(|l| l.split_once('\t'))
             .map(|(name, op)| (name.to_string(), op.to_string()))
