@@ -53,13 +53,15 @@ struct Violation {
 pub type FirstSeen = HashMap<(String, String), i64>;
 
 /// Runs the SQL invariants that ask for it (`every`) while the run goes, until `stop` turns
-/// true; returns when each violating key was first seen. A check that fails mid-run (a busy
-/// database) is skipped: the check after the run is the one that decides.
+/// true; returns when each violating key was first seen, and tells `found` of the first
+/// (invariant, when). A check that fails mid-run (a busy database) is skipped: the check after
+/// the run is the one that decides.
 pub async fn watch(
     scenario: &Scenario,
     database_url: Option<&str>,
     now_us: impl Fn() -> i64,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    found: tokio::sync::watch::Sender<Option<(String, i64)>>,
 ) -> FirstSeen {
     let mut first = FirstSeen::new();
     let watched: Vec<(&Invariant, &str, &str, Duration)> = scenario
@@ -93,6 +95,9 @@ pub async fn watch(
             next_due[i] = elapsed + *every;
             if let Ok((violations, _)) = sql(url, query, key_column).await {
                 let at = now_us();
+                if !violations.is_empty() && found.borrow().is_none() {
+                    found.send_replace(Some((invariant.name.clone(), at)));
+                }
                 for v in violations {
                     first.entry((invariant.name.clone(), v.key)).or_insert(at);
                 }

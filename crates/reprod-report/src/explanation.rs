@@ -145,7 +145,12 @@ impl Explanation {
     /// The text `reprod explain` and `report.txt` show.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        if self.status != "completed" {
+        if self.status == "stopped_at_violation" {
+            let _ = writeln!(
+                out,
+                "note: the load stopped at the first violation (--stop-at-violation); what follows is what it recorded until then"
+            );
+        } else if self.status != "completed" {
             let _ = writeln!(
                 out,
                 "note: this run did not complete (status {}); what follows is what it recorded",

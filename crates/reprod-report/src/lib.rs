@@ -241,6 +241,10 @@ pub enum Status {
     HistoryFailed,
     /// reprod's own load engine failed (a bug in reprod): the operation is recorded as failed.
     EngineFailed,
+    /// `--stop-at-violation`: a mid-run check found a violation and the load stopped there,
+    /// without its drain. The violation decides the verdict (fail); the load it did not send
+    /// tested nothing, so an invariant that held is partial.
+    StoppedAtViolation,
 }
 
 impl Status {
@@ -253,6 +257,7 @@ impl Status {
             Status::StartFailed => "start_failed",
             Status::HistoryFailed => "history_failed",
             Status::EngineFailed => "engine_failed",
+            Status::StoppedAtViolation => "stopped_at_violation",
         }
     }
 }
@@ -436,8 +441,11 @@ impl Summary {
     }
 
     /// `did not complete (interrupted): <the first line of the reason>`, for runs that did not.
+    /// A run `--stop-at-violation` stopped at a violation that the check after it confirmed
+    /// did what was asked of it.
     pub fn incomplete_reason(&self) -> Option<String> {
-        (self.status != Status::Completed).then(|| {
+        let stopped_as_asked = self.status == Status::StoppedAtViolation && self.violated();
+        (self.status != Status::Completed && !stopped_as_asked).then(|| {
             format!(
                 "did not complete ({}): {}",
                 self.status.as_str(),
@@ -715,7 +723,7 @@ impl Summary {
                 t.name, t.actual, t.limit
             );
         }
-        if self.invariants.iter().any(|i| i.partial) {
+        if self.invariants.iter().any(|i| i.partial && i.held) {
             let _ = writeln!(
                 out,
                 "            * checked on what the incomplete run left: a hold proves nothing"
@@ -820,6 +828,10 @@ impl Summary {
                 " — no operation succeeded, so nothing the service did was tested".to_string()
             }
             Verdict::Incomplete => " — an invariant could not be checked".to_string(),
+            Verdict::Fail if self.status == Status::StoppedAtViolation => {
+                " (the load stopped at the first violation, as --stop-at-violation asked)"
+                    .to_string()
+            }
             Verdict::Fail if self.status != Status::Completed => {
                 format!(" (found before the run stopped: {})", self.status.as_str())
             }
@@ -972,6 +984,7 @@ mod tests {
             Status::StartFailed,
             Status::HistoryFailed,
             Status::EngineFailed,
+            Status::StoppedAtViolation,
         ] {
             assert_eq!(verdict(status, (10, 10), &held, &[]), Verdict::Incomplete);
             assert_eq!(

@@ -29,6 +29,8 @@ enum Ended {
     StartFailed(String),
     HistoryFailed(String),
     EngineFailed(String),
+    /// `--stop-at-violation`: the mid-run check saw (invariant, µs since the load started).
+    StoppedAtViolation(String, i64),
 }
 
 impl Ended {
@@ -43,6 +45,13 @@ impl Ended {
             Ended::StartFailed(r) => (Status::StartFailed, Some(r.clone())),
             Ended::HistoryFailed(r) => (Status::HistoryFailed, Some(r.clone())),
             Ended::EngineFailed(r) => (Status::EngineFailed, Some(r.clone())),
+            Ended::StoppedAtViolation(invariant, at_us) => (
+                Status::StoppedAtViolation,
+                Some(format!(
+                    "a mid-run check found {invariant:?} violated {:.1} s into the load, and --stop-at-violation stopped the load there",
+                    *at_us as f64 / 1e6
+                )),
+            ),
         }
     }
 }
@@ -230,7 +239,9 @@ pub async fn perform(
         driven.ended = Ended::HistoryFailed(e.to_string());
     }
     let (status, status_reason) = driven.ended.status();
-    if let Some(reason) = &status_reason {
+    if let Some(reason) = &status_reason
+        && status != Status::StoppedAtViolation
+    {
         obs.problem(&format!(
             "reprod: the run did not complete ({}): {reason}",
             status.as_str()
@@ -1016,17 +1027,20 @@ async fn drive(
     // Invariants that ask for it are checked while load runs, to learn when each violation
     // first appeared; the watcher stops when load and drain are over.
     let (watch_stop, watch_stopped) = watch::channel(false);
+    let (found_tx, found) = watch::channel(None);
     let watcher = reprod_check::watch(
         scenario,
         database_url.as_deref(),
         move || clock.now_us(),
         watch_stopped,
+        found_tx,
     );
     let load_then_stop = async {
         let plan = LoadPlan {
             targets,
             setup,
             load_start_us,
+            found,
         };
         let outcome = load(
             cx,
@@ -1087,6 +1101,8 @@ struct LoadPlan {
     targets: Vec<Vec<reprod_engine::Target>>,
     setup: Arc<reprod_engine::SetupValues>,
     load_start_us: i64,
+    /// The first violation a mid-run check found: (invariant, µs since the run started).
+    found: watch::Receiver<Option<(String, i64)>>,
 }
 
 async fn load(
@@ -1102,7 +1118,9 @@ async fn load(
         targets,
         setup,
         load_start_us,
+        mut found,
     } = plan;
+    let stop_at_violation = scenario.stop_at_violation;
     let obs = cx.obs;
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = Arc::new(Live::default());
@@ -1142,6 +1160,13 @@ async fn load(
             reason = history_failed(failure), if problem.is_none() => {
                 problem = Some(Ended::HistoryFailed(reason));
                 let _ = stop_tx.send(true);
+            }
+            Ok(seen) = found.wait_for(Option::is_some), if stop_at_violation && problem.is_none() => {
+                if let Some((invariant, at_us)) = seen.clone() {
+                    obs.note(&format!("reprod: {invariant:?} is violated; stopping the load (--stop-at-violation)"));
+                    problem = Some(Ended::StoppedAtViolation(invariant, at_us - load_start_us));
+                    let _ = stop_tx.send(true);
+                }
             }
         }
     };

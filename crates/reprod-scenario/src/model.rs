@@ -51,6 +51,10 @@ pub struct Scenario {
     /// Set when the `overlap` condition is switched off: operations on one key never run at the
     /// same time (across callers).
     pub serialize_keys: bool,
+    /// Set by `reprod run --stop-at-violation` (never by the file): the load stops at the first
+    /// violation a mid-run check (`every`) finds, for runs whose only question is whether it
+    /// reproduces.
+    pub stop_at_violation: bool,
 }
 
 /// The database under test.
@@ -410,6 +414,15 @@ pub enum Capture {
 pub const REDACTED: &str = "…";
 
 impl Scenario {
+    /// Whether an invariant is checked while the load runs (a SQL invariant with `every`).
+    pub fn checks_mid_run(&self) -> bool {
+        self.database.is_some()
+            && self
+                .invariants
+                .iter()
+                .any(|i| matches!(i.kind, InvariantKind::Sql { every: Some(_), .. }))
+    }
+
     /// Whether a service's command or env names `{otlp.url}`: then reprod serves OTLP/HTTP.
     pub fn uses_otlp(&self) -> bool {
         self.services.iter().any(Service::uses_otlp)

@@ -593,6 +593,7 @@ pub fn validate(
         thresholds,
         setup,
         serialize_keys: false,
+        stop_at_violation: false,
     })
 }
 

@@ -127,6 +127,10 @@ struct IsolateArgs {
     /// least 1.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
     trials: u64,
+    /// Swarm trials after the groups: each switches on a seeded random subset of the active
+    /// conditions (default: 12 or two per active condition, whichever is more; 0 for none).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=10000))]
+    swarm: Option<u64>,
     /// Load per trial (default: the scenario's duration; the scenario's drain still follows).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<std::time::Duration>,
@@ -211,6 +215,11 @@ struct RunArgs {
     /// Switch these conditions off (each must be active in the scenario); names as for --only.
     #[arg(long, value_delimiter = ',', value_parser = parse_condition)]
     without: Vec<Condition>,
+    /// Stop the load at the first violation a mid-run check finds (a SQL invariant with
+    /// `every`): a faster answer to "does it reproduce", without the per-key rate of a full
+    /// run.
+    #[arg(long)]
+    stop_at_violation: bool,
     /// No phase notes or progress on stderr, only problems.
     #[arg(long, short)]
     quiet: bool,

@@ -45,6 +45,12 @@ fn adjust(scenario: &mut Scenario, args: &RunArgs) -> Result<(), String> {
     for c in &args.without {
         scenario.neutralize(*c);
     }
+    if args.stop_at_violation {
+        if !scenario.checks_mid_run() {
+            return Err("--stop-at-violation stops at a violation a check finds while the load runs, and no invariant of this scenario is checked then; give a SQL invariant a period, for example every = \"1s\" under its query".to_string());
+        }
+        scenario.stop_at_violation = true;
+    }
     Ok(())
 }
 

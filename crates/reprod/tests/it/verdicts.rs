@@ -592,3 +592,58 @@ rate = 10
     );
     assert_eq!(summary["ops"]["total"], 0);
 }
+
+/// `--stop-at-violation` ends the load at the first violation a mid-run check finds: the
+/// verdict is fail, the status says why the load was cut, and held invariants are partial. A
+/// run that finds nothing runs to the end and passes; a scenario with no mid-run check is
+/// refused with what to write.
+#[test]
+fn stop_at_violation_cuts_the_load_at_the_first_violation() {
+    let out = TempDir::new();
+    let (code, json, stderr) = run_json(
+        "run",
+        &invoices(),
+        out.path(),
+        &["--set", "variant=naive", "--stop-at-violation"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(json["verdict"], "fail", "{json}");
+    assert_eq!(json["status"], "stopped_at_violation", "{json}");
+    let reason = json["status_reason"].as_str().expect("status_reason");
+    assert!(
+        reason.contains("\"one invoice per account and period\" violated"),
+        "{reason}"
+    );
+    let planned = 6.0;
+    let duration = json["duration_s"].as_f64().expect("duration_s");
+    assert!(duration < planned, "stopped before the 6 s of load: {json}");
+    assert!(
+        !stderr.contains("did not complete"),
+        "stopping as asked is no problem: {stderr}"
+    );
+
+    let (code, json, stderr) = run_json(
+        "run",
+        &invoices(),
+        out.path(),
+        &[
+            "--set",
+            "variant=fixed",
+            "--stop-at-violation",
+            "--duration",
+            "2s",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["status"], "completed", "{json}");
+
+    let shortener = crate::support::root().join("scenarios/examples/shortener/shortener.toml");
+    let output = run(&[
+        "run",
+        shortener.to_str().expect("utf-8"),
+        "--stop-at-violation",
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("every = \"1s\""), "{stderr}");
+}
