@@ -58,6 +58,80 @@ pub struct Answer {
     /// reproduced, the minimal set found without it ("any invariant" only).
     #[serde(default)]
     pub alternatives: Vec<Alternative>,
+    /// What the swarm's random subsets say of each condition (absent with `--swarm 0`, or
+    /// when the baseline never reproduced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<Swarm>,
+}
+
+/// The swarm's answer to one question: seeded random subsets of the active conditions, each
+/// condition on in about half of them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Swarm {
+    /// Trials that completed and count.
+    pub trials: u64,
+    /// Of them, how many reproduced.
+    pub failures: u64,
+    /// Per active condition.
+    pub conditions: Vec<SwarmCondition>,
+    /// Pairs of conditions the swarm saw as alternative ways to the bug: it reproduced with
+    /// either on and the other off, never with both off.
+    pub alternatives: Vec<[String; 2]>,
+    /// The trials' run directories.
+    pub run_dirs: Vec<String>,
+}
+
+/// One side of a swarm comparison: the trials a condition was on (or off) in.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwarmSide {
+    /// Trials.
+    pub trials: u64,
+    /// Of them, how many reproduced.
+    pub failures: u64,
+    /// Violating keys over keys touched, pooled.
+    pub key_rate: f64,
+}
+
+/// What the swarm says of one condition.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwarmCondition {
+    /// Condition name.
+    pub name: String,
+    /// `trigger`, `suppressor`, `irrelevant` or `undecided`, by reproduction.
+    pub class: String,
+    /// The trials it was on in.
+    pub with: SwarmSide,
+    /// The trials it was off in.
+    pub without: SwarmSide,
+    /// The share of reproducing trials it was on in, and its 95% interval.
+    pub share_in_reproducing: f64,
+    /// That share's 95% Wilson interval.
+    pub share_in_reproducing_ci: (f64, f64),
+    /// The share of all trials it was on in (what the share above is when it plays no part).
+    pub share_in_all: f64,
+    /// Mean per-trial per-key rate with it on minus off, 95% Welch interval over trials
+    /// (`null`: fewer than two trials on a side).
+    pub key_rate_difference_ci: Option<(f64, f64)>,
+    /// `raises`, `lowers` or `no effect` (`too few trials`): the per-key rate with it on, at 95%.
+    pub key_rate: String,
+    /// Conditions that were on in exactly the same swarm trials: the swarm cannot tell them
+    /// apart.
+    pub confounded_with: Vec<String>,
+}
+
+impl Swarm {
+    /// The alternatives in words: "overlap and concurrent_callers are alternative ways to the
+    /// bug: it reproduced with either on and the other off, never with both off".
+    pub fn alternatives_in_words(&self) -> Vec<String> {
+        self.alternatives
+            .iter()
+            .map(|[a, b]| {
+                format!(
+                    "{a} and {b} are alternative ways to the bug: it reproduced with either on and the other off, never with both off"
+                )
+            })
+            .collect()
+    }
 }
 
 /// Another minimal set: the bug's way when one condition of the first is off.
@@ -234,6 +308,57 @@ fn answer_text(out: &mut String, title: Option<&str>, a: &Answer) {
             }
         }
     }
+    if let Some(swarm) = &a.swarm {
+        swarm_text(out, swarm);
+    }
+}
+
+fn swarm_text(out: &mut String, swarm: &Swarm) {
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    let _ = writeln!(
+        out,
+        "swarm: {} random subsets of the conditions, {} reproduced",
+        swarm.trials, swarm.failures
+    );
+    let _ = writeln!(
+        out,
+        "  {:<18} {:<11} {:<34} per-key rate with it on",
+        "condition", "class", "on in reproducing trials (95% CI)"
+    );
+    for c in &swarm.conditions {
+        let interval = c
+            .key_rate_difference_ci
+            .map(|(lo, hi)| format!("{:+.1} to {:+.1} points; ", lo * 100.0, hi * 100.0))
+            .unwrap_or_default();
+        let confounded = if c.confounded_with.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; on in the same trials as {}: not told apart",
+                c.confounded_with.join(", ")
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  {:<18} {:<11} {:<34} {} ({interval}{:.1}% on, {:.1}% off){confounded}",
+            c.name,
+            c.class,
+            format!(
+                "{}/{} ({}–{}) vs {} of all",
+                c.with.failures,
+                c.with.failures + c.without.failures,
+                pct(c.share_in_reproducing_ci.0),
+                pct(c.share_in_reproducing_ci.1),
+                pct(c.share_in_all)
+            ),
+            c.key_rate,
+            c.with.key_rate * 100.0,
+            c.without.key_rate * 100.0,
+        );
+    }
+    for words in swarm.alternatives_in_words() {
+        let _ = writeln!(out, "  {words}");
+    }
 }
 
 impl Isolation {
@@ -333,6 +458,38 @@ impl Isolation {
             }
             if let Some(words) = a.alternatives_in_words() {
                 let _ = writeln!(out, "<p>alternatives: {}</p>", escape(&words));
+            }
+            if let Some(swarm) = &a.swarm {
+                let _ = writeln!(
+                    out,
+                    "<h3>Swarm: {} random subsets, {} reproduced</h3>\n<table><tr><th>condition</th><th>class</th><th>on in reproducing trials</th><th>on in all trials</th><th>per-key rate with it on</th></tr>",
+                    swarm.trials, swarm.failures
+                );
+                for c in &swarm.conditions {
+                    let _ = writeln!(
+                        out,
+                        "<tr><td>{}</td><td>{}</td><td>{}/{} ({:.0}–{:.0}%)</td><td>{:.0}%</td><td>{}{}</td></tr>",
+                        escape(&c.name),
+                        escape(&c.class),
+                        c.with.failures,
+                        c.with.failures + c.without.failures,
+                        c.share_in_reproducing_ci.0 * 100.0,
+                        c.share_in_reproducing_ci.1 * 100.0,
+                        c.share_in_all * 100.0,
+                        escape(&c.key_rate),
+                        c.key_rate_difference_ci
+                            .map(|(lo, hi)| format!(
+                                " ({:+.1} to {:+.1} points)",
+                                lo * 100.0,
+                                hi * 100.0
+                            ))
+                            .unwrap_or_default()
+                    );
+                }
+                out.push_str("</table>\n");
+                for words in swarm.alternatives_in_words() {
+                    let _ = writeln!(out, "<p>{}</p>", escape(&words));
+                }
             }
         }
         if !self.incomplete_trials.is_empty() {

@@ -19,10 +19,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use reprod_check::stats::{self, ConditionVerdict, Tally};
+use reprod_check::stats::{self, ConditionVerdict, SwarmTrial, Tally};
 use reprod_report::Verdict;
 pub use reprod_report::isolation::{
     Alternative, Answer, ConditionResult, GroupOut, IncompleteTrial, InvariantAnswer, Isolation,
+    Swarm, SwarmCondition, SwarmSide,
 };
 use reprod_scenario::{Condition, Scenario, Template, Var};
 
@@ -34,6 +35,9 @@ use crate::{Interrupt, Observer, Progress, RunError};
 pub struct Options {
     /// Trials per group (at least 1).
     pub trials: u64,
+    /// Swarm trials (seeded random subsets of the active conditions); `None`: 12 or two per
+    /// active condition, whichever is more (none with fewer than two).
+    pub swarm: Option<u64>,
     /// Where the trials' run directories go (a directory of their own is made under it).
     pub out: PathBuf,
     /// The scenario file as the user named it, for run records and the printed command.
@@ -84,6 +88,10 @@ struct GroupRun {
     /// Trials that did not complete or sent nothing: (run directory, why).
     incomplete: Vec<(String, String)>,
     run_dirs: Vec<String>,
+    /// Whether some trials stopped at their first violation (`--stop-at-violation`): then the
+    /// tallies answer "any invariant" only, and the per-key rates are of the trials that ran
+    /// to the end.
+    stopped_early: bool,
 }
 
 impl GroupRun {
@@ -172,10 +180,11 @@ fn fresh_state(scenario: &Scenario) -> Result<Fresh, IsolateError> {
 
 /// How one trial ended, for the tallies.
 enum TrialEnd {
-    /// It completed: which invariants broke, and the key counts.
+    /// It completed: which invariants broke, and the key counts (none when it stopped at its
+    /// first violation: a cut run's rate is no rate).
     Counted {
         broke: BTreeSet<String>,
-        keys: reprod_history::read::KeyCounts,
+        keys: Option<reprod_history::read::KeyCounts>,
     },
     /// It does not count, and why.
     Incomplete(String),
@@ -197,17 +206,20 @@ struct Trials<'a> {
 }
 
 impl Trials<'_> {
-    /// Runs trial `i` with only `on` switched on.
+    /// Runs trial `i` with only `on` switched on; with `early`, it stops at the first violation
+    /// a mid-run check finds.
     async fn trial(
         &mut self,
         on: &[Condition],
         i: u64,
+        early: bool,
     ) -> Result<(TrialEnd, PathBuf), IsolateError> {
         if self.interrupt.is_requested() {
             return Err(IsolateError::Interrupted(self.out.display().to_string()));
         }
         let mut s = self.scenario.clone();
         s.keep_only(on);
+        s.stop_at_violation = early;
         s.seed = reprod_engine::mix(self.scenario.seed, i + 1);
         self.run_counter += 1;
         let scratch = match &self.fresh {
@@ -253,33 +265,53 @@ impl Trials<'_> {
                 .map(|i| i.name.clone())
                 .collect();
             debug_assert!(summary.verdict != Verdict::Incomplete);
-            let keys = reprod_history::read::key_counts(&finished.run_dir.join("history.sqlite"))
-                .unwrap_or_default();
+            let stopped = summary.status == reprod_report::Status::StoppedAtViolation;
+            let keys = (!stopped).then(|| {
+                reprod_history::read::key_counts(&finished.run_dir.join("history.sqlite"))
+                    .unwrap_or_default()
+            });
             TrialEnd::Counted { broke, keys }
         };
         Ok((end, finished.run_dir))
     }
 
     /// The group of `on`: run (N trials, fewer when decided early against `baseline`) unless
-    /// some question already had it run.
+    /// some question already had it run. With `early` (asked only by the "any invariant"
+    /// question, and only when the scenario checks an invariant mid-run) its trials stop at
+    /// their first violation; a group run that way serves no other question.
     async fn group(
         &mut self,
         on: &[Condition],
         label: &str,
         n: u64,
         baseline: Option<&GroupRun>,
+        early: bool,
     ) -> Result<GroupRun, IsolateError> {
         let key: Vec<Condition> = on.to_vec();
-        if let Some(run) = self.cache.get(&key) {
+        let early = early && self.scenario.checks_mid_run();
+        if let Some(run) = self.cache.get(&key)
+            && (early || !run.stopped_early)
+        {
             return Ok(run.clone());
         }
         let mut run = GroupRun::default();
         for i in 0..n {
-            let (end, dir) = self.trial(on, i).await?;
+            let (end, dir) = self.trial(on, i, early).await?;
             let shown_dir = dir.display().to_string();
             run.run_dirs.push(shown_dir.clone());
             match end {
-                TrialEnd::Counted { broke, keys } => {
+                TrialEnd::Counted { broke, keys: None } => {
+                    // Stopped at its first violation: it answers "any invariant", no rate.
+                    run.stopped_early = true;
+                    run.tallies
+                        .entry(None)
+                        .or_default()
+                        .add(!broke.is_empty(), 0, 0);
+                }
+                TrialEnd::Counted {
+                    broke,
+                    keys: Some(keys),
+                } => {
                     for q in &self.questions {
                         let (reproduced, violating) = match q {
                             None => (!broke.is_empty(), keys.any),
@@ -335,6 +367,149 @@ impl Trials<'_> {
     }
 }
 
+/// The conditions swarm trial `j` switches on: each active one with probability ½, from the
+/// scenario's seed.
+fn swarm_subset(seed: u64, j: u64, active: &[Condition]) -> Vec<bool> {
+    let bits = reprod_engine::mix(seed ^ 0x5357_4152_4d00_0000, j + 1);
+    (0..active.len())
+        .map(|i| (bits >> (i % 64)) & 1 == 1)
+        .collect()
+}
+
+impl Trials<'_> {
+    /// Runs `count` swarm trials, each a seeded random subset of `active`, to the end; per
+    /// question, what each came to.
+    async fn swarm(
+        &mut self,
+        active: &[Condition],
+        count: u64,
+        first_index: u64,
+    ) -> Result<(BTreeMap<Question, Vec<SwarmTrial>>, Vec<String>), IsolateError> {
+        let mut out: BTreeMap<Question, Vec<SwarmTrial>> = BTreeMap::new();
+        let mut dirs = Vec::new();
+        let mut reproduced = 0;
+        for j in 0..count {
+            let mask = swarm_subset(self.scenario.seed, j, active);
+            let on: Vec<Condition> = active
+                .iter()
+                .zip(&mask)
+                .filter(|(_, m)| **m)
+                .map(|(c, _)| *c)
+                .collect();
+            let (end, dir) = self.trial(&on, first_index + j, false).await?;
+            let shown_dir = dir.display().to_string();
+            dirs.push(shown_dir.clone());
+            let label = if on.is_empty() {
+                "(none)".to_string()
+            } else {
+                on.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+            };
+            let result = match end {
+                TrialEnd::Counted {
+                    broke,
+                    keys: Some(keys),
+                } => {
+                    for q in &self.questions {
+                        let (r, violating) = match q {
+                            None => (!broke.is_empty(), keys.any),
+                            Some(name) => (
+                                broke.contains(name),
+                                keys.per_invariant.get(name).copied().unwrap_or(0),
+                            ),
+                        };
+                        out.entry(q.clone()).or_default().push(SwarmTrial {
+                            on: mask.clone(),
+                            reproduced: r,
+                            violating_keys: violating,
+                            keys: keys.touched,
+                        });
+                    }
+                    reproduced += u64::from(!broke.is_empty());
+                    if broke.is_empty() {
+                        "did not reproduce"
+                    } else {
+                        "reproduced"
+                    }
+                }
+                TrialEnd::Counted { keys: None, .. } => "stopped early (not counted)",
+                TrialEnd::Incomplete(reason) => {
+                    self.obs.problem(&format!(
+                        "reprod isolate: trial in {shown_dir} does not count: {reason}"
+                    ));
+                    self.incomplete.push(IncompleteTrial {
+                        conditions: on.iter().map(|c| c.name().to_string()).collect(),
+                        run_dir: shown_dir,
+                        reason,
+                    });
+                    "did not count"
+                }
+            };
+            self.obs.note(&format!(
+                "[{:>4.0}s] {:>3}/{} trials  swarm {}/{count} {label:<30} {result} ({reproduced} so far)",
+                self.started.elapsed().as_secs_f64(),
+                self.run_counter,
+                self.bound,
+                j + 1,
+            ));
+        }
+        Ok((out, dirs))
+    }
+}
+
+/// The swarm's answer for one question.
+fn swarm_out(active: &[Condition], trials: &[SwarmTrial], run_dirs: &[String]) -> Swarm {
+    let conditions = active
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let e = stats::swarm_effect(trials, i);
+            let side = |t: &Tally| SwarmSide {
+                trials: t.trials,
+                failures: t.failures,
+                key_rate: t.key_rate(),
+            };
+            SwarmCondition {
+                name: c.name().to_string(),
+                class: e.class.words().to_string(),
+                with: side(&e.with),
+                without: side(&e.without),
+                share_in_reproducing: e.share_in_reproducing,
+                share_in_reproducing_ci: e.share_in_reproducing_ci,
+                share_in_all: e.share_in_all,
+                key_rate_difference_ci: e.key_rate_difference_ci,
+                key_rate: match (e.key_rate_difference_ci, e.key_rate_effect()) {
+                    (None, _) => "too few trials",
+                    (_, 1) => "raises",
+                    (_, -1) => "lowers",
+                    _ => "no effect",
+                }
+                .to_string(),
+                confounded_with: active
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| {
+                        *k != i && !trials.is_empty() && trials.iter().all(|t| t.on[*k] == t.on[i])
+                    })
+                    .map(|(_, other)| other.name().to_string())
+                    .collect(),
+            }
+        })
+        .collect();
+    Swarm {
+        trials: trials.len() as u64,
+        failures: trials.iter().filter(|t| t.reproduced).count() as u64,
+        conditions,
+        alternatives: stats::swarm_alternatives(trials, SWARM_MIN_BOTH_OFF)
+            .into_iter()
+            .map(|(a, b)| [active[a].name().to_string(), active[b].name().to_string()])
+            .collect(),
+        run_dirs: run_dirs.to_vec(),
+    }
+}
+
+/// Trials with both of two conditions off, at least, before the swarm calls them alternatives.
+const SWARM_MIN_BOTH_OFF: u64 = 2;
+
 /// Runs `reprod isolate` on `scenario` (its duration already what the trials should run).
 pub async fn isolate(
     scenario: Scenario,
@@ -362,8 +537,13 @@ pub async fn isolate(
     // most one new set per condition after its first step (whose set is a one-off group).
     // The alternatives' searches ("any invariant" only): for each member of its minimal set, at
     // most one new set per remaining condition after the first step (a one-off group).
-    let bound =
-        n * (2 + a + questions.len() as u64 * a.saturating_sub(1) + a * a.saturating_sub(2));
+    // The swarm: its own trials, once.
+    let swarm = options
+        .swarm
+        .unwrap_or(if a >= 2 { (2 * a).max(12) } else { 0 });
+    let bound = n
+        * (2 + a + questions.len() as u64 * a.saturating_sub(1) + a * a.saturating_sub(2))
+        + swarm;
     let per_trial_s = scenario.duration.as_secs_f64() + scenario.drain.as_secs_f64() + 1.5;
     obs.note(&format!(
         "reprod isolate: {} active condition(s) ({}); at most {bound} trials of ~{per_trial_s:.0} s ({} each): at most ~{:.0} s, less when groups are decided early or sets repeat",
@@ -386,7 +566,8 @@ pub async fn isolate(
         started,
         bound,
     };
-    let (answers, reproduced) = search(&mut trials, &active, n, &options, &questions).await?;
+    let (answers, reproduced) =
+        search(&mut trials, &active, n, swarm, &options, &questions).await?;
     let mut answers = answers.into_iter();
     let any = answers.next().ok_or(IsolateError::NoBaseline(0))?;
     let result = Isolation {
@@ -430,10 +611,11 @@ async fn search(
     trials: &mut Trials<'_>,
     active: &[Condition],
     n: u64,
+    swarm: u64,
     options: &Options,
     questions: &[Question],
 ) -> Result<(Vec<Answer>, bool), IsolateError> {
-    let baseline = trials.group(active, "baseline", n, None).await?;
+    let baseline = trials.group(active, "baseline", n, None, false).await?;
     let any = baseline.tally(&None);
     if any.trials == 0 {
         return Err(IsolateError::NoBaseline(baseline.incomplete.len()));
@@ -450,6 +632,7 @@ async fn search(
             minimal: Vec::new(),
             command: None,
             alternatives: Vec::new(),
+            swarm: None,
         };
         let answers = questions.iter().map(|_| answer.clone()).collect();
         return Ok((answers, false));
@@ -458,14 +641,26 @@ async fn search(
     for c in active {
         let on: Vec<Condition> = active.iter().copied().filter(|x| x != c).collect();
         let run = trials
-            .group(&on, &format!("without {}", c.name()), n, Some(&baseline))
+            .group(
+                &on,
+                &format!("without {}", c.name()),
+                n,
+                Some(&baseline),
+                false,
+            )
             .await?;
         without.push((*c, run));
     }
-    let staging = trials.group(&[], "staging", n, Some(&baseline)).await?;
+    let staging = trials
+        .group(&[], "staging", n, Some(&baseline), false)
+        .await?;
+    // The swarm's seeds follow the groups' (trial i of a group has seed index i).
+    let (swarm_trials, swarm_dirs) = trials.swarm(active, swarm, n).await?;
 
+    // Each invariant's search first: their groups run to the end and serve "any invariant"
+    // too, whose search (and its alternatives') may then stop trials at their first violation.
     let mut answers = Vec::new();
-    for q in questions {
+    for q in questions.iter().rev() {
         let base = baseline.tally(q);
         let conditions: Vec<ConditionResult> = without
             .iter()
@@ -514,8 +709,16 @@ async fn search(
             command: (base.failures > 0).then(|| command(options, &minimal_names)),
             minimal: minimal_names,
             alternatives,
+            swarm: (swarm > 0).then(|| {
+                swarm_out(
+                    active,
+                    swarm_trials.get(q).map(Vec::as_slice).unwrap_or_default(),
+                    &swarm_dirs,
+                )
+            }),
         });
     }
+    answers.reverse();
     Ok((answers, true))
 }
 
@@ -551,7 +754,9 @@ async fn minimal_set(
                     .join(",")
             }
         );
-        let run = trials.group(&candidate, &label, n, None).await?;
+        let run = trials
+            .group(&candidate, &label, n, None, q.is_none())
+            .await?;
         if stats::still_reproduces(&run.tally(q), &base) {
             minimal = candidate;
         }

@@ -21,6 +21,7 @@ pub fn main(args: IsolateArgs) -> u8 {
     }
     let options = Options {
         trials: args.trials,
+        swarm: args.swarm,
         out: args.out.clone(),
         scenario_path: args.scenario.scenario.display().to_string(),
         sets: args.scenario.sets.clone(),

@@ -39,6 +39,8 @@ fn isolate_tells_the_naive_conditions_apart() {
         "variant=naive",
         "--trials",
         "2",
+        "--swarm",
+        "6",
         "--duration",
         "2s",
     ]);
@@ -115,6 +117,88 @@ fn isolate_tells_the_naive_conditions_apart() {
                 .is_some_and(|c| c.contains("--set variant=naive")),
             "{alt}"
         );
+    }
+    // The swarm: six seeded random subsets, each condition on in some and off in others; the
+    // counts add up, and overlap (without which all but a trace of the keys stay clean) shows
+    // a higher per-key rate with it on, never a significantly lower one (six trials seldom
+    // make the difference significant: its interval is over trials, not keys).
+    let swarm = &json["swarm"];
+    let swarm_trials = swarm["trials"].as_u64().expect("swarm trials");
+    let swarm_failures = swarm["failures"].as_u64().expect("swarm failures");
+    assert!(swarm_trials <= 6 && swarm_trials > 0, "{swarm}");
+    let swarm_conditions = swarm["conditions"].as_array().expect("swarm conditions");
+    assert_eq!(swarm_conditions.len(), 6, "{swarm}");
+    for c in swarm_conditions {
+        let n = |side: &str, f: &str| c[side][f].as_u64().expect("count");
+        assert_eq!(
+            n("with", "trials") + n("without", "trials"),
+            swarm_trials,
+            "{c}"
+        );
+        assert_eq!(
+            n("with", "failures") + n("without", "failures"),
+            swarm_failures,
+            "{c}"
+        );
+        assert!(
+            ["trigger", "suppressor", "irrelevant", "undecided"]
+                .contains(&c["class"].as_str().expect("class")),
+            "{c}"
+        );
+        for other in c["confounded_with"].as_array().expect("confounded_with") {
+            let twin = swarm_conditions
+                .iter()
+                .find(|d| &d["name"] == other)
+                .expect("a confounded condition is a condition");
+            assert!(
+                twin["confounded_with"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&c["name"])),
+                "confounding is mutual: {c} {twin}"
+            );
+        }
+    }
+    let swarm_overlap = &swarm_conditions[0];
+    assert_eq!(swarm_overlap["name"], "overlap");
+    let rate_of = |side: &str| swarm_overlap[side]["key_rate"].as_f64().expect("key_rate");
+    if swarm_overlap["with"]["trials"] != 0 && swarm_overlap["without"]["trials"] != 0 {
+        assert!(rate_of("with") > rate_of("without"), "{swarm_overlap}");
+    }
+    assert_ne!(swarm_overlap["key_rate"], "lowers", "{swarm_overlap}");
+    // Groups and swarm trials, whose rates are reported, ran to the end; a trial that stopped
+    // at its first violation (the minimal-set searches') did so with a violation to show.
+    let status = |dir: &Value| -> (String, String) {
+        let dir = std::path::PathBuf::from(dir.as_str().expect("run dir"));
+        let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
+        let summary: Value = serde_json::from_str(&text).expect("summary JSON");
+        (
+            summary["status"].as_str().unwrap_or_default().to_string(),
+            summary["verdict"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let mut reported: Vec<&Value> = Vec::new();
+    for group in std::iter::once(&json["baseline"])
+        .chain(conditions.iter())
+        .chain([&json["staging"], swarm])
+    {
+        reported.extend(group["run_dirs"].as_array().expect("run_dirs"));
+    }
+    for dir in &reported {
+        assert_eq!(status(dir).0, "completed", "{dir}");
+    }
+    let isolate_dir = std::path::PathBuf::from(json["isolate_dir"].as_str().expect("dir"));
+    for entry in std::fs::read_dir(&isolate_dir)
+        .expect("isolate dir")
+        .flatten()
+    {
+        let summary = entry.path().join("summary.json");
+        if summary.exists() {
+            let dir = Value::String(entry.path().display().to_string());
+            let (status, verdict) = status(&dir);
+            if status == "stopped_at_violation" {
+                assert_eq!(verdict, "fail", "{dir}");
+            }
+        }
     }
     // Each invariant gets its own answer from the same trials.
     let per_invariant: Vec<&str> = json["invariants"]
