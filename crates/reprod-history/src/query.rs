@@ -210,6 +210,17 @@ pub struct GroupLanding {
     pub together_us: i64,
 }
 
+/// How one overlap group reached one place inside the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupReach {
+    /// The group's caller.
+    pub caller: String,
+    /// A dependency's name, or `database` (statements through the proxy).
+    pub place: String,
+    /// The first member's first call (statement) there to the last member's, µs.
+    pub spread_us: i64,
+}
+
 /// One key's duplicate key conflicts at the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyConflicts {
@@ -824,6 +835,45 @@ impl Reader {
                     caller: r.get(0)?,
                     spread_us: r.get(1)?,
                     together_us: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// For every overlap group two or more of whose members reached a dependency (or the
+    /// database, through the proxy): the time from the first member's first call there to the
+    /// last member's — the spread the service side saw, beside the send spread.
+    pub fn overlap_reach(&self) -> Result<Vec<GroupReach>, HistoryError> {
+        let mut places = vec![
+            "SELECT o.caller, o.group_id, o.op_id, d.dependency AS place, MIN(d.received_us) AS t
+             FROM ops o JOIN dependency_calls d ON d.trace_id = o.trace_id
+             GROUP BY o.op_id, d.dependency",
+        ];
+        if self.has_table("db_statements")? {
+            places.push(
+                "SELECT o.caller, o.group_id, o.op_id, 'database' AS place, MIN(s.received_us) AS t
+                 FROM ops o JOIN db_statements s ON s.trace_id = o.trace_id
+                 GROUP BY o.op_id",
+            );
+        }
+        let sql = format!(
+            "WITH grouped AS (SELECT caller, group_id FROM ops GROUP BY caller, group_id
+                              HAVING COUNT(*) > 1),
+                  firsts AS ({})
+             SELECT f.caller, f.place, MAX(f.t) - MIN(f.t)
+             FROM firsts f JOIN grouped g ON g.caller = f.caller AND g.group_id = f.group_id
+             GROUP BY f.caller, f.group_id, f.place HAVING COUNT(*) > 1
+             ORDER BY f.caller, f.place",
+            places.join(" UNION ALL ")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(GroupReach {
+                    caller: r.get(0)?,
+                    place: r.get(1)?,
+                    spread_us: r.get(2)?,
                 })
             })
             .map_err(|e| self.fail(e))?;

@@ -131,6 +131,21 @@ pub struct OverlapLanding {
     pub together: u64,
     /// For those, how long, µs.
     pub together_us: Spread,
+    /// Where the service side saw the groups: per dependency (and `database`, when proxied),
+    /// the groups two or more of whose members reached it and how tightly.
+    #[serde(default)]
+    pub reached: Vec<OverlapReach>,
+}
+
+/// How tightly an overlap group's members reached one place inside the service.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OverlapReach {
+    /// A dependency's name, or `database`.
+    pub place: String,
+    /// Groups two or more of whose members reached it.
+    pub groups: u64,
+    /// The first member's first call there to the last member's, µs.
+    pub spread_us: Spread,
 }
 
 /// What a run's load exercised at one place: how many keys had two or more of their requests
@@ -636,6 +651,17 @@ impl Summary {
                 ms(o.spread_us.p99),
                 ms(o.spread_us.max),
             );
+            for r in &o.reached {
+                let _ = writeln!(
+                    out,
+                    "              reached {} in {} groups, within p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    r.place,
+                    r.groups,
+                    ms(r.spread_us.p50),
+                    ms(r.spread_us.p99),
+                    ms(r.spread_us.max),
+                );
+            }
         }
         if let Some(p) = &self.db_proxy {
             let pools: Vec<String> = p

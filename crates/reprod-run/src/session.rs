@@ -677,7 +677,9 @@ fn overlap_landings(
     scenario: &Scenario,
     history: &Path,
 ) -> Result<Vec<reprod_report::OverlapLanding>, reprod_history::HistoryError> {
-    let groups = reprod_history::query::Reader::open(history)?.overlap_groups()?;
+    let reader = reprod_history::query::Reader::open(history)?;
+    let groups = reader.overlap_groups()?;
+    let reach = reader.overlap_reach()?;
     Ok(scenario
         .callers
         .iter()
@@ -700,9 +702,29 @@ fn overlap_landings(
                 spread_us: reprod_report::Spread::of(mine.iter().map(|g| g.spread_us).collect()),
                 together: together.len() as u64,
                 together_us: reprod_report::Spread::of(together),
+                reached: reached(&reach, &c.name),
             }
         })
         .collect())
+}
+
+/// Per place, how tightly `caller`'s overlap groups reached it.
+fn reached(
+    reach: &[reprod_history::query::GroupReach],
+    caller: &str,
+) -> Vec<reprod_report::OverlapReach> {
+    let mut places: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for r in reach.iter().filter(|r| r.caller == caller) {
+        places.entry(&r.place).or_default().push(r.spread_us);
+    }
+    places
+        .into_iter()
+        .map(|(place, spreads)| reprod_report::OverlapReach {
+            place: place.to_string(),
+            groups: spreads.len() as u64,
+            spread_us: reprod_report::Spread::of(spreads),
+        })
+        .collect()
 }
 
 /// Keys shown with their duplicate key conflicts in the summary.

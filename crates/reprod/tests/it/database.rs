@@ -182,7 +182,36 @@ async fn the_fixed_variant_shows_the_unique_index_deciding() {
         .filter_map(|r| r["replica"].as_str())
         .collect();
     assert_eq!(replicas, ["invoices/0", "invoices/1"], "{proxy}");
+    // Where the service side saw the API's overlap groups: at the database, every group two
+    // or more of whose members sent a statement, and how tightly their first statements came.
+    let api = summary["overlap"]
+        .as_array()
+        .and_then(|o| o.iter().find(|l| l["caller"] == "api"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let at_database = api["reached"]
+        .as_array()
+        .and_then(|r| r.iter().find(|p| p["place"] == "database"))
+        .unwrap_or_else(|| panic!("{api}"));
+    let groups_with_two = scalar(
+        &history,
+        "SELECT COUNT(*) FROM (
+             SELECT o.group_id FROM ops o
+             WHERE o.caller = 'api' AND EXISTS (SELECT 1 FROM db_statements s WHERE s.trace_id = o.trace_id)
+             GROUP BY o.group_id HAVING COUNT(*) > 1)",
+    );
+    assert!(groups_with_two > 0);
+    assert_eq!(
+        at_database["groups"].as_i64(),
+        Some(groups_with_two),
+        "{api}"
+    );
+    let s = &at_database["spread_us"];
+    assert!(
+        s["p50"].as_i64() <= s["p99"].as_i64() && s["p99"].as_i64() <= s["max"].as_i64(),
+        "{at_database}"
+    );
     let report = std::fs::read_to_string(run_dir(&out).join("report.txt")).expect("report");
+    assert!(report.contains("reached database in "), "{report}");
     assert!(
         report.contains("duplicate key conflicts: ")
             && report.contains("inserts that inserted nothing"),
