@@ -178,6 +178,22 @@ fn fresh_state(scenario: &Scenario) -> Result<Fresh, IsolateError> {
     }
 }
 
+/// What a trial that ran to the end says to question `q`: whether it reproduced, and how many
+/// keys violated.
+fn answer(
+    q: &Question,
+    broke: &BTreeSet<String>,
+    keys: &reprod_history::read::KeyCounts,
+) -> (bool, u64) {
+    match q {
+        None => (!broke.is_empty(), keys.any),
+        Some(name) => (
+            broke.contains(name),
+            keys.per_invariant.get(name).copied().unwrap_or(0),
+        ),
+    }
+}
+
 /// How one trial ended, for the tallies.
 enum TrialEnd {
     /// It completed: which invariants broke, and the key counts (none when it stopped at its
@@ -313,13 +329,7 @@ impl Trials<'_> {
                     keys: Some(keys),
                 } => {
                     for q in &self.questions {
-                        let (reproduced, violating) = match q {
-                            None => (!broke.is_empty(), keys.any),
-                            Some(name) => (
-                                broke.contains(name),
-                                keys.per_invariant.get(name).copied().unwrap_or(0),
-                            ),
-                        };
+                        let (reproduced, violating) = answer(q, &broke, &keys);
                         run.tallies.entry(q.clone()).or_default().add(
                             reproduced,
                             violating,
@@ -410,13 +420,7 @@ impl Trials<'_> {
                     keys: Some(keys),
                 } => {
                     for q in &self.questions {
-                        let (r, violating) = match q {
-                            None => (!broke.is_empty(), keys.any),
-                            Some(name) => (
-                                broke.contains(name),
-                                keys.per_invariant.get(name).copied().unwrap_or(0),
-                            ),
-                        };
+                        let (r, violating) = answer(q, &broke, &keys);
                         out.entry(q.clone()).or_default().push(SwarmTrial {
                             on: mask.clone(),
                             reproduced: r,
