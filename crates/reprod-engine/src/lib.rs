@@ -164,6 +164,11 @@ pub struct Input<'a> {
     pub setup: Arc<SetupValues>,
 }
 
+/// With an overlap window narrower than this, operations start to the microsecond: tokio's
+/// timer fires on millisecond ticks, which would send most members of a 2 ms window within
+/// the same tick.
+const PRECISE_BELOW: Duration = Duration::from_millis(20);
+
 struct CallerRt {
     spec: Caller,
     /// The caller's and its key prefix's names in the history.
@@ -200,6 +205,11 @@ struct Shared {
     key_locks: Option<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// The open gates of synchronised overlap groups (`overlap.sync = "last_byte"`), by group.
     gates: Mutex<HashMap<u64, Arc<Gate>>>,
+    /// Whether operations start at their intended microsecond rather than at the timer's next
+    /// millisecond tick: when a caller's overlap window is narrow enough that ticks would
+    /// collapse it. Every operation then, since operations are released in order and one
+    /// released late on a tick would hold back the next.
+    precise: bool,
     pool: runner::Pool,
     /// The first contained panic of an operation, which stops the run.
     failure: Mutex<Option<String>>,
@@ -279,6 +289,11 @@ pub async fn run(input: Input<'_>) -> Stats {
         live,
         key_locks: scenario.serialize_keys.then(|| Mutex::new(HashMap::new())),
         gates: Mutex::new(HashMap::new()),
+        precise: scenario.callers.iter().any(|c| {
+            c.overlap.k > 1
+                && c.overlap.sync == reprod_scenario::OverlapSync::Window
+                && c.overlap.window < PRECISE_BELOW
+        }),
         pool: runner::Pool::new(
             Schedule::new(scenario),
             load_start_us,

@@ -214,9 +214,12 @@ async fn runner(shared: Arc<Shared>) {
             }
         };
         if op.at_us > now_us {
-            let slept = rt
-                .sleep_until(shared.clock.instant_at(op.at_us).into())
-                .await;
+            let slept = if shared.precise {
+                rt.sleep_precisely(shared.clock, op.at_us).await
+            } else {
+                rt.sleep_until(shared.clock.instant_at(op.at_us).into())
+                    .await
+            };
             lock(&pool.dispatch).waiting = false;
             if slept.is_err() {
                 break;
@@ -278,6 +281,29 @@ impl Runner {
         }
     }
 
+    /// Waits until `at_us` on `clock` to the microsecond, or until the run stops: the timer
+    /// (which fires on millisecond ticks) until shortly before, then yielding to other tasks
+    /// until the moment. Costs up to a tick and a half of polling per wait, so only scenarios
+    /// with an overlap window that the ticks would collapse use it.
+    pub(crate) async fn sleep_precisely(
+        &mut self,
+        clock: reprod_history::RunClock,
+        at_us: i64,
+    ) -> Result<(), Stopped> {
+        const TICK_US: i64 = 1_500;
+        if at_us - TICK_US > clock.now_us() {
+            self.sleep_until(clock.instant_at(at_us - TICK_US).into())
+                .await?;
+        }
+        while clock.now_us() < at_us {
+            if self.stop.is_set() {
+                return Err(Stopped);
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
     /// Waits for `turn`, or until the run stops.
     async fn wait_turn(&mut self, turn: &Notify) -> Result<(), Stopped> {
         tokio::select! {
@@ -326,6 +352,24 @@ mod tests {
             Claim::Run(op) => Some(op.at_us),
             Claim::Wait | Claim::End => None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_precise_wait_never_ends_early_and_ends_on_a_stop() {
+        let signal = Arc::new(StopSignal::default());
+        let mut rt = Runner {
+            stop: StopWait::new(Arc::clone(&signal)),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        };
+        let clock = reprod_history::RunClock::start();
+        for offset_us in [0, 300, 2_700, 12_345] {
+            let at = clock.now_us() + offset_us;
+            assert!(rt.sleep_precisely(clock, at).await.is_ok());
+            assert!(clock.now_us() >= at, "woke before {at}");
+        }
+        signal.set();
+        let far = clock.now_us() + 60_000_000;
+        assert!(rt.sleep_precisely(clock, far).await.is_err());
     }
 
     #[test]
