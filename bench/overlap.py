@@ -13,6 +13,11 @@
    several seeds: the share of runs that reproduced and the per-key rate (violating keys over
    keys the API touched).
 
+3. A window far narrower than a millisecond. `bench/narrow_counter.py`, a Python asyncio
+   counter that reads, yields one turn of the event loop and writes (a lost update when two
+   adds share the turn), with a `sync = "last_byte"` caller and a `window = "2ms"` caller side
+   by side in each run, several seeds: lost adds per group (Jepsen's counter check).
+
 Usage: python3 bench/overlap.py [--seconds 5] [--trials 5]
        (needs cargo build --release -p reprod -p invoice-service -p bench-server)
 """
@@ -127,6 +132,74 @@ def race(work, seconds, trials):
         )
 
 
+NARROW = """
+name = "narrow"
+duration = "{seconds}s"
+drain = "500ms"
+
+[database]
+url = "sqlite:{{run_dir}}/counters.db"
+
+[[service]]
+name = "counter"
+command = ["python3", "-u", "{counter}", "{{port}}", "{{database.url}}"]
+ready = {{ path = "/health", timeout = "20s" }}
+
+[[caller]]
+name = "synced"
+request = {{ method = "POST", path = "/add/{{key}}" }}
+keys = {{ count = 1000000, prefix = "s" }}
+rate = 20
+overlap = {{ k = 2, sync = "last_byte" }}
+timeout = "5s"
+
+[[caller]]
+name = "windowed"
+request = {{ method = "POST", path = "/add/{{key}}" }}
+keys = {{ count = 1000000, prefix = "w" }}
+rate = 20
+overlap = {{ k = 2, window = "2ms" }}
+timeout = "5s"
+
+[[invariant]]
+name = "synced"
+counter = "SELECT k, n FROM counters WHERE k LIKE 's%'"
+key_column = "k"
+caller = "synced"
+
+[[invariant]]
+name = "windowed"
+counter = "SELECT k, n FROM counters WHERE k LIKE 'w%'"
+key_column = "k"
+caller = "windowed"
+"""
+
+
+def narrow(work, seconds, trials):
+    path = os.path.join(work, "narrow.toml")
+    with open(path, "w") as f:
+        f.write(NARROW.format(seconds=seconds, counter=os.path.join(ROOT, "bench", "narrow_counter.py")))
+    print(f"\nasyncio counter (read, one loop turn, write), k = 2, {seconds} s runs, {trials} seeds:")
+    print(f"{'mode':<12} {'groups':>7} {'lost an add':>11} {'share':>10} {'spread p50 µs':>14} {'p99 µs':>8}")
+    totals = {}
+    for seed in range(trials):
+        summary = run([path, "--seed", str(2000 + seed), "--out", os.path.join(work, "runs")], work)
+        lost = {i["name"]: i["violations"] for i in summary["invariants"]}
+        for o in summary["overlap"]:
+            t = totals.setdefault(o["caller"], {"groups": 0, "lost": 0, "p50": [], "p99": []})
+            t["groups"] += o["groups"]
+            t["lost"] += lost[o["caller"]]
+            t["p50"].append(o["spread_us"]["p50"])
+            t["p99"].append(o["spread_us"]["p99"])
+    for caller, mode in (("synced", "last_byte"), ("windowed", "window 2ms")):
+        t = totals[caller]
+        mid = lambda xs: sorted(xs)[len(xs) // 2]
+        print(
+            f"{mode:<12} {t['groups']:>7} {t['lost']:>11} {t['lost'] / max(t['groups'], 1):>10.1%}"
+            f" {mid(t['p50']):>14} {mid(t['p99']):>8}"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -138,6 +211,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         spreads(work, args.seconds)
         race(work, args.seconds, args.trials)
+        narrow(work, args.seconds, args.trials)
 
 
 if __name__ == "__main__":
