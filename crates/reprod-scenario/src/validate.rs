@@ -2353,6 +2353,13 @@ fn invariant(
         );
         return None;
     }
+    if let (Some(every), None) = (&i.every, &i.sql) {
+        cx.err(
+            every.span(),
+            "every applies to SQL invariants only",
+            Some("drop every, or write the invariant as sql = \"...\""),
+        );
+    }
     if let Some(query) = &i.counter {
         read_only(cx, query);
         if !has_db {
@@ -2380,13 +2387,6 @@ fn invariant(
         });
     }
     let caller = i.caller.as_ref().map(|c| c.get_ref().clone());
-    if let (Some(every), None) = (&i.every, &i.sql) {
-        cx.err(
-            every.span(),
-            "every applies to SQL invariants only",
-            Some("drop every, or write the invariant as sql = \"...\""),
-        );
-    }
     if let Some(pointer) = &i.agree {
         if !pointer.get_ref().starts_with('/') {
             cx.err(
