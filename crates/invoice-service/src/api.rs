@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::App;
+use crate::credits;
 use crate::error::RequestError;
 use crate::invoices::{self, validate_account_id, validate_period};
 use crate::log::OpContext;
@@ -33,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         let api = Router::new()
             .route("/invoices", post(create_invoice).get(list_invoices))
             .route("/reconcile", post(reconcile))
+            .route("/credits", post(credit))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&app), admit));
         router = router.merge(api);
     }
@@ -172,6 +174,47 @@ async fn create_invoice(State(app): State<Arc<App>>, headers: HeaderMap, body: B
                 json!({"status": status.as_u16(), "invoice_id": outcome.invoice().id}),
             );
             with_correlation((status, Json(outcome.invoice())).into_response(), &trace)
+        }
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `POST /credits {"account_id", "cents"}` → 200 `{"account_id", "cents"}` with the balance
+/// after the credit; 400 bad input.
+async fn credit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("credit", &headers);
+    let parsed = parse_json_object(&body).and_then(|body| {
+        let account_id = string_field(&body, "account_id")?.to_string();
+        validate_account_id(&account_id)?;
+        let cents = match body.get("cents").and_then(Value::as_i64) {
+            Some(c) if (1..=credits::MAX_CREDIT_CENTS).contains(&c) => c,
+            _ => {
+                return Err(RequestError::BadRequest(format!(
+                    "field \"cents\" must be an integer from 1 to {}",
+                    credits::MAX_CREDIT_CENTS
+                )));
+            }
+        };
+        Ok((account_id, cents))
+    });
+    let (account_id, cents) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log
+        .decision(&ctx, "request.received", json!({"cents": cents}));
+    match credits::credit(&app, &mut ctx, &account_id, cents).await {
+        Ok(balance) => {
+            app.log.decision(
+                &ctx,
+                "request.done",
+                json!({"status": 200, "cents": balance}),
+            );
+            with_correlation(
+                Json(json!({"account_id": account_id, "cents": balance})).into_response(),
+                &trace,
+            )
         }
         Err(e) => fail(&app, &ctx, &trace, e),
     }

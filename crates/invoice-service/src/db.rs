@@ -208,6 +208,7 @@ const SQLITE_SCHEMA: &[&str] = &[
         last_error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, next_attempt_at_ms)",
+    "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -261,6 +262,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
         last_error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, next_attempt_at_ms)",
+    "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
 ];
 
 /// An invoice as stored and as the API returns it.

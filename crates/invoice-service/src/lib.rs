@@ -13,6 +13,7 @@
 
 mod api;
 pub mod config;
+mod credits;
 mod db;
 mod deps;
 mod error;

@@ -136,14 +136,26 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
         Some(Value::Null) | None => "?".to_string(),
         Some(other) => other.to_string(),
     };
-    let what = format!("{}/{}", text("account_id"), text("period"));
+    let what = match line.get("period") {
+        Some(Value::String(period)) => format!("{}/{period}", text("account_id")),
+        _ => text("account_id"),
+    };
     match event {
         "request.received" => format!(
             "received {} for {what} (attempt {})",
             text("operation"),
             text("retry_attempt")
         ),
-        "request.done" => format!("answered {} ({})", text("status"), text("invoice_id")),
+        "request.done" if line.contains_key("invoice_id") => {
+            format!("answered {} ({})", text("status"), text("invoice_id"))
+        }
+        "request.done" => format!("answered {} (balance {})", text("status"), text("cents")),
+        "balance.read" => format!("read the balance of {what}: {} cents", text("cents")),
+        "balance.written" => format!(
+            "wrote the balance of {what}: {} cents (credit {})",
+            text("cents"),
+            text("credit")
+        ),
         "request.failed" => format!("answered {}: {}", text("status"), text("error")),
         "invoice.none_found" => format!("find invoice {what}: none"),
         "invoice.found_existing" => format!("find invoice {what}: {}", text("invoice_id")),
