@@ -163,6 +163,13 @@ struct ExplainArgs {
 
 #[derive(Clone, Debug, Args)]
 struct DemoArgs {
+    /// Which demo: invoices (the default, the seed's invoice service) or a gallery scenario
+    /// (lost-update); see docs/gallery.md.
+    #[arg(value_name = "NAME", conflicts_with = "gallery")]
+    name: Option<String>,
+    /// Run every gallery scenario, naive and fixed, one after another.
+    #[arg(long)]
+    gallery: bool,
     /// Run on PostgreSQL: reprod creates two scratch databases on this server and drops them
     /// afterwards (default: SQLite files in the run directories).
     #[arg(long, value_name = "URL")]

@@ -7,6 +7,7 @@ mod cli;
 mod database;
 mod examples;
 mod explain;
+mod gallery;
 mod isolate;
 mod lifecycle;
 mod logs;
