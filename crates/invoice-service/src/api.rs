@@ -17,12 +17,12 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::credits;
 use crate::error::RequestError;
 use crate::invoices::{self, validate_account_id, validate_period};
 use crate::log::OpContext;
 use crate::queue::{self, MAX_ACCOUNTS_PER_RECONCILE};
 use crate::trace::TraceContext;
+use crate::{credits, plans};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -35,6 +35,8 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/invoices", post(create_invoice).get(list_invoices))
             .route("/reconcile", post(reconcile))
             .route("/credits", post(credit))
+            .route("/plans", post(change_plan))
+            .route("/charges", post(charge))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&app), admit));
         router = router.merge(api);
     }
@@ -217,6 +219,78 @@ async fn credit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             )
         }
         Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `POST /plans {"account_id", "price_cents"}` → 200 `{"account_id", "price_cents",
+/// "plan_version"}`; 400 bad input.
+async fn change_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("change_plan", &headers);
+    let parsed = parse_json_object(&body).and_then(|body| {
+        let account_id = string_field(&body, "account_id")?.to_string();
+        validate_account_id(&account_id)?;
+        match body.get("price_cents").and_then(Value::as_i64) {
+            Some(p) if (0..=plans::MAX_PRICE_CENTS).contains(&p) => Ok((account_id, p)),
+            _ => Err(RequestError::BadRequest(format!(
+                "field \"price_cents\" must be an integer from 0 to {}",
+                plans::MAX_PRICE_CENTS
+            ))),
+        }
+    });
+    let (account_id, price) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    let result = plans::change(&app, &mut ctx, &account_id, price).await;
+    plan_answer(&app, &ctx, &trace, &account_id, result)
+}
+
+/// `POST /charges {"account_id"}` → 200 `{"account_id", "price_cents", "plan_version"}`: the
+/// plan the charge was billed at; 400 bad input.
+async fn charge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("charge", &headers);
+    let parsed = parse_json_object(&body).and_then(|body| {
+        let account_id = string_field(&body, "account_id")?.to_string();
+        validate_account_id(&account_id)?;
+        Ok(account_id)
+    });
+    let account_id = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    let result = plans::charge(&app, &mut ctx, &account_id).await;
+    plan_answer(&app, &ctx, &trace, &account_id, result)
+}
+
+fn plan_answer(
+    app: &App,
+    ctx: &OpContext,
+    trace: &TraceContext,
+    account_id: &str,
+    result: Result<plans::Plan, RequestError>,
+) -> Response {
+    match result {
+        Ok(plan) => {
+            app.log.decision(
+                ctx,
+                "request.done",
+                json!({"status": 200, "price_cents": plan.price_cents}),
+            );
+            with_correlation(
+                Json(json!({
+                    "account_id": account_id,
+                    "price_cents": plan.price_cents,
+                    "plan_version": plan.version,
+                }))
+                .into_response(),
+                trace,
+            )
+        }
+        Err(e) => fail(app, ctx, trace, e),
     }
 }
 

@@ -209,6 +209,20 @@ const SQLITE_SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, next_attempt_at_ms)",
     "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS plans (
+        account_id TEXT PRIMARY KEY,
+        price_cents BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        changed_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS charges (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL,
+        price_cents BIGINT NOT NULL,
+        plan_version BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        served_by TEXT NOT NULL
+    )",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -263,6 +277,20 @@ const POSTGRES_SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, next_attempt_at_ms)",
     "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS plans (
+        account_id TEXT PRIMARY KEY,
+        price_cents BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        changed_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS charges (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        price_cents BIGINT NOT NULL,
+        plan_version BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        served_by TEXT NOT NULL
+    )",
 ];
 
 /// An invoice as stored and as the API returns it.

@@ -19,6 +19,7 @@ mod deps;
 mod error;
 mod invoices;
 mod log;
+mod plans;
 mod queue;
 mod relay;
 mod trace;
@@ -49,6 +50,8 @@ struct App {
     usage: UsageClient,
     email: EmailClient,
     log: Logger,
+    /// Each account's plan as this process last saw it.
+    plans: plans::PlanCache,
     admission: Option<Arc<Semaphore>>,
     relay_wake: Notify,
     worker_wake: Notify,
@@ -92,6 +95,7 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         admission: config.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
         relay_wake: Notify::new(),
         worker_wake: Notify::new(),
+        plans: plans::PlanCache::default(),
         log,
         db,
         config,

@@ -149,7 +149,34 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
         "request.done" if line.contains_key("invoice_id") => {
             format!("answered {} ({})", text("status"), text("invoice_id"))
         }
+        "request.done" if line.contains_key("price_cents") => {
+            format!(
+                "answered {} (price {})",
+                text("status"),
+                text("price_cents")
+            )
+        }
         "request.done" => format!("answered {} (balance {})", text("status"), text("cents")),
+        "plan.changed" => format!(
+            "changed the plan of {what}: {} cents (version {})",
+            text("price_cents"),
+            text("plan_version")
+        ),
+        "plan.cached" => format!(
+            "plan of {what} from this process's cache: {} cents (version {})",
+            text("price_cents"),
+            text("plan_version")
+        ),
+        "plan.read" => format!(
+            "read the plan of {what}: {} cents (version {})",
+            text("price_cents"),
+            text("plan_version")
+        ),
+        "charge.billed" => format!(
+            "billed {what} {} cents (plan version {})",
+            text("price_cents"),
+            text("plan_version")
+        ),
         "balance.read" => format!("read the balance of {what}: {} cents", text("cents")),
         "balance.written" => format!(
             "wrote the balance of {what}: {} cents (credit {})",
