@@ -51,6 +51,15 @@ pub(crate) const DEMOS: &[Demo] = &[
         expected: "the naive read-modify-write lost credits, the atomic add kept every one",
         gallery: true,
     },
+    Demo {
+        name: "stale-cache",
+        title: "Gallery: cache divergence — plan caches on two replicas",
+        path: "scenarios/gallery/stale-cache.toml",
+        text: include_str!("../../../scenarios/gallery/stale-cache.toml"),
+        invariant: "charges use the plan in force",
+        expected: "the naive per-replica cache billed old prices after a change through the other replica, the versioned cache did not",
+        gallery: true,
+    },
 ];
 
 pub fn main(args: DemoArgs) -> u8 {

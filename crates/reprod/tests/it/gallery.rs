@@ -19,61 +19,89 @@ fn violations(summary: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs gallery scenario `name` naive and fixed (with `extra` arguments): naive must exit 1
+/// with violations, fixed exit 0. The naive summary, for the row's own checks.
+fn naive_breaks_and_fixed_holds(name: &str, extra: &[String]) -> Value {
+    let out = TempDir::new();
+    let mut summaries = Vec::new();
+    for (variant, expected) in [("naive", 1), ("fixed", 0)] {
+        let mut args = vec!["--set".to_string(), format!("variant={variant}")];
+        args.extend(extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, summary, stderr) = run_json("run", &gallery(name), out.path(), &args);
+        assert_eq!(
+            code,
+            Some(expected),
+            "{name} {variant}: {stderr}\n{summary}"
+        );
+        assert_eq!(summary["ops"]["failed"], 0, "{name} {variant}: {summary}");
+        summaries.push(summary);
+    }
+    assert!(violations(&summaries[0]) > 0, "{}", summaries[0]);
+    summaries.swap_remove(0)
+}
+
+/// The same on PostgreSQL, a fresh database per run; `None` when `DATABASE_URL` is not set.
+async fn naive_breaks_and_fixed_holds_on_postgres(name: &'static str) -> Option<()> {
+    // Each variant gets its own empty database: fixed must not see naive's rows.
+    let naive = PgDb::fresh().await?;
+    let fixed = PgDb::fresh().await?;
+    let urls = [naive.url.clone(), fixed.url.clone()];
+    let checked = tokio::task::spawn_blocking(move || {
+        let out = TempDir::new();
+        for ((variant, expected), url) in [("naive", 1), ("fixed", 0)].into_iter().zip(urls) {
+            let database = format!("database={url}");
+            let args =
+                ["--set", &database, "--set", &format!("variant={variant}")].map(str::to_string);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, summary, stderr) = run_json("run", &gallery(name), out.path(), &args);
+            assert_eq!(
+                code,
+                Some(expected),
+                "{name} {variant}: {stderr}\n{summary}"
+            );
+            if variant == "naive" {
+                assert!(violations(&summary) > 0, "{summary}");
+            }
+        }
+    })
+    .await;
+    naive.drop_now().await;
+    fixed.drop_now().await;
+    checked.expect("the runs");
+    Some(())
+}
+
 /// Overlapping updates: concurrent credits on one balance lose one of two on naive.
 #[test]
 fn lost_update_naive_loses_credits_and_fixed_keeps_them_on_sqlite() {
-    let out = TempDir::new();
-    let (code, summary, stderr) = run_json(
-        "run",
-        &gallery("lost-update"),
-        out.path(),
-        &["--set", "variant=naive"],
-    );
-    assert_eq!(code, Some(1), "{stderr}\n{summary}");
-    assert!(violations(&summary) > 0, "{summary}");
-    let example = summary["invariants"][0]["examples"][0]
-        .as_str()
-        .unwrap_or("");
+    let naive = naive_breaks_and_fixed_holds("lost-update", &[]);
+    let example = naive["invariants"][0]["examples"][0].as_str().unwrap_or("");
     assert!(
         example.contains("outside ["),
         "a balance below its confirmed credits: {example}"
     );
-    let (code, summary, stderr) = run_json(
-        "run",
-        &gallery("lost-update"),
-        out.path(),
-        &["--set", "variant=fixed"],
-    );
-    assert_eq!(code, Some(0), "{stderr}\n{summary}");
-    assert_eq!(summary["ops"]["failed"], 0, "{summary}");
 }
 
 #[tokio::test]
 async fn lost_update_naive_loses_credits_and_fixed_keeps_them_on_postgres() {
-    for (variant, expected) in [("naive", 1), ("fixed", 0)] {
-        let Some(db) = PgDb::fresh().await else {
-            return;
-        };
-        let out = TempDir::new();
-        let args = [
-            "--set".to_string(),
-            format!("database={}", db.url),
-            "--set".to_string(),
-            format!("variant={variant}"),
-        ];
-        let (path, dir) = (gallery("lost-update"), out.path().to_path_buf());
-        let (code, summary, stderr) = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_json("run", &path, &dir, &args)
-        })
-        .await
-        .expect("join");
-        db.drop_now().await;
-        assert_eq!(code, Some(expected), "{variant}: {stderr}\n{summary}");
-        if variant == "naive" {
-            assert!(violations(&summary) > 0, "{summary}");
-        }
-    }
+    naive_breaks_and_fixed_holds_on_postgres("lost-update").await;
+}
+
+/// Cache divergence: a replica that did not serve a plan change keeps billing the old price.
+#[test]
+fn stale_cache_naive_bills_old_prices_and_fixed_does_not_on_sqlite() {
+    let naive = naive_breaks_and_fixed_holds("stale-cache", &[]);
+    let example = naive["invariants"][0]["examples"][0].as_str().unwrap_or("");
+    assert!(
+        example.contains("billed=1000, plan_price=2000"),
+        "{example}"
+    );
+}
+
+#[tokio::test]
+async fn stale_cache_naive_bills_old_prices_and_fixed_does_not_on_postgres() {
+    naive_breaks_and_fixed_holds_on_postgres("stale-cache").await;
 }
 
 /// `isolate` on the naive lost update: overlap is necessary, retries are not.
@@ -99,6 +127,33 @@ fn isolate_names_overlap_for_the_lost_update() {
     assert_eq!(json["minimal"], serde_json::json!(["overlap"]), "{json}");
 }
 
+/// `isolate` on the naive stale cache: the bug needs two instances and the plan changes
+/// arriving while charges go on; each alone is necessary.
+#[test]
+fn isolate_names_instances_and_concurrent_callers_for_the_stale_cache() {
+    let out = TempDir::new();
+    let (code, json, stderr) = run_json(
+        "isolate",
+        &gallery("stale-cache"),
+        out.path(),
+        &["--set", "variant=naive", "--swarm", "0"],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{json}");
+    for name in ["instances", "concurrent_callers"] {
+        let verdict = json["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["verdict"].clone())
+            .unwrap_or_else(|| panic!("{name} in {json}"));
+        assert_eq!(verdict, "necessary", "{name}: {json}");
+    }
+    assert_eq!(
+        json["minimal"],
+        serde_json::json!(["instances", "concurrent_callers"]),
+        "{json}"
+    );
+}
+
 /// `reprod demo --gallery` runs every gallery scenario, naive and fixed; an unknown demo name
 /// is refused with the names there are.
 #[test]
@@ -122,7 +177,7 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
         .iter()
         .filter_map(|d| d["name"].as_str())
         .collect();
-    assert!(names.contains(&"lost-update"), "{names:?}");
+    assert_eq!(names, ["lost-update", "stale-cache"]);
     for d in json["demos"].as_array().expect("demos") {
         assert_eq!(d["naive"]["verdict"], "fail", "{d}");
         assert_eq!(d["fixed"]["verdict"], "pass", "{d}");
@@ -130,5 +185,8 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
     let output = crate::support::run(&["demo", "no-such-bug"]);
     let stderr = crate::support::text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("invoices, lost-update"), "{stderr}");
+    assert!(
+        stderr.contains("invoices, lost-update, stale-cache"),
+        "{stderr}"
+    );
 }
