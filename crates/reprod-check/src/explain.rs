@@ -124,16 +124,23 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             error,
             idempotency_key: idem,
             response,
+            queue_delay_us,
         } = a;
         traces.insert(trace, (caller.clone(), op));
         in_flight.push((sent, done, format!("{caller} op {op}")));
         let idem = idem
             .map(|k| format!(", Idempotency-Key {}", short(&k)))
             .unwrap_or_default();
+        // The seed's "queue enqueue time": how old the work was when it reached the service.
+        let queued = if n == 1 && queue_delay_us > 0 {
+            format!(", after {:.0} ms in the queue", queue_delay_us as f64 / 1e3)
+        } else {
+            String::new()
+        };
         raw.push((
             sent,
             EntryKind::Attempt,
-            format!("{caller} op {op} attempt {n} sent to {instance} ({version}){idem}"),
+            format!("{caller} op {op} attempt {n} sent to {instance} ({version}){idem}{queued}"),
         ));
         // The answer's own words: both racing creates answered 201, with different ids.
         let body = response

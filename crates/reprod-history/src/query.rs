@@ -60,6 +60,8 @@ pub struct KeyAttempt {
     pub idempotency_key: Option<String>,
     /// The start of the answer's body, as recorded.
     pub response: Option<String>,
+    /// How long its operation waited in the caller's queue (`delay`) before its first attempt.
+    pub queue_delay_us: i64,
 }
 
 /// A dependency call about one key (by extracted key or by trace).
@@ -586,7 +588,8 @@ impl Reader {
             .conn
             .prepare(
                 "SELECT o.op_id, o.caller, o.trace_id, a.n, a.instance, a.version, a.sent_us,
-                        a.done_us, a.status, a.error, a.idempotency_key, a.response
+                        a.done_us, a.status, a.error, a.idempotency_key, a.response,
+                        o.queue_delay_us
                  FROM ops o JOIN attempts a ON a.op_id = o.op_id WHERE o.key = ?1
                  ORDER BY a.sent_us",
             )
@@ -606,6 +609,7 @@ impl Reader {
                     error: r.get(9)?,
                     idempotency_key: r.get(10)?,
                     response: r.get(11)?,
+                    queue_delay_us: r.get(12)?,
                 })
             })
             .map_err(|e| self.fail(e))?;

@@ -304,7 +304,7 @@ pub async fn perform(
     }
     summary.warnings = warnings(scenario, &stats, &driven, &history_path, summary.warnings);
     summary.decide();
-    if let Some(w) = never_raced(&summary) {
+    if let Some(w) = never_raced(scenario, &summary) {
         summary.warnings.push(w);
     }
     let explanation = if summary.violated() {
@@ -657,16 +657,26 @@ async fn start_db_proxy(
 
 /// A pass whose load never put two requests on one key in flight together tested no same-key
 /// race at all: said, so a bare PASS is not read as "no race".
-fn never_raced(summary: &Summary) -> Option<Warning> {
+fn never_raced(scenario: &Scenario, summary: &Summary) -> Option<Warning> {
     let requests = summary.exercised.iter().find(|e| e.place == "requests")?;
     if summary.verdict != reprod_report::Verdict::Pass || requests.overlapped_keys > 0 {
         return None;
     }
+    let shared = scenario.callers.iter().enumerate().any(|(i, a)| {
+        scenario.callers[i + 1..]
+            .iter()
+            .any(|b| b.keys.prefix == a.keys.prefix)
+    });
+    let advice = if shared {
+        "give a caller overlap = { k = 2, sync = \"last_byte\" }, or have the callers that share these keys send at the same time"
+    } else {
+        "give a caller overlap = { k = 2, sync = \"last_byte\" } or a second caller on the same keys"
+    };
     Some(Warning {
         kind: "never_raced".to_string(),
         subject: None,
         message: format!(
-            "no two requests on one key were ever in flight together ({} keys): this run exercised no same-key race, so its pass says nothing about one; give a caller overlap = {{ k = 2, sync = \"last_byte\" }} or a second caller on the same keys",
+            "no two requests on one key were ever in flight together ({} keys): this run exercised no same-key race, so its pass says nothing about one; {advice}",
             requests.keys
         ),
     })
