@@ -22,7 +22,7 @@ use crate::invoices::{self, validate_account_id, validate_period};
 use crate::log::OpContext;
 use crate::queue::{self, MAX_ACCOUNTS_PER_RECONCILE};
 use crate::trace::TraceContext;
-use crate::{credits, plans};
+use crate::{credits, plans, sends};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -37,6 +37,8 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/credits", post(credit))
             .route("/plans", post(change_plan))
             .route("/charges", post(charge))
+            .route("/sends", post(send))
+            .route("/voids", post(void))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&app), admit));
         router = router.merge(api);
     }
@@ -264,6 +266,63 @@ async fn charge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     app.log.decision(&ctx, "request.received", json!({}));
     let result = plans::charge(&app, &mut ctx, &account_id).await;
     plan_answer(&app, &ctx, &trace, &account_id, result)
+}
+
+/// The `account_id` of a body that has only that.
+fn account_only(body: &[u8]) -> Result<String, RequestError> {
+    let body = parse_json_object(body)?;
+    let account_id = string_field(&body, "account_id")?.to_string();
+    validate_account_id(&account_id)?;
+    Ok(account_id)
+}
+
+/// `POST /sends {"account_id"}` (a queued send job) → 200 `{"sent": true}`, or 409
+/// `{"sent": false, "reason": "voided"}` when the fixed service's stale-work check skipped it.
+async fn send(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("send", &headers);
+    let account_id = match account_only(&body) {
+        Ok(a) => a,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    match sends::send(&app, &mut ctx, &trace, &account_id).await {
+        Ok(outcome) => {
+            let (status, body) = match outcome {
+                sends::Sent::Sent => (StatusCode::OK, json!({"sent": true})),
+                sends::Sent::SkippedVoided => (
+                    StatusCode::CONFLICT,
+                    json!({"sent": false, "reason": "voided"}),
+                ),
+            };
+            app.log.decision(
+                &ctx,
+                "request.done",
+                json!({"status": status.as_u16(), "sent": body["sent"]}),
+            );
+            with_correlation((status, Json(body)).into_response(), &trace)
+        }
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `POST /voids {"account_id"}` → 200 `{"voided": true}`.
+async fn void(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("void", &headers);
+    let account_id = match account_only(&body) {
+        Ok(a) => a,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    match sends::void(&app, &mut ctx, &account_id).await {
+        Ok(()) => {
+            app.log
+                .decision(&ctx, "request.done", json!({"status": 200, "voided": true}));
+            with_correlation(Json(json!({"voided": true})).into_response(), &trace)
+        }
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
 }
 
 fn plan_answer(

@@ -223,6 +223,12 @@ const SQLITE_SCHEMA: &[&str] = &[
         created_at_ms BIGINT NOT NULL,
         served_by TEXT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS documents (
+        account_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        sent_at_ms BIGINT,
+        voided_at_ms BIGINT
+    )",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -290,6 +296,12 @@ const POSTGRES_SCHEMA: &[&str] = &[
         plan_version BIGINT NOT NULL,
         created_at_ms BIGINT NOT NULL,
         served_by TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS documents (
+        account_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        sent_at_ms BIGINT,
+        voided_at_ms BIGINT
     )",
 ];
 

@@ -22,6 +22,7 @@ mod log;
 mod plans;
 mod queue;
 mod relay;
+mod sends;
 mod trace;
 
 use std::net::SocketAddr;

@@ -156,7 +156,18 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
                 text("price_cents")
             )
         }
+        "request.done" if line.contains_key("sent") => {
+            format!("answered {} (sent: {})", text("status"), text("sent"))
+        }
+        "request.done" if line.contains_key("voided") => {
+            format!("answered {} (voided)", text("status"))
+        }
         "request.done" => format!("answered {} (balance {})", text("status"), text("cents")),
+        "document.voided" => format!("voided the document of {what}"),
+        "send.sent" => format!("sent {} by email ({})", text("document"), text("status")),
+        "send.skipped_voided" => {
+            format!("the document of {what} is voided: the send job is stale, nothing sent")
+        }
         "plan.changed" => format!(
             "changed the plan of {what}: {} cents (version {})",
             text("price_cents"),
