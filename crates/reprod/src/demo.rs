@@ -60,6 +60,15 @@ pub(crate) const DEMOS: &[Demo] = &[
         expected: "the naive per-replica cache billed old prices after a change through the other replica, the versioned cache did not",
         gallery: true,
     },
+    Demo {
+        name: "stale-send",
+        title: "Gallery: queue delay changing state — send jobs that outlive a void",
+        path: "scenarios/gallery/stale-send.toml",
+        text: include_str!("../../../scenarios/gallery/stale-send.toml"),
+        invariant: "no document is sent after it was voided",
+        expected: "the naive consumer emailed documents voided while their jobs waited, the stale-work check skipped them",
+        gallery: true,
+    },
 ];
 
 pub fn main(args: DemoArgs) -> u8 {

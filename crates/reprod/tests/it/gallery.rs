@@ -104,6 +104,54 @@ async fn stale_cache_naive_bills_old_prices_and_fixed_does_not_on_postgres() {
     naive_breaks_and_fixed_holds_on_postgres("stale-cache").await;
 }
 
+/// Queue delay changing state: send jobs that waited past a void email voided documents.
+#[test]
+fn stale_send_naive_sends_voided_documents_and_fixed_skips_them_on_sqlite() {
+    let naive = naive_breaks_and_fixed_holds("stale-send", &[]);
+    assert_eq!(
+        naive["invariants"][0]["violations"], 30,
+        "every account: {naive}"
+    );
+    // The timeline says how long the job waited.
+    let timeline: Vec<&str> = naive["explanation"]["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(
+        timeline
+            .iter()
+            .any(|t| t.contains("sent to documents/0 (v1), after 1500 ms in the queue")),
+        "{timeline:?}"
+    );
+}
+
+#[tokio::test]
+async fn stale_send_naive_sends_voided_documents_and_fixed_skips_them_on_postgres() {
+    naive_breaks_and_fixed_holds_on_postgres("stale-send").await;
+}
+
+/// `isolate` on the naive stale send: the queue delay is what lets the job outlive the void.
+#[test]
+fn isolate_names_queue_delay_for_the_stale_send() {
+    let out = TempDir::new();
+    let (code, json, stderr) = run_json(
+        "isolate",
+        &gallery("stale-send"),
+        out.path(),
+        &["--set", "variant=naive"],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{json}");
+    assert_eq!(json["conditions"][0]["name"], "queue_delay", "{json}");
+    assert_eq!(json["conditions"][0]["verdict"], "necessary", "{json}");
+    assert_eq!(
+        json["minimal"],
+        serde_json::json!(["queue_delay"]),
+        "{json}"
+    );
+}
+
 /// `isolate` on the naive lost update: overlap is necessary, retries are not.
 #[test]
 fn isolate_names_overlap_for_the_lost_update() {
@@ -177,7 +225,7 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
         .iter()
         .filter_map(|d| d["name"].as_str())
         .collect();
-    assert_eq!(names, ["lost-update", "stale-cache"]);
+    assert_eq!(names, ["lost-update", "stale-cache", "stale-send"]);
     for d in json["demos"].as_array().expect("demos") {
         assert_eq!(d["naive"]["verdict"], "fail", "{d}");
         assert_eq!(d["fixed"]["verdict"], "pass", "{d}");
@@ -186,7 +234,7 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
     let stderr = crate::support::text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("invoices, lost-update, stale-cache"),
+        stderr.contains("invoices, lost-update, stale-cache, stale-send"),
         "{stderr}"
     );
 }
