@@ -22,7 +22,7 @@ use crate::invoices::{self, validate_account_id, validate_period};
 use crate::log::OpContext;
 use crate::queue::{self, MAX_ACCOUNTS_PER_RECONCILE};
 use crate::trace::TraceContext;
-use crate::{credits, plans, sends};
+use crate::{credits, payments, plans, sends};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -39,6 +39,8 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/charges", post(charge))
             .route("/sends", post(send))
             .route("/voids", post(void))
+            .route("/payments", post(pay))
+            .route("/refunds", post(refund))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&app), admit));
         router = router.merge(api);
     }
@@ -321,6 +323,71 @@ async fn void(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
                 .decision(&ctx, "request.done", json!({"status": 200, "voided": true}));
             with_correlation(Json(json!({"voided": true})).into_response(), &trace)
         }
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `POST /payments {"account_id", "dollars"}` → 200 `{"paid": true}`; 400 bad input.
+async fn pay(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("pay", &headers);
+    let parsed = parse_json_object(&body).and_then(|body| {
+        let account_id = string_field(&body, "account_id")?.to_string();
+        validate_account_id(&account_id)?;
+        match body.get("dollars").and_then(Value::as_i64) {
+            Some(d) if (1..=payments::MAX_DOLLARS).contains(&d) => Ok((account_id, d)),
+            _ => Err(RequestError::BadRequest(format!(
+                "field \"dollars\" must be an integer from 1 to {}",
+                payments::MAX_DOLLARS
+            ))),
+        }
+    });
+    let (account_id, dollars) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    match payments::pay(&app, &mut ctx, &account_id, dollars).await {
+        Ok(()) => {
+            app.log.decision(
+                &ctx,
+                "request.done",
+                json!({"status": 200, "paid": dollars}),
+            );
+            with_correlation(Json(json!({"paid": true})).into_response(), &trace)
+        }
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `POST /refunds {"account_id"}` → 200 `{"refunded_cents"}` for the latest payment, 404 when
+/// the account has none.
+async fn refund(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("refund", &headers);
+    let account_id = match account_only(&body) {
+        Ok(a) => a,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    match payments::refund(&app, &mut ctx, &account_id).await {
+        Ok(Some(cents)) => {
+            app.log.decision(
+                &ctx,
+                "request.done",
+                json!({"status": 200, "refunded_cents": cents}),
+            );
+            with_correlation(
+                Json(json!({"refunded_cents": cents})).into_response(),
+                &trace,
+            )
+        }
+        Ok(None) => fail(
+            &app,
+            &ctx,
+            &trace,
+            RequestError::NotFound(format!("account {account_id:?} has no payment to refund")),
+        ),
         Err(e) => fail(&app, &ctx, &trace, e),
     }
 }

@@ -106,6 +106,18 @@ pub struct Config {
     /// Fault injection for tests of the outbox: exit the process right after the first email
     /// was accepted and before the outbox row is marked sent.
     pub crash_after_email_send: bool,
+    /// Which release of the payments code this process runs (`v1` or `v2`): during a rollout,
+    /// replicas run different ones.
+    pub release: Release,
+}
+
+/// A release of the payments code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Amounts in whole dollars.
+    V1,
+    /// Amounts in cents.
+    V2,
 }
 
 impl Config {
@@ -138,6 +150,7 @@ impl Config {
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_millis(50),
             crash_after_email_send: false,
+            release: Release::V1,
         }
     }
 }

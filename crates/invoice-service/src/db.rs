@@ -229,6 +229,23 @@ const SQLITE_SCHEMA: &[&str] = &[
         sent_at_ms BIGINT,
         voided_at_ms BIGINT
     )",
+    "CREATE TABLE IF NOT EXISTS payments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        amount_cents BIGINT,
+        charged_cents BIGINT NOT NULL,
+        release TEXT NOT NULL,
+        paid_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS refunds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        payment_id BIGINT NOT NULL,
+        account_id TEXT NOT NULL,
+        refunded_cents BIGINT NOT NULL,
+        release TEXT NOT NULL,
+        refunded_at_ms BIGINT NOT NULL
+    )",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -302,6 +319,23 @@ const POSTGRES_SCHEMA: &[&str] = &[
         status TEXT NOT NULL,
         sent_at_ms BIGINT,
         voided_at_ms BIGINT
+    )",
+    "CREATE TABLE IF NOT EXISTS payments (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        amount_cents BIGINT,
+        charged_cents BIGINT NOT NULL,
+        release TEXT NOT NULL,
+        paid_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS refunds (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        payment_id BIGINT NOT NULL,
+        account_id TEXT NOT NULL,
+        refunded_cents BIGINT NOT NULL,
+        release TEXT NOT NULL,
+        refunded_at_ms BIGINT NOT NULL
     )",
 ];
 

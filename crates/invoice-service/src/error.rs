@@ -13,6 +13,9 @@ pub enum RequestError {
     /// The client sent something invalid: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// What the request is about does not exist: 404.
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with an earlier one (idempotency key reuse): 422.
     #[error("{0}")]
     Unprocessable(String),
@@ -45,6 +48,7 @@ impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
             RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            RequestError::NotFound(_) => StatusCode::NOT_FOUND,
             RequestError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RequestError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::DependencyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -58,6 +62,7 @@ impl RequestError {
     pub fn kind(&self) -> &'static str {
         match self {
             RequestError::BadRequest(_) => "bad_request",
+            RequestError::NotFound(_) => "not_found",
             RequestError::Unprocessable(_) => "unprocessable",
             RequestError::Overloaded(_) => "overloaded",
             RequestError::DependencyTimeout { .. } => "dependency_timeout",

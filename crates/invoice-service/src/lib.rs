@@ -19,6 +19,7 @@ mod deps;
 mod error;
 mod invoices;
 mod log;
+mod payments;
 mod plans;
 mod queue;
 mod relay;

@@ -136,6 +136,11 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
         Some(Value::Null) | None => "?".to_string(),
         Some(other) => other.to_string(),
     };
+    // JSON as written: `null` stays `null` (a column the release left empty).
+    let raw = |k: &str| {
+        line.get(k)
+            .map_or_else(|| "null".to_string(), Value::to_string)
+    };
     let what = match line.get("period") {
         Some(Value::String(period)) => format!("{}/{period}", text("account_id")),
         _ => text("account_id"),
@@ -162,8 +167,35 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
         "request.done" if line.contains_key("voided") => {
             format!("answered {} (voided)", text("status"))
         }
+        "request.done" if line.contains_key("refunded_cents") => format!(
+            "answered {} (refunded {} cents)",
+            text("status"),
+            text("refunded_cents")
+        ),
+        "request.done" if line.contains_key("paid") => {
+            format!(
+                "answered {} (paid {} dollars)",
+                text("status"),
+                text("paid")
+            )
+        }
         "request.done" => format!("answered {} (balance {})", text("status"), text("cents")),
         "document.voided" => format!("voided the document of {what}"),
+        "payment.stored" => format!(
+            "stored a payment of {what} ({}): amount {}, amount_cents {}",
+            text("release"),
+            text("amount"),
+            raw("amount_cents")
+        ),
+        "payment.read" => format!(
+            "read the latest payment of {what} ({}): amount {}, amount_cents {} → refund {} cents",
+            text("release"),
+            text("amount"),
+            raw("amount_cents"),
+            text("refund_cents")
+        ),
+        "refund.stored" => format!("refunded {what} {} cents", text("refund_cents")),
+        "refund.no_payment" => format!("{what} has no payment to refund"),
         "send.sent" => format!("sent {} by email ({})", text("document"), text("status")),
         "send.skipped_voided" => {
             format!("the document of {what} is voided: the send job is stale, nothing sent")

@@ -60,6 +60,15 @@ struct Args {
     /// is marked sent (tests at-least-once delivery).
     #[arg(long, hide = true)]
     fault_crash_after_email_send: bool,
+    /// Which release of the payments code to run: v1 (amounts in dollars) or v2 (in cents).
+    #[arg(long, value_enum, default_value = "v1")]
+    release: ReleaseArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ReleaseArg {
+    V1,
+    V2,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -100,6 +109,10 @@ impl Args {
         config.usage_attempts = self.usage_attempts;
         config.lease = Duration::from_millis(self.lease_ms);
         config.crash_after_email_send = self.fault_crash_after_email_send;
+        config.release = match self.release {
+            ReleaseArg::V1 => invoice_service::config::Release::V1,
+            ReleaseArg::V2 => invoice_service::config::Release::V2,
+        };
         config
     }
 }
