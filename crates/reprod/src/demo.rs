@@ -69,6 +69,15 @@ pub(crate) const DEMOS: &[Demo] = &[
         expected: "the naive consumer emailed documents voided while their jobs waited, the stale-work check skipped them",
         gallery: true,
     },
+    Demo {
+        name: "mixed-rollout",
+        title: "Gallery: mixed deployment state — two releases, two formats",
+        path: "scenarios/gallery/mixed-rollout.toml",
+        text: include_str!("../../../scenarios/gallery/mixed-rollout.toml"),
+        invariant: "a refund returns what was charged",
+        expected: "the naive rollout refunded wrong amounts across releases, the expand-migrate-contract rollout refunded each in full",
+        gallery: true,
+    },
 ];
 
 pub fn main(args: DemoArgs) -> u8 {

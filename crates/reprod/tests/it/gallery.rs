@@ -152,6 +152,49 @@ fn isolate_names_queue_delay_for_the_stale_send() {
     );
 }
 
+/// Mixed deployment state: a refund on the other release refunds cents as dollars, or dollars
+/// as cents.
+#[test]
+fn mixed_rollout_naive_refunds_wrong_amounts_and_fixed_does_not_on_sqlite() {
+    let naive = naive_breaks_and_fixed_holds("mixed-rollout", &[]);
+    for example in naive["invariants"][0]["examples"]
+        .as_array()
+        .expect("examples")
+    {
+        let e = example.as_str().unwrap_or("");
+        assert!(
+            e.contains("paid_on=v1, refunded_on=v2") || e.contains("paid_on=v2, refunded_on=v1"),
+            "only a refund on the other release is wrong: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mixed_rollout_naive_refunds_wrong_amounts_and_fixed_does_not_on_postgres() {
+    naive_breaks_and_fixed_holds_on_postgres("mixed-rollout").await;
+}
+
+/// `isolate` on the naive rollout: two replicas, and two releases among them.
+#[test]
+fn isolate_names_instances_and_mixed_versions_for_the_rollout() {
+    let out = TempDir::new();
+    let (code, json, stderr) = run_json(
+        "isolate",
+        &gallery("mixed-rollout"),
+        out.path(),
+        &["--set", "variant=naive", "--swarm", "0"],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{json}");
+    for name in ["instances", "mixed_versions"] {
+        let verdict = json["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["verdict"].clone())
+            .unwrap_or_else(|| panic!("{name} in {json}"));
+        assert_eq!(verdict, "necessary", "{name}: {json}");
+    }
+}
+
 /// `isolate` on the naive lost update: overlap is necessary, retries are not.
 #[test]
 fn isolate_names_overlap_for_the_lost_update() {
@@ -225,7 +268,10 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
         .iter()
         .filter_map(|d| d["name"].as_str())
         .collect();
-    assert_eq!(names, ["lost-update", "stale-cache", "stale-send"]);
+    assert_eq!(
+        names,
+        ["lost-update", "stale-cache", "stale-send", "mixed-rollout"]
+    );
     for d in json["demos"].as_array().expect("demos") {
         assert_eq!(d["naive"]["verdict"], "fail", "{d}");
         assert_eq!(d["fixed"]["verdict"], "pass", "{d}");
@@ -234,7 +280,7 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
     let stderr = crate::support::text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("invoices, lost-update, stale-cache, stale-send"),
+        stderr.contains("invoices, lost-update, stale-cache, stale-send, mixed-rollout"),
         "{stderr}"
     );
 }
