@@ -149,7 +149,7 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
             .filter(|b| !b.is_empty())
             .map(|b| format!(": {}", clip(&b.replace(['\n', '\r'], " "), 80)))
             .unwrap_or_default();
-        let answer = match (status, error) {
+        let answer = match (status, &error) {
             (Some(s), _) => format!("answered {s}"),
             (None, Some(e)) => format!("failed: {e}"),
             (None, None) => "no answer".to_string(),
@@ -163,13 +163,17 @@ fn timeline(reader: &Reader, key: &str) -> Result<(Vec<TimelineEvent>, Vec<Lane>
                 label: format!("op {op} attempt {n}: {answer}"),
             },
         );
+        let took = (done - sent) as f64 / 1e3;
         raw.push((
             done,
             EntryKind::Response,
-            format!(
-                "{caller} op {op} attempt {n} {answer} after {:.0} ms{body}",
-                (done - sent) as f64 / 1e3
-            ),
+            match (status, error) {
+                // "failed after 1002 ms: timeout after 1000 ms", not "failed: ... after ...".
+                (None, Some(e)) => {
+                    format!("{caller} op {op} attempt {n} failed after {took:.0} ms: {e}")
+                }
+                _ => format!("{caller} op {op} attempt {n} {answer} after {took:.0} ms{body}"),
+            },
         ));
     }
     let label = |trace: &Option<String>| match trace.as_ref().and_then(|t| traces.get(t)) {
