@@ -22,7 +22,7 @@ use crate::invoices::{self, validate_account_id, validate_period};
 use crate::log::OpContext;
 use crate::queue::{self, MAX_ACCOUNTS_PER_RECONCILE};
 use crate::trace::TraceContext;
-use crate::{credits, payments, plans, sends};
+use crate::{credits, payments, plans, receipts, sends};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -41,6 +41,7 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/voids", post(void))
             .route("/payments", post(pay))
             .route("/refunds", post(refund))
+            .route("/receipts", post(receipt))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&app), admit));
         router = router.merge(api);
     }
@@ -388,6 +389,58 @@ async fn refund(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             &trace,
             RequestError::NotFound(format!("account {account_id:?} has no payment to refund")),
         ),
+        Err(e) => fail(&app, &ctx, &trace, e),
+    }
+}
+
+/// `POST /receipts {"account_id", "period"}` → 201 `{"total_cents"}`; 400 bad input.
+async fn receipt(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut ctx, trace) = request_context("receipt", &headers);
+    let parsed = parse_json_object(&body).and_then(|body| {
+        let account_id = string_field(&body, "account_id")?.to_string();
+        let period = string_field(&body, "period")?.to_string();
+        validate_account_id(&account_id)?;
+        validate_period(&period)?;
+        Ok((account_id, period))
+    });
+    let (account_id, period) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&app, &ctx, &trace, e),
+    };
+    ctx.account_id = Some(account_id.clone());
+    ctx.period = Some(period.clone());
+    app.log.decision(&ctx, "request.received", json!({}));
+    // The work runs to its end even when the client gives up and disconnects (as it does in
+    // most servers; hyper would otherwise drop the handler): a receipt a client stopped
+    // waiting for is still stored.
+    let work = {
+        let (app, trace, mut ctx) = (Arc::clone(&app), trace.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let stored = receipts::store(&app, &mut ctx, &trace, &account_id, &period).await;
+            (stored, ctx)
+        })
+    };
+    let stored = match work.await {
+        Ok((stored, done)) => {
+            ctx = done;
+            stored
+        }
+        Err(e) => Err(RequestError::Overloaded(format!(
+            "the receipt's work failed: {e}"
+        ))),
+    };
+    match stored {
+        Ok(total) => {
+            app.log.decision(
+                &ctx,
+                "request.done",
+                json!({"status": 201, "total_cents": total}),
+            );
+            with_correlation(
+                (StatusCode::CREATED, Json(json!({"total_cents": total}))).into_response(),
+                &trace,
+            )
+        }
         Err(e) => fail(&app, &ctx, &trace, e),
     }
 }

@@ -246,6 +246,13 @@ const SQLITE_SCHEMA: &[&str] = &[
         release TEXT NOT NULL,
         refunded_at_ms BIGINT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS receipts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        total_cents BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL
+    )",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -336,6 +343,13 @@ const POSTGRES_SCHEMA: &[&str] = &[
         refunded_cents BIGINT NOT NULL,
         release TEXT NOT NULL,
         refunded_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS receipts (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        total_cents BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL
     )",
 ];
 

@@ -22,6 +22,7 @@ mod log;
 mod payments;
 mod plans;
 mod queue;
+mod receipts;
 mod relay;
 mod sends;
 mod trace;

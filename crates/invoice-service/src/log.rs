@@ -172,6 +172,11 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
             text("status"),
             text("refunded_cents")
         ),
+        "request.done" if line.contains_key("total_cents") => format!(
+            "answered {} (receipt of {} cents)",
+            text("status"),
+            text("total_cents")
+        ),
         "request.done" if line.contains_key("paid") => {
             format!(
                 "answered {} (paid {} dollars)",
@@ -195,6 +200,13 @@ fn describe(event: &str, line: &Map<String, Value>) -> String {
             text("refund_cents")
         ),
         "refund.stored" => format!("refunded {what} {} cents", text("refund_cents")),
+        "receipt.connection_taken" => format!(
+            "took a database connection for {what} after waiting {:.0} ms, and holds it",
+            line.get("db_wait_ms")
+                .and_then(Value::as_f64)
+                .unwrap_or_default()
+        ),
+        "receipt.stored" => format!("stored a receipt for {what}: {} cents", text("total_cents")),
         "refund.no_payment" => format!("{what} has no payment to refund"),
         "send.sent" => format!("sent {} by email ({})", text("document"), text("status")),
         "send.skipped_voided" => {
