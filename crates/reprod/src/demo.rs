@@ -78,6 +78,15 @@ pub(crate) const DEMOS: &[Demo] = &[
         expected: "the naive rollout refunded wrong amounts across releases, the expand-migrate-contract rollout refunded each in full",
         gallery: true,
     },
+    Demo {
+        name: "pool-pressure",
+        title: "Gallery: resource contention — a connection held across a slow call",
+        path: "scenarios/gallery/pool-pressure.toml",
+        text: include_str!("../../../scenarios/gallery/pool-pressure.toml"),
+        invariant: "one receipt per request",
+        expected: "the naive handler queued for connections until clients retried into duplicate receipts, the short critical section never made them wait",
+        gallery: true,
+    },
 ];
 
 pub fn main(args: DemoArgs) -> u8 {

@@ -195,6 +195,29 @@ fn isolate_names_instances_and_mixed_versions_for_the_rollout() {
     }
 }
 
+/// Resource contention: requests that queued for a held connection are retried, and the
+/// abandoned ones still store their receipt.
+#[test]
+fn pool_pressure_naive_duplicates_receipts_and_fixed_does_not_on_sqlite() {
+    let naive = naive_breaks_and_fixed_holds("pool-pressure", &[]);
+    assert!(
+        naive["attempts"]["retries"].as_u64().unwrap_or(0) > 0,
+        "the clients retried: {naive}"
+    );
+    // More receipts than the one operation could have asked for: "value 2 outside [1, 1]",
+    // or 3 for an operation whose every attempt timed out ("outside [0, 1]").
+    let example = naive["invariants"][0]["examples"][0].as_str().unwrap_or("");
+    assert!(
+        example.contains("outside [1, 1]") || example.contains("outside [0, 1]"),
+        "{example}"
+    );
+}
+
+#[tokio::test]
+async fn pool_pressure_naive_duplicates_receipts_and_fixed_does_not_on_postgres() {
+    naive_breaks_and_fixed_holds_on_postgres("pool-pressure").await;
+}
+
 /// `isolate` on the naive lost update: overlap is necessary, retries are not.
 #[test]
 fn isolate_names_overlap_for_the_lost_update() {
@@ -270,7 +293,13 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
         .collect();
     assert_eq!(
         names,
-        ["lost-update", "stale-cache", "stale-send", "mixed-rollout"]
+        [
+            "lost-update",
+            "stale-cache",
+            "stale-send",
+            "mixed-rollout",
+            "pool-pressure"
+        ]
     );
     for d in json["demos"].as_array().expect("demos") {
         assert_eq!(d["naive"]["verdict"], "fail", "{d}");
@@ -280,7 +309,9 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
     let stderr = crate::support::text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("invoices, lost-update, stale-cache, stale-send, mixed-rollout"),
+        stderr.contains(
+            "invoices, lost-update, stale-cache, stale-send, mixed-rollout, pool-pressure"
+        ),
         "{stderr}"
     );
 }
