@@ -360,6 +360,10 @@ async fn check(
     clock: RunClock,
     summary: &mut Summary,
 ) {
+    // Thresholds judge the load itself: checked whether or not there are invariants.
+    if matches!(driven.ended, Ended::Completed) {
+        summary.thresholds = thresholds(scenario, &driven.stats.clone().unwrap_or_default());
+    }
     if scenario.invariants.is_empty() {
         return;
     }
@@ -428,9 +432,6 @@ async fn check(
             subject: None,
             message,
         }));
-    if completed {
-        summary.thresholds = thresholds(scenario, &driven.stats.clone().unwrap_or_default());
-    }
 }
 
 /// What a reader must know about what the run did not exercise, first lines of the report.
