@@ -274,11 +274,20 @@ impl Trials<'_> {
                 i.error.as_deref().unwrap_or("")
             ))
         } else {
+            // An exceeded threshold reproduces too (a goodput collapse is the bug there), for
+            // "any invariant"; it has no keys, so it adds nothing to a per-key rate.
             let broke = summary
                 .invariants
                 .iter()
                 .filter(|i| !i.held)
                 .map(|i| i.name.clone())
+                .chain(
+                    summary
+                        .thresholds
+                        .iter()
+                        .filter(|t| !t.held)
+                        .map(|t| format!("threshold {}", t.name)),
+                )
                 .collect();
             debug_assert!(summary.verdict != Verdict::Incomplete);
             let stopped = summary.status == reprod_report::Status::StoppedAtViolation;
