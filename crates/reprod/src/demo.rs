@@ -23,7 +23,7 @@ pub(crate) struct Demo {
     /// The scenario as shipped, and where.
     path: &'static str,
     text: &'static str,
-    /// The invariant the naive variant violates.
+    /// The invariant (or threshold) the naive variant violates.
     invariant: &'static str,
     /// What "as expected" means, in words.
     expected: &'static str,
@@ -85,6 +85,15 @@ pub(crate) const DEMOS: &[Demo] = &[
         text: include_str!("../../../scenarios/gallery/pool-pressure.toml"),
         invariant: "one receipt per request",
         expected: "the naive handler queued for connections until clients retried into duplicate receipts, the short critical section never made them wait",
+        gallery: true,
+    },
+    Demo {
+        name: "retry-storm",
+        title: "Gallery: retries multiplying work — a half-second slowdown that never ends",
+        path: "scenarios/gallery/retry-storm.toml",
+        text: include_str!("../../../scenarios/gallery/retry-storm.toml"),
+        invariant: "min_goodput_rps",
+        expected: "after the slowdown the naive service's goodput collapsed under retries and abandoned work, the fixed one recovered at once",
         gallery: true,
     },
 ];
@@ -177,11 +186,16 @@ async fn demo(
     Ok([naive, fixed])
 }
 
+/// Whether the invariant (or threshold) `name` was violated in `f`.
 fn violated(f: &Finished, name: &str) -> bool {
     f.summary
         .invariants
         .iter()
         .any(|i| i.name == name && !i.held && i.error.is_none())
+        || f.summary
+            .thresholds
+            .iter()
+            .any(|t| t.name == name && !t.held)
 }
 
 fn as_expected(d: &Demo, [naive, fixed]: &[Finished; 2]) -> bool {

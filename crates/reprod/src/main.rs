@@ -164,7 +164,8 @@ struct ExplainArgs {
 #[derive(Clone, Debug, Args)]
 struct DemoArgs {
     /// Which demo: invoices (the default, the seed's invoice service) or a gallery scenario
-    /// (lost-update, stale-cache, stale-send, mixed-rollout, pool-pressure); see docs/gallery.md.
+    /// (lost-update, stale-cache, stale-send, mixed-rollout, pool-pressure, retry-storm); see
+    /// docs/gallery.md.
     #[arg(value_name = "NAME", conflicts_with = "gallery")]
     name: Option<String>,
     /// Run every gallery scenario, naive and fixed, one after another.

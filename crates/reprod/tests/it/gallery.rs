@@ -12,11 +12,17 @@ fn gallery(name: &str) -> std::path::PathBuf {
         .join(format!("{name}.toml"))
 }
 
+/// Violating keys over all invariants, plus one per exceeded threshold.
 fn violations(summary: &Value) -> u64 {
-    summary["invariants"]
+    let keys: u64 = summary["invariants"]
         .as_array()
         .map(|i| i.iter().filter_map(|i| i["violations"].as_u64()).sum())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let thresholds = summary["thresholds"]
+        .as_array()
+        .map(|t| t.iter().filter(|t| t["held"] == false).count() as u64)
+        .unwrap_or(0);
+    keys + thresholds
 }
 
 /// Runs gallery scenario `name` naive and fixed (with `extra` arguments): naive must exit 1
@@ -218,6 +224,25 @@ async fn pool_pressure_naive_duplicates_receipts_and_fixed_does_not_on_postgres(
     naive_breaks_and_fixed_holds_on_postgres("pool-pressure").await;
 }
 
+/// Retries multiplying work: after a half-second slowdown the naive service's goodput never
+/// recovers, while it sends more attempts than ever; the fixed one recovers at once.
+#[test]
+fn retry_storm_naive_collapses_and_fixed_recovers_on_sqlite() {
+    let naive = naive_breaks_and_fixed_holds("retry-storm", &[]);
+    let goodput = naive["goodput_rps"].as_f64().expect("goodput");
+    let throughput = naive["throughput_rps"].as_f64().expect("throughput");
+    assert!(goodput < 45.0 && throughput > goodput, "{naive}");
+    assert!(
+        naive["attempts"]["total"].as_u64() > naive["ops"]["total"].as_u64(),
+        "retries multiplied the work: {naive}"
+    );
+}
+
+#[tokio::test]
+async fn retry_storm_naive_collapses_and_fixed_recovers_on_postgres() {
+    naive_breaks_and_fixed_holds_on_postgres("retry-storm").await;
+}
+
 /// `isolate` on the naive lost update: overlap is necessary, retries are not.
 #[test]
 fn isolate_names_overlap_for_the_lost_update() {
@@ -298,7 +323,8 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
             "stale-cache",
             "stale-send",
             "mixed-rollout",
-            "pool-pressure"
+            "pool-pressure",
+            "retry-storm"
         ]
     );
     for d in json["demos"].as_array().expect("demos") {
@@ -310,7 +336,7 @@ fn demo_gallery_runs_each_reference_bug_and_says_it_went_as_expected() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "invoices, lost-update, stale-cache, stale-send, mixed-rollout, pool-pressure"
+            "invoices, lost-update, stale-cache, stale-send, mixed-rollout, pool-pressure, retry-storm"
         ),
         "{stderr}"
     );
