@@ -102,6 +102,10 @@ impl Db {
                 for stmt in SQLITE_SCHEMA {
                     sqlx::query(stmt).execute(&mut *tx).await.map_err(fail)?;
                 }
+                for stmt in GALLERY_SCHEMA {
+                    let stmt = stmt.replace("{id}", SQLITE_ID);
+                    sqlx::query(&stmt).execute(&mut *tx).await.map_err(fail)?;
+                }
                 // The index in the same transaction, on the same connection, as the tables:
                 // SQLite compiles `ON CONFLICT (account_id, period)` against a connection's
                 // cached schema, and a pooled connection that read the schema before another
@@ -126,6 +130,10 @@ impl Db {
                     .map_err(fail)?;
                 for stmt in POSTGRES_SCHEMA {
                     sqlx::query(stmt).execute(&mut *tx).await.map_err(fail)?;
+                }
+                for stmt in GALLERY_SCHEMA {
+                    let stmt = stmt.replace("{id}", POSTGRES_ID);
+                    sqlx::query(&stmt).execute(&mut *tx).await.map_err(fail)?;
                 }
                 tx.commit().await.map_err(fail)?;
             }
@@ -208,51 +216,6 @@ const SQLITE_SCHEMA: &[&str] = &[
         last_error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, next_attempt_at_ms)",
-    "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS plans (
-        account_id TEXT PRIMARY KEY,
-        price_cents BIGINT NOT NULL,
-        version BIGINT NOT NULL,
-        changed_at_ms BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS charges (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        account_id TEXT NOT NULL,
-        price_cents BIGINT NOT NULL,
-        plan_version BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        served_by TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS documents (
-        account_id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        sent_at_ms BIGINT,
-        voided_at_ms BIGINT
-    )",
-    "CREATE TABLE IF NOT EXISTS payments (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        account_id TEXT NOT NULL,
-        amount BIGINT NOT NULL,
-        amount_cents BIGINT,
-        charged_cents BIGINT NOT NULL,
-        release TEXT NOT NULL,
-        paid_at_ms BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS refunds (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        payment_id BIGINT NOT NULL,
-        account_id TEXT NOT NULL,
-        refunded_cents BIGINT NOT NULL,
-        release TEXT NOT NULL,
-        refunded_at_ms BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS receipts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        account_id TEXT NOT NULL,
-        period TEXT NOT NULL,
-        total_cents BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL
-    )",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -306,6 +269,11 @@ const POSTGRES_SCHEMA: &[&str] = &[
         last_error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_state_idx ON jobs (state, next_attempt_at_ms)",
+];
+
+/// The gallery's tables (credits, plans, sends, payments, receipts), the same on both backends
+/// but for the generated key, which replaces `{id}`.
+const GALLERY_SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS balances (account_id TEXT PRIMARY KEY, cents BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS plans (
         account_id TEXT PRIMARY KEY,
@@ -314,7 +282,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
         changed_at_ms BIGINT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS charges (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id {id},
         account_id TEXT NOT NULL,
         price_cents BIGINT NOT NULL,
         plan_version BIGINT NOT NULL,
@@ -328,7 +296,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
         voided_at_ms BIGINT
     )",
     "CREATE TABLE IF NOT EXISTS payments (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id {id},
         account_id TEXT NOT NULL,
         amount BIGINT NOT NULL,
         amount_cents BIGINT,
@@ -337,7 +305,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
         paid_at_ms BIGINT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS refunds (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id {id},
         payment_id BIGINT NOT NULL,
         account_id TEXT NOT NULL,
         refunded_cents BIGINT NOT NULL,
@@ -345,13 +313,17 @@ const POSTGRES_SCHEMA: &[&str] = &[
         refunded_at_ms BIGINT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS receipts (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id {id},
         account_id TEXT NOT NULL,
         period TEXT NOT NULL,
         total_cents BIGINT NOT NULL,
         created_at_ms BIGINT NOT NULL
     )",
 ];
+
+/// A generated integer key, per backend.
+const SQLITE_ID: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
+const POSTGRES_ID: &str = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY";
 
 /// An invoice as stored and as the API returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -78,6 +78,38 @@ async fn naive_breaks_and_fixed_holds_on_postgres(name: &'static str) -> Option<
     Some(())
 }
 
+/// `reprod isolate` on gallery scenario `name`'s naive variant, without the swarm: its JSON.
+fn isolate_naive(name: &str) -> Value {
+    let out = TempDir::new();
+    let (code, json, stderr) = run_json(
+        "isolate",
+        &gallery(name),
+        out.path(),
+        &["--set", "variant=naive", "--swarm", "0"],
+    );
+    assert_eq!(code, Some(0), "{name}: {stderr}\n{json}");
+    json
+}
+
+/// Asserts that `isolate` called exactly `needed` necessary (and `not_needed` not necessary),
+/// and that the minimal set is `needed`.
+fn assert_needs(json: &Value, needed: &[&str], not_needed: &[&str]) {
+    let verdict = |name: &str| {
+        json["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["verdict"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("{name} in {json}"))
+    };
+    for name in needed {
+        assert_eq!(verdict(name), "necessary", "{name}: {json}");
+    }
+    for name in not_needed {
+        assert_eq!(verdict(name), "not necessary", "{name}: {json}");
+    }
+    assert_eq!(json["minimal"], serde_json::json!(needed), "{json}");
+}
+
 /// Overlapping updates: concurrent credits on one balance lose one of two on naive.
 #[test]
 fn lost_update_naive_loses_credits_and_fixed_keeps_them_on_sqlite() {
@@ -141,21 +173,7 @@ async fn stale_send_naive_sends_voided_documents_and_fixed_skips_them_on_postgre
 /// `isolate` on the naive stale send: the queue delay is what lets the job outlive the void.
 #[test]
 fn isolate_names_queue_delay_for_the_stale_send() {
-    let out = TempDir::new();
-    let (code, json, stderr) = run_json(
-        "isolate",
-        &gallery("stale-send"),
-        out.path(),
-        &["--set", "variant=naive"],
-    );
-    assert_eq!(code, Some(0), "{stderr}\n{json}");
-    assert_eq!(json["conditions"][0]["name"], "queue_delay", "{json}");
-    assert_eq!(json["conditions"][0]["verdict"], "necessary", "{json}");
-    assert_eq!(
-        json["minimal"],
-        serde_json::json!(["queue_delay"]),
-        "{json}"
-    );
+    assert_needs(&isolate_naive("stale-send"), &["queue_delay"], &[]);
 }
 
 /// Mixed deployment state: a refund on the other release refunds cents as dollars, or dollars
@@ -183,22 +201,11 @@ async fn mixed_rollout_naive_refunds_wrong_amounts_and_fixed_does_not_on_postgre
 /// `isolate` on the naive rollout: two replicas, and two releases among them.
 #[test]
 fn isolate_names_instances_and_mixed_versions_for_the_rollout() {
-    let out = TempDir::new();
-    let (code, json, stderr) = run_json(
-        "isolate",
-        &gallery("mixed-rollout"),
-        out.path(),
-        &["--set", "variant=naive", "--swarm", "0"],
+    assert_needs(
+        &isolate_naive("mixed-rollout"),
+        &["instances", "mixed_versions"],
+        &[],
     );
-    assert_eq!(code, Some(0), "{stderr}\n{json}");
-    for name in ["instances", "mixed_versions"] {
-        let verdict = json["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == name))
-            .map(|c| c["verdict"].clone())
-            .unwrap_or_else(|| panic!("{name} in {json}"));
-        assert_eq!(verdict, "necessary", "{name}: {json}");
-    }
 }
 
 /// Resource contention: requests that queued for a held connection are retried, and the
@@ -246,50 +253,17 @@ async fn retry_storm_naive_collapses_and_fixed_recovers_on_postgres() {
 /// `isolate` on the naive lost update: overlap is necessary, retries are not.
 #[test]
 fn isolate_names_overlap_for_the_lost_update() {
-    let out = TempDir::new();
-    let (code, json, stderr) = run_json(
-        "isolate",
-        &gallery("lost-update"),
-        out.path(),
-        &["--set", "variant=naive", "--swarm", "0"],
-    );
-    assert_eq!(code, Some(0), "{stderr}\n{json}");
-    let verdict = |name: &str| {
-        json["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == name))
-            .map(|c| c["verdict"].as_str().unwrap_or("").to_string())
-            .unwrap_or_else(|| panic!("{name} in {json}"))
-    };
-    assert_eq!(verdict("overlap"), "necessary", "{json}");
-    assert_eq!(verdict("retries"), "not necessary", "{json}");
-    assert_eq!(json["minimal"], serde_json::json!(["overlap"]), "{json}");
+    assert_needs(&isolate_naive("lost-update"), &["overlap"], &["retries"]);
 }
 
 /// `isolate` on the naive stale cache: the bug needs two instances and the plan changes
 /// arriving while charges go on; each alone is necessary.
 #[test]
 fn isolate_names_instances_and_concurrent_callers_for_the_stale_cache() {
-    let out = TempDir::new();
-    let (code, json, stderr) = run_json(
-        "isolate",
-        &gallery("stale-cache"),
-        out.path(),
-        &["--set", "variant=naive", "--swarm", "0"],
-    );
-    assert_eq!(code, Some(0), "{stderr}\n{json}");
-    for name in ["instances", "concurrent_callers"] {
-        let verdict = json["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == name))
-            .map(|c| c["verdict"].clone())
-            .unwrap_or_else(|| panic!("{name} in {json}"));
-        assert_eq!(verdict, "necessary", "{name}: {json}");
-    }
-    assert_eq!(
-        json["minimal"],
-        serde_json::json!(["instances", "concurrent_callers"]),
-        "{json}"
+    assert_needs(
+        &isolate_naive("stale-cache"),
+        &["instances", "concurrent_callers"],
+        &[],
     );
 }
 
