@@ -75,7 +75,8 @@ enum Command {
     /// Explain a stored run: a violating key's timeline, and what separates violating keys
     /// from clean ones.
     Explain(ExplainArgs),
-    /// Run the seed's invoice system end to end, naive and fixed, and show what broke.
+    /// Run a reference bug end to end, naive and fixed, and show what broke: the seed's invoice
+    /// system, or the gallery's scenarios.
     Demo(DemoArgs),
     /// Find which conditions are necessary for the bug: repeated trials with each condition
     /// switched off, reproduction rates with 95% intervals, and a minimal set.
@@ -171,11 +172,11 @@ struct DemoArgs {
     /// Run every gallery scenario, naive and fixed, one after another.
     #[arg(long)]
     gallery: bool,
-    /// Run on PostgreSQL: reprod creates two scratch databases on this server and drops them
+    /// Run on PostgreSQL: reprod creates a scratch database per run on this server and drops it
     /// afterwards (default: SQLite files in the run directories).
     #[arg(long, value_name = "URL")]
     database: Option<String>,
-    /// Where the two run directories go (default: a new directory under the system's temp dir).
+    /// Where the run directories go (default: a new directory under the system's temp dir).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print JSON instead of text.
