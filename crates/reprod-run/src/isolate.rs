@@ -347,15 +347,8 @@ impl Trials<'_> {
                     }
                 }
                 TrialEnd::Incomplete(reason) => {
-                    self.obs.problem(&format!(
-                        "reprod isolate: trial in {shown_dir} does not count: {reason}"
-                    ));
                     run.incomplete.push((shown_dir.clone(), reason.clone()));
-                    self.incomplete.push(IncompleteTrial {
-                        conditions: on.iter().map(|c| c.name().to_string()).collect(),
-                        run_dir: shown_dir,
-                        reason,
-                    });
+                    self.not_counted(on, shown_dir, reason);
                 }
             }
             let any = run.tally(&None);
@@ -386,6 +379,15 @@ impl Trials<'_> {
     }
 }
 
+/// A set of conditions on a progress line: `overlap,retries`, or `(none)`.
+fn set_label(on: &[Condition]) -> String {
+    if on.is_empty() {
+        "(none)".to_string()
+    } else {
+        on.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// The conditions swarm trial `j` switches on: each active one with probability ½, from the
 /// scenario's seed.
 fn swarm_subset(seed: u64, j: u64, active: &[Condition]) -> Vec<bool> {
@@ -396,6 +398,18 @@ fn swarm_subset(seed: u64, j: u64, active: &[Condition]) -> Vec<bool> {
 }
 
 impl Trials<'_> {
+    /// Names a trial that does not count, on stderr and in the isolation's `incomplete_trials`.
+    fn not_counted(&mut self, on: &[Condition], run_dir: String, reason: String) {
+        self.obs.problem(&format!(
+            "reprod isolate: trial in {run_dir} does not count: {reason}"
+        ));
+        self.incomplete.push(IncompleteTrial {
+            conditions: on.iter().map(|c| c.name().to_string()).collect(),
+            run_dir,
+            reason,
+        });
+    }
+
     /// Runs `count` swarm trials, each a seeded random subset of `active`, to the end; per
     /// question, what each came to.
     async fn swarm(
@@ -418,11 +432,7 @@ impl Trials<'_> {
             let (end, dir) = self.trial(&on, first_index + j, false).await?;
             let shown_dir = dir.display().to_string();
             dirs.push(shown_dir.clone());
-            let label = if on.is_empty() {
-                "(none)".to_string()
-            } else {
-                on.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
-            };
+            let label = set_label(&on);
             let result = match end {
                 TrialEnd::Counted {
                     broke,
@@ -446,14 +456,7 @@ impl Trials<'_> {
                 }
                 TrialEnd::Counted { keys: None, .. } => "stopped early (not counted)",
                 TrialEnd::Incomplete(reason) => {
-                    self.obs.problem(&format!(
-                        "reprod isolate: trial in {shown_dir} does not count: {reason}"
-                    ));
-                    self.incomplete.push(IncompleteTrial {
-                        conditions: on.iter().map(|c| c.name().to_string()).collect(),
-                        run_dir: shown_dir,
-                        reason,
-                    });
+                    self.not_counted(&on, shown_dir, reason);
                     "did not count"
                 }
             };
@@ -755,18 +758,7 @@ async fn minimal_set(
     let mut minimal: Vec<Condition> = start.to_vec();
     for (c, _) in order {
         let candidate: Vec<Condition> = minimal.iter().copied().filter(|x| *x != c).collect();
-        let label = format!(
-            "minimal set {}",
-            if candidate.is_empty() {
-                "(none)".to_string()
-            } else {
-                candidate
-                    .iter()
-                    .map(|c| c.name())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }
-        );
+        let label = format!("minimal set {}", set_label(&candidate));
         let run = trials
             .group(&candidate, &label, n, None, q.is_none())
             .await?;

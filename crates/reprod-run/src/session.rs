@@ -360,8 +360,9 @@ async fn check(
     clock: RunClock,
     summary: &mut Summary,
 ) {
+    let completed = matches!(driven.ended, Ended::Completed);
     // Thresholds judge the load itself: checked whether or not there are invariants.
-    if matches!(driven.ended, Ended::Completed) {
+    if completed {
         summary.thresholds = thresholds(scenario, &driven.stats.clone().unwrap_or_default());
     }
     if scenario.invariants.is_empty() {
@@ -395,7 +396,6 @@ async fn check(
     )
     .await;
     let history_lost = matches!(driven.ended, Ended::HistoryFailed(_));
-    let completed = matches!(driven.ended, Ended::Completed);
     for (result, invariant) in checked.results.iter_mut().zip(&scenario.invariants) {
         let reads_history = !matches!(invariant.kind, reprod_scenario::InvariantKind::Sql { .. });
         if history_lost && reads_history {
