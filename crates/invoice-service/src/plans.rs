@@ -133,19 +133,18 @@ pub async fn charge(
     ctx: &mut OpContext,
     account_id: &str,
 ) -> Result<Plan, RequestError> {
-    let cached = app.plans.get(account_id);
-    let plan = match (app.config.variant, cached) {
-        (Variant::Naive, Some(plan)) => {
-            app.log.decision(
-                ctx,
-                "plan.cached",
-                json!({"price_cents": plan.price_cents, "plan_version": plan.version}),
-            );
-            plan
-        }
+    // Naive trusts its cache; fixed only while the database's version agrees.
+    let cached = match (app.config.variant, app.plans.get(account_id)) {
+        (Variant::Naive, Some(plan)) => Some(plan),
         (Variant::Fixed, Some(plan))
             if stored_version(app, ctx, account_id).await? == plan.version =>
         {
+            Some(plan)
+        }
+        _ => None,
+    };
+    let plan = match cached {
+        Some(plan) => {
             app.log.decision(
                 ctx,
                 "plan.cached",
@@ -153,7 +152,7 @@ pub async fn charge(
             );
             plan
         }
-        _ => {
+        None => {
             let plan = stored(app, ctx, account_id).await?;
             app.plans.put(account_id, plan);
             app.log.decision(
